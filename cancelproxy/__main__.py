@@ -1,0 +1,7 @@
+"""``python -m cancelproxy`` runs the command line."""
+
+import sys
+
+from cancelproxy.cli import main
+
+sys.exit(main())

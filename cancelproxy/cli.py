@@ -1,0 +1,57 @@
+"""The command line: ``cancelproxy serve | mock-upstream | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .config import ConfigError, load_config
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cancelproxy", description="A reverse proxy for LLM APIs that makes Stop real.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the proxy")
+    serve.add_argument("--config", default="config.yaml", help="configuration file (default: config.yaml)")
+    serve.add_argument("--host", help="listen address (default: listen.host)")
+    serve.add_argument("--port", type=int, help="listen port (default: listen.port)")
+
+    mock = commands.add_parser("mock-upstream", help="an OpenAI-compatible provider that streams deterministic tokens")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=9000)
+    mock.add_argument("--tokens", type=int, default=40, help="content deltas per answer (default: 40)")
+    mock.add_argument("--rate", type=float, default=20.0, help="deltas per second, 0 for no delay (default: 20)")
+    mock.add_argument("--silence", type=float, default=0.0, help="seconds of silence before the first delta")
+
+    demo = commands.add_parser("demo", help="the whole story offline: a stream started, stopped, its partial shown")
+    demo.add_argument("--tokens", type=int, default=200)
+    demo.add_argument("--rate", type=float, default=20.0)
+    demo.add_argument("--stop-after", type=int, default=10, help="deltas to receive before pressing Stop")
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "mock-upstream":
+        from .mock import MockDefaults, run_mock
+
+        run_mock(args.host, args.port, MockDefaults(tokens=args.tokens, rate=args.rate, silence_s=args.silence))
+        return 0
+    from .demo import run_demo
+
+    return run_demo(tokens=args.tokens, rate=args.rate, stop_after=args.stop_after)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"cancelproxy: bad config: {exc}", file=sys.stderr)
+        return 2
+    from .app import serve
+
+    serve(config, host=args.host, port=args.port)
+    return 0

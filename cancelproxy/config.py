@@ -1,0 +1,291 @@
+"""Configuration: config.yaml plus ``${VAR}`` expansion, read once into frozen records.
+
+Nothing else in the package reads the environment or the YAML file. Every
+validation error names the key it is about (``upstreams[1].base_url: ...``) so
+a bad config stops the start with one line a user can act on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yarl import URL
+
+__all__ = [
+    "BUILTIN_MOCK",
+    "AuditConfig",
+    "Config",
+    "ConfigError",
+    "Limits",
+    "Listen",
+    "StoreConfig",
+    "Upstream",
+    "load_config",
+    "parse_config",
+]
+
+# An upstream whose base_url is this runs the mock provider inside the proxy
+# process, on a loopback port, so the shipped config works with no network.
+BUILTIN_MOCK = "builtin:mock"
+
+# Upstream names share the first path segment with the proxy's own routes.
+_RESERVED_NAMES = frozenset({"v1", "api", "sessions", "requests", "metrics", "healthz", "readyz"})
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_STORE_SCHEMES = ("memory",)
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message starts with the key it concerns."""
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    base_url: str
+    # repr=False: a key must never reach a log line through a repr().
+    api_key: str = field(default="", repr=False)
+    models: tuple[str, ...] = ()
+
+    def serves(self, model: str) -> bool:
+        return any(fnmatchcase(model, pattern) for pattern in self.models)
+
+    @property
+    def is_builtin_mock(self) -> bool:
+        return self.base_url == BUILTIN_MOCK
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    url: str = "memory://"
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    path: str = "-"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 20 * 1024 * 1024
+    connect_timeout_s: float = 10.0
+    # From sending the request to the first byte of the answer's body: a
+    # reasoning model may think for minutes before it says anything.
+    first_byte_timeout_s: float = 600.0
+    # The longest silence between two body chunks once the answer started.
+    idle_timeout_s: float = 300.0
+    # A connected client that stops reading must not pin a stream for ever.
+    write_timeout_s: float = 30.0
+    # How long a cancel route waits for the stream to reach its final state.
+    cancel_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class Config:
+    upstreams: tuple[Upstream, ...]
+    default_upstream: str
+    listen: Listen = Listen()
+    store: StoreConfig = StoreConfig()
+    audit: AuditConfig = AuditConfig()
+    limits: Limits = Limits()
+    admin_token: str = field(default="", repr=False)
+    cancel_finish_reason: str = "cancelled"
+
+    def upstream(self, name: str) -> Upstream | None:
+        for upstream in self.upstreams:
+            if upstream.name == name:
+                return upstream
+        return None
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file; ``env`` defaults to ``os.environ``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_config(raw if raw is not None else {}, os.environ if env is None else env)
+
+
+def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
+    top = _mapping(raw, "config")
+    _reject_unknown(
+        top,
+        "",
+        {"listen", "default_upstream", "upstreams", "store", "audit", "limits", "admin_token", "cancel_finish_reason"},
+    )
+    reader = _Reader(env)
+
+    listen_raw = _mapping(top.get("listen", {}), "listen")
+    _reject_unknown(listen_raw, "listen.", {"host", "port"})
+    listen = Listen(
+        host=reader.string(listen_raw, "listen.host", "host", Listen.host),
+        port=reader.integer(listen_raw, "listen.port", "port", Listen.port, minimum=0, maximum=65535),
+    )
+
+    upstreams_raw = top.get("upstreams")
+    if not isinstance(upstreams_raw, list) or not upstreams_raw:
+        raise ConfigError("upstreams: must be a non-empty list")
+    upstreams = tuple(_upstream(reader, item, f"upstreams[{i}]") for i, item in enumerate(upstreams_raw))
+    names = [u.name for u in upstreams]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"upstreams[{i}].name: '{name}' is used twice")
+
+    default_upstream = reader.string(top, "default_upstream", "default_upstream", upstreams[0].name)
+    if default_upstream not in names:
+        raise ConfigError(f"default_upstream: '{default_upstream}' is not one of the upstreams ({', '.join(names)})")
+
+    store_raw = _mapping(top.get("store", {}), "store")
+    _reject_unknown(store_raw, "store.", {"url"})
+    store_url = reader.string(store_raw, "store.url", "url", StoreConfig.url)
+    scheme = store_url.split(":", 1)[0]
+    if scheme not in _STORE_SCHEMES or not store_url.startswith(f"{scheme}://"):
+        raise ConfigError(f"store.url: '{store_url}' is not supported (use {', '.join(s + '://' for s in _STORE_SCHEMES)})")
+
+    audit_raw = _mapping(top.get("audit", {}), "audit")
+    _reject_unknown(audit_raw, "audit.", {"path"})
+    audit = AuditConfig(path=reader.string(audit_raw, "audit.path", "path", AuditConfig.path))
+
+    limits_raw = _mapping(top.get("limits", {}), "limits")
+    _reject_unknown(limits_raw, "limits.", set(Limits.__dataclass_fields__))
+    defaults = Limits()
+    limits = Limits(
+        max_body_bytes=reader.integer(limits_raw, "limits.max_body_bytes", "max_body_bytes", defaults.max_body_bytes, minimum=1),
+        **{
+            name: reader.seconds(limits_raw, f"limits.{name}", name, getattr(defaults, name))
+            for name in (
+                "connect_timeout_s",
+                "first_byte_timeout_s",
+                "idle_timeout_s",
+                "write_timeout_s",
+                "cancel_timeout_s",
+            )
+        },
+    )
+
+    finish_reason = reader.string(top, "cancel_finish_reason", "cancel_finish_reason", "cancelled")
+    if not finish_reason:
+        raise ConfigError("cancel_finish_reason: must not be empty")
+
+    return Config(
+        listen=listen,
+        default_upstream=default_upstream,
+        upstreams=upstreams,
+        store=StoreConfig(url=store_url),
+        audit=audit,
+        limits=limits,
+        admin_token=reader.string(top, "admin_token", "admin_token", ""),
+        cancel_finish_reason=finish_reason,
+    )
+
+
+def _upstream(reader: _Reader, raw: Any, key: str) -> Upstream:
+    item = _mapping(raw, key)
+    _reject_unknown(item, f"{key}.", {"name", "base_url", "api_key", "models"})
+    name = reader.string(item, f"{key}.name", "name", None)
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"{key}.name: '{name}' must be lowercase letters, digits, '-' or '_'")
+    if name in _RESERVED_NAMES:
+        raise ConfigError(f"{key}.name: '{name}' is reserved for the proxy's own routes")
+    base_url = reader.string(item, f"{key}.base_url", "base_url", None).rstrip("/")
+    if base_url != BUILTIN_MOCK:
+        url = URL(base_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigError(f"{key}.base_url: '{base_url}' must be an http(s) URL or '{BUILTIN_MOCK}'")
+        if url.query_string or url.fragment:
+            raise ConfigError(f"{key}.base_url: '{base_url}' must not have a query or fragment")
+    models_raw = item.get("models", [])
+    if not isinstance(models_raw, list) or not all(isinstance(m, str) for m in models_raw):
+        raise ConfigError(f"{key}.models: must be a list of glob patterns")
+    return Upstream(
+        name=name,
+        base_url=base_url,
+        api_key=reader.string(item, f"{key}.api_key", "api_key", ""),
+        models=tuple(models_raw),
+    )
+
+
+class _Reader:
+    """Typed reads of scalar values, with ``${VAR}`` expansion of strings."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def expand(self, value: str, key: str) -> str:
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in self._env and (default is None or self._env[name] != ""):
+                return self._env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{key}: environment variable {name} is not set (write ${{{name}:-}} to allow it empty)")
+
+        return _VAR_RE.sub(substitute, value)
+
+    def _scalar(self, raw: Mapping[str, Any], key: str, field_name: str, default: Any) -> Any:
+        if field_name not in raw or raw[field_name] is None:
+            if default is None:
+                raise ConfigError(f"{key}: is required")
+            return default
+        value = raw[field_name]
+        return self.expand(value, key) if isinstance(value, str) else value
+
+    def string(self, raw: Mapping[str, Any], key: str, field_name: str, default: str | None) -> str:
+        value = self._scalar(raw, key, field_name, default)
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: must be a string, not {type(value).__name__}")
+        return value
+
+    def integer(
+        self, raw: Mapping[str, Any], key: str, field_name: str, default: int, *, minimum: int, maximum: int | None = None
+    ) -> int:
+        value = self._scalar(raw, key, field_name, default)
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: must be an integer, not {value!r}")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            raise ConfigError(f"{key}: must be {bound}, not {value}")
+        return value
+
+    def seconds(self, raw: Mapping[str, Any], key: str, field_name: str, default: float) -> float:
+        value = self._scalar(raw, key, field_name, default)
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: must be a number of seconds, not {value!r}") from None
+        if isinstance(value, bool) or not seconds > 0:
+            raise ConfigError(f"{key}: must be a positive number of seconds, not {value!r}")
+        return seconds
+
+
+def _mapping(value: Any, key: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: must be a mapping, not {type(value).__name__}")
+    return value
+
+
+def _reject_unknown(raw: Mapping[str, Any], prefix: str, known: set[str]) -> None:
+    # A typo such as "upstream:" would otherwise be silently ignored.
+    for name in raw:
+        if name not in known:
+            raise ConfigError(f"{prefix}{name}: unknown key (known: {', '.join(sorted(known))})")

@@ -1,0 +1,136 @@
+"""The proxy's own errors, and their OpenAI-shaped answers.
+
+The two sides of a proxy fail differently and must never be confused::
+
+    ProxyError                  answered to the client in OpenAI's error shape
+    ├── BadRequest              400: invalid JSON, bad X-Session-Id
+    ├── BodyTooLarge            413
+    ├── NotFound                404: unknown route, session or request (or not yours)
+    ├── RequestCancelled        499: a non-streaming request stopped by a cancel route
+    └── UpstreamError           the provider side (aiohttp *client* errors map here)
+        ├── UpstreamUnreachable 502: could not connect, or it hung up before answering
+        ├── UpstreamBroken      502: the answer broke off mid-body
+        └── UpstreamTimeout     504: connect, first-byte or idle timeout
+
+    DownstreamGone              the client side: writing to the client failed
+                                (it went away). Never answered: there is no one
+                                to answer. The relay treats it as a disconnect.
+
+``map_upstream_error`` is the one place aiohttp client exceptions become
+``UpstreamError``; nothing else inspects aiohttp's exception types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+__all__ = [
+    "BadRequest",
+    "BodyTooLarge",
+    "DownstreamGone",
+    "NotFound",
+    "ProxyError",
+    "RequestCancelled",
+    "UpstreamBroken",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "UpstreamUnreachable",
+    "error_body",
+    "error_response",
+    "map_upstream_error",
+    "sse_error_event",
+]
+
+
+class ProxyError(Exception):
+    status = 500
+    type = "proxy_error"
+    code = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(ProxyError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class BodyTooLarge(ProxyError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class NotFound(ProxyError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class RequestCancelled(ProxyError):
+    status = 499
+    type = "request_cancelled"
+    code = "request_cancelled"
+
+
+class UpstreamError(ProxyError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamUnreachable(UpstreamError):
+    code = "upstream_unreachable"
+
+
+class UpstreamBroken(UpstreamError):
+    code = "upstream_broken"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class DownstreamGone(Exception):
+    """The client connection is gone; raised from writes to it."""
+
+
+def error_body(error: ProxyError) -> dict[str, Any]:
+    return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
+
+
+def error_response(error: ProxyError, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(error_body(error), status=error.status, headers=headers)
+
+
+def sse_error_event(error: ProxyError) -> bytes:
+    """The event openai-python turns into an ``APIError`` mid-stream."""
+    return b"data: " + json.dumps(error_body(error), separators=(",", ":")).encode() + b"\n\n"
+
+
+def map_upstream_error(exc: BaseException, upstream: str, *, answered: bool) -> UpstreamError:
+    """Turn an aiohttp client error (or a timeout) on the provider side into ours.
+
+    ``answered`` says whether the provider had sent its status line: a failure
+    before it means the provider was not reached; after it, the answer broke.
+    """
+    if isinstance(exc, UpstreamError):
+        return exc
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return UpstreamTimeout(f"upstream '{upstream}' timed out")
+    detail = str(exc) or type(exc).__name__
+    if answered:
+        return UpstreamBroken(f"upstream '{upstream}' broke off the answer: {detail}")
+    return UpstreamUnreachable(f"upstream '{upstream}' is unreachable: {detail}")

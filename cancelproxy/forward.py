@@ -1,0 +1,136 @@
+"""The ``/v1/*`` handlers: from a client's request to a running ``Relay``.
+
+``POST .../chat/completions`` is the generation route: it gets a record, is
+registered so a cancel route can stop it, and its answer is teed. Every other
+``/v1/*`` request is a plain pass-through, still closed upstream when the
+client leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from .errors import BadRequest, BodyTooLarge, NotFound, ProxyError, error_response
+from .records import Record
+from .registry import ActiveRequest
+from .relay import Relay, Target
+from .routing import choose_upstream, request_headers, upstream_url
+from .services import SERVICES, Services
+from .sessions import credential_fingerprint, is_valid_session_id, new_request_id, new_session_id
+
+__all__ = ["handle_generation", "handle_passthrough"]
+
+
+async def handle_generation(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    try:
+        ids = _ids(request)
+        body = await _read_body(request, services.config.limits.max_body_bytes)
+        payload = _parse_json(body)
+        target = _target(services, request, body, payload.get("model"))
+    except ProxyError as error:
+        return error_response(error)
+    # The record must be able to read a non-streaming answer, so ask for it
+    # uncompressed (event streams are never compressed anyway).
+    target.headers["Accept-Encoding"] = "identity"
+    record = Record(
+        request_id=ids["X-Request-Id"],
+        session_id=ids["X-Session-Id"],
+        credential=credential_fingerprint(request.headers.get("Authorization")),
+        upstream=target.upstream.name,
+        model=payload.get("model") if isinstance(payload.get("model"), str) else None,
+        stream=bool(payload.get("stream")),
+        created_at=time.time(),
+    )
+    active = ActiveRequest(record=record)
+    services.registry.add(active)
+    try:
+        await services.store.save(record)
+    except Exception:
+        # A store outage must not fail the user's request; the final save retries.
+        services.log.exception("could not store the start of %s", record.request_id)
+    relay = Relay(services, request, target, ids, active=active, request_json=payload)
+    return await relay.run()
+
+
+async def handle_passthrough(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    try:
+        ids = _ids(request)
+        body = await _read_body(request, services.config.limits.max_body_bytes)
+        target = _target(services, request, body, _model_of(request, body))
+    except ProxyError as error:
+        return error_response(error)
+    return await Relay(services, request, target, ids).run()
+
+
+def _ids(request: web.Request) -> dict[str, str]:
+    session_id = request.headers.get("X-Session-Id")
+    if session_id is None:
+        session_id = new_session_id()
+    elif not is_valid_session_id(session_id):
+        raise BadRequest(
+            "X-Session-Id must be 1-128 characters of A-Za-z0-9._:- starting with a letter or digit",
+            param="X-Session-Id",
+            code="invalid_session_id",
+        )
+    return {"X-Session-Id": session_id, "X-Request-Id": new_request_id()}
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The whole request body, at most ``limit`` bytes.
+
+    Read before anything is sent upstream: a body left unread keeps the
+    socket paused, and then aiohttp never sees the client hang up.
+    """
+    too_large = BodyTooLarge(f"the request body is larger than {limit} bytes", code="request_too_large")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def _parse_json(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(payload, dict):
+        raise BadRequest("the request body must be a JSON object", code="invalid_json")
+    return payload
+
+
+def _model_of(request: web.Request, body: bytes) -> object:
+    """The ``model`` of a JSON body, for routing; anything else routes by default."""
+    if not body or request.content_type != "application/json":
+        return None
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        return None  # the upstream will answer it; a pass-through does not judge
+    return payload.get("model") if isinstance(payload, dict) else None
+
+
+def _target(services: Services, request: web.Request, body: bytes, model: object) -> Target:
+    explicit = request.match_info.get("upstream")
+    upstream = choose_upstream(services.config, explicit, model)
+    if upstream is None:
+        raise NotFound(f"no upstream named '{explicit}'", code="unknown_upstream")
+    # The raw path and query keep the client's percent-encoding exactly.
+    raw_path, _, raw_query = request.raw_path.partition("?")
+    prefix = f"/{explicit}/v1" if explicit is not None else "/v1"
+    return Target(
+        upstream=upstream,
+        method=request.method,
+        url=upstream_url(services.base_urls[upstream.name], raw_path[len(prefix) :], raw_query),
+        headers=request_headers(request.headers, upstream),
+        body=body,
+    )

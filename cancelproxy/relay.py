@@ -1,0 +1,431 @@
+"""Client ↔ upstream streaming: the one place bytes meet sockets.
+
+A ``Relay`` sends one request upstream and streams the answer back as it
+arrives. Every way it can end goes through :meth:`Relay.run`'s single
+``finally``: the upstream connection is closed, then (for a generation
+request) the record's final state is written, shielded so a client that went
+away cannot interrupt it. Only after that is the client given its end:
+
+==================  =========================================================
+how it ended        what the client gets
+==================  =========================================================
+completed           the upstream's bytes, untouched, then the end of body
+stopped: cancel     a last chunk with ``finish_reason`` = cancel_finish_reason
+                    and ``data: [DONE]`` (499 for a non-streaming request)
+stopped: disconnect nothing: it is gone
+failed              the proxy's error (502/504) if nothing was sent yet;
+                    mid-stream an SSE error event, then the end of the stream
+==================  =========================================================
+
+Why it is built this way (see ENGINEERING.md):
+
+- The server runs with ``handler_cancellation=True``, so a client that
+  disconnects cancels ``run()`` at whatever it awaits, even a silent upstream.
+- A cancel route calls ``ActiveRequest.request_stop()``, which closes the
+  upstream connection from outside (``ClientResponse.close()``, or cancelling
+  the task still waiting for the upstream's headers); the reader here then
+  wakes with an error or EOF, sees the stop and ends like a disconnect would.
+- The record holds only events whose bytes were handed to the client, so
+  after a stop it is exactly the partial answer the user saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiojobs.aiohttp import shield
+from multidict import CIMultiDict
+from yarl import URL
+
+from .accumulate import estimate_prompt_tokens
+from .config import Upstream
+from .errors import (
+    DownstreamGone,
+    ProxyError,
+    RequestCancelled,
+    UpstreamError,
+    UpstreamTimeout,
+    error_body,
+    error_response,
+    map_upstream_error,
+    sse_error_event,
+)
+from .records import Record
+from .registry import ActiveRequest
+from .routing import response_headers
+from .services import Services
+from .tee import Tee
+
+__all__ = ["Relay", "Target"]
+
+# aiohttp's client would otherwise add its own Accept, Accept-Encoding and
+# User-Agent: the provider must see the client's headers, not ours.
+_SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a request goes upstream, and what is sent there."""
+
+    upstream: Upstream
+    method: str
+    url: URL
+    headers: CIMultiDict[str]
+    body: bytes
+
+
+class Relay:
+    def __init__(
+        self,
+        services: Services,
+        request: web.Request,
+        target: Target,
+        ids: dict[str, str],
+        *,
+        active: ActiveRequest | None = None,
+        request_json: dict[str, Any] | None = None,
+    ) -> None:
+        self._services = services
+        self._limits = services.config.limits
+        self._request = request
+        self._target = target
+        self._ids = ids  # X-Session-Id / X-Request-Id, on every answer
+        self._active = active  # None: a plain pass-through, not registered
+        self._request_json = request_json or {}
+        self._wants_stream = bool(self._request_json.get("stream"))
+        self._upstream: aiohttp.ClientResponse | None = None
+        self._response: web.StreamResponse | None = None
+        self._tee: Tee | None = None
+        self._failure: ProxyError | None = None
+        self._phase = "upstream"  # what the deadline is guarding: "upstream" or "client"
+        self._client_left = False
+        self._started = time.monotonic()
+        self.bytes_out = 0
+        if active is not None:
+            active.snapshot = self.snapshot
+
+    async def run(self) -> web.StreamResponse:
+        try:
+            await self._pump()
+        except asyncio.CancelledError:
+            self._client_gone()  # aiohttp cancelled us: the client went away
+            raise
+        except DownstreamGone:
+            self._client_gone()
+        except UpstreamError as exc:
+            self._fail(exc)
+        finally:
+            self._close_upstream()
+            if self._active is not None:
+                # Shielded: a disconnect must not cut the final write short.
+                await shield(self._request, self._finish())
+        return await self._answer()
+
+    # -- the stream -------------------------------------------------------
+
+    @property
+    def _stopping(self) -> bool:
+        return self._active is not None and self._active.stop_reason is not None
+
+    async def _pump(self) -> None:
+        upstream = await self._open()
+        if upstream is None:
+            return  # stopped before the upstream answered
+        self._upstream = upstream
+        if self._active is not None:
+            self._active.attach_upstream(upstream.close)
+        if self._stopping:
+            return
+        event_stream = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
+        if self._active is not None:
+            self._tee = Tee(event_stream=event_stream, max_body_copy=self._limits.max_body_bytes)
+        if event_stream:
+            # Send the status and headers now, as the upstream did; a
+            # non-streaming answer waits for its first body byte so a cancel
+            # before it can still answer 499.
+            await self._prepare()
+        loop = asyncio.get_running_loop()
+        first_byte_by = self._started + self._limits.first_byte_timeout_s
+        try:
+            # One deadline, moved as the stream goes: the rest of the first-byte
+            # budget, then idle_timeout_s per upstream read, write_timeout_s per
+            # client write. Which side it fired on decides whose fault it was.
+            async with asyncio.timeout_at(loop.time() + max(0.0, first_byte_by - time.monotonic())) as deadline:
+                while True:
+                    self._phase = "upstream"
+                    chunk = await self._read(upstream)
+                    if not chunk or self._stopping:
+                        break
+                    self._phase = "client"
+                    deadline.reschedule(loop.time() + self._limits.write_timeout_s)
+                    await self._forward(chunk)
+                    deadline.reschedule(loop.time() + self._limits.idle_timeout_s)
+        except TimeoutError:
+            if self._phase == "client":
+                raise DownstreamGone("the client stopped reading") from None
+            raise UpstreamTimeout(f"upstream '{self._target.upstream.name}' sent nothing for too long") from None
+        if self._stopping:
+            return
+        await self._forward_tail()
+        if self._active is not None:
+            self._active.settled = True
+
+    async def _open(self) -> aiohttp.ClientResponse | None:
+        """Send the request; the answer's status and headers, or None if stopped first.
+
+        The send runs as its own task so a cancel route can abandon it while the
+        provider is still connecting or queueing (cancelling it closes its socket).
+        """
+        sending = asyncio.create_task(self._send())
+        if self._active is not None:
+            self._active.attach_upstream(sending.cancel)
+        handed_over = False
+        try:
+            await asyncio.wait({sending}, timeout=self._limits.first_byte_timeout_s)
+            if sending.cancelled():
+                return None  # a cancel route abandoned it
+            if not sending.done():
+                raise UpstreamTimeout(f"upstream '{self._target.upstream.name}' did not answer in time")
+            response = sending.result()  # raises the mapped UpstreamError
+            handed_over = True
+            return response
+        finally:
+            if not sending.done():
+                sending.cancel()
+            elif not handed_over and not sending.cancelled() and sending.exception() is None:
+                sending.result().close()  # it answered just as we gave up
+
+    async def _send(self) -> aiohttp.ClientResponse:
+        target = self._target
+        try:
+            return await self._services.client.request(
+                target.method,
+                target.url,
+                headers=target.headers,
+                data=target.body or None,
+                allow_redirects=False,
+                skip_auto_headers=_SKIP_AUTO_HEADERS,
+            )
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise map_upstream_error(exc, target.upstream.name, answered=False) from exc
+
+    async def _read(self, upstream: aiohttp.ClientResponse) -> bytes:
+        try:
+            return await upstream.content.readany()
+        except (aiohttp.ClientError, OSError) as exc:
+            raise map_upstream_error(exc, self._target.upstream.name, answered=True) from exc
+
+    async def _forward(self, chunk: bytes) -> None:
+        if self._tee is None:
+            await self._write(chunk)
+            return
+        whole, payloads = self._tee.split(chunk)
+        if whole:
+            await self._write(whole)
+            self._commit(payloads)
+
+    async def _forward_tail(self) -> None:
+        if self._tee is None:
+            return
+        tail, payloads = self._tee.tail()
+        if tail:
+            await self._write(tail)
+        self._commit(payloads)
+        self._tee.commit_body()
+
+    def _commit(self, payloads: list[bytes]) -> None:
+        assert self._tee is not None and self._active is not None
+        if not payloads:
+            return
+        self._tee.commit(payloads)
+        record = self._active.record
+        if record.first_token_at is None and self._tee.answer.delta_count:
+            record.first_token_at = time.time()
+
+    async def _prepare(self) -> web.StreamResponse:
+        if self._response is not None:
+            return self._response
+        upstream = self._upstream
+        assert upstream is not None
+        headers = response_headers(upstream.headers)
+        headers.update(self._ids)
+        if headers.get("Content-Type", "").startswith("text/event-stream"):
+            # Tell a buffering proxy in front of us (nginx) not to hold events.
+            headers.setdefault("X-Accel-Buffering", "no")
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        self._response = response
+        try:
+            await response.prepare(self._request)
+        except ConnectionError as exc:
+            raise DownstreamGone(str(exc)) from exc
+        return response
+
+    async def _write(self, data: bytes) -> None:
+        response = await self._prepare()
+        try:
+            await response.write(data)
+        except ConnectionError as exc:
+            raise DownstreamGone(str(exc)) from exc
+        self.bytes_out += len(data)
+
+    # -- how it ended -----------------------------------------------------
+
+    def _client_gone(self) -> None:
+        self._client_left = True
+        if self._active is not None:
+            self._active.request_stop("disconnect")  # keeps "cancel" if a cancel came first
+
+    def _fail(self, error: UpstreamError) -> None:
+        # A stop closes the upstream, which the reader sees as an error: that
+        # is the stop working, not the upstream failing.
+        if not self._stopping:
+            self._failure = error
+            if self._active is not None:
+                self._active.settled = True
+
+    def _close_upstream(self) -> None:
+        if self._active is not None:
+            self._active.close_upstream()
+        if self._upstream is not None:
+            self._upstream.close()
+
+    def snapshot(self) -> Record:
+        """The record as it stands now, partial answer included."""
+        assert self._active is not None
+        record = self._active.record.copy()
+        if self._tee is not None:
+            answer = self._tee.answer
+            record.content = answer.content
+            record.reasoning_content = answer.reasoning_content
+            record.tool_calls = answer.tool_calls
+            record.upstream_id = answer.upstream_id
+        return record
+
+    async def _finish(self) -> None:
+        """Write the record's final state; then the request is no longer in progress."""
+        active = self._active
+        assert active is not None
+        try:
+            record = self.snapshot()
+            answer = self._tee.answer if self._tee is not None else None
+            status = self._upstream.status if self._upstream is not None else None
+            record.ended_at = time.time()
+            if active.stop_reason is not None:
+                record.status = "stopped"
+                record.stop_reason = active.stop_reason
+                if active.stop_reason == "cancel":
+                    record.finish_reason = self._services.config.cancel_finish_reason
+            elif self._failure is not None:
+                record.status = "failed"
+                record.error = error_body(self._failure)["error"]
+            elif status is not None and status >= 400:
+                record.status = "failed"
+                provider_error = answer.error if answer is not None and answer.error else {}
+                record.error = {"message": f"upstream answered {status}", **provider_error, "status": status}
+            elif answer is not None and answer.error is not None:
+                record.status = "failed"  # an error event mid-stream
+                record.error = answer.error
+            else:
+                record.status = "completed"
+            if answer is not None:
+                record.finish_reason = record.finish_reason or answer.finish_reason
+                if answer.usage is not None and record.status == "completed":
+                    record.usage = answer.usage
+                else:
+                    record.usage = answer.estimated_usage(estimate_prompt_tokens(self._request_json))
+            active.record = record
+            await self._services.store.save(record)
+        except Exception:
+            # The client is never failed for the store's sake; the loss is logged.
+            self._services.log.exception("could not store the final state of %s", active.request_id)
+        finally:
+            active.finished.set()
+            self._services.registry.remove(active)
+
+    async def _answer(self) -> web.StreamResponse:
+        """The client's end of the exchange (it already has whatever was relayed)."""
+        active = self._active
+        try:
+            if active is not None and active.stop_reason == "cancel":
+                return await self._answer_cancelled()
+            if self._client_left:
+                return self._gone()
+            if self._failure is not None:
+                return await self._answer_failure(self._failure)
+            response = await self._prepare()
+            await response.write_eof()
+            return response
+        except DownstreamGone:
+            return self._gone()
+        except ConnectionError:
+            return self._gone()
+
+    async def _answer_cancelled(self) -> web.StreamResponse:
+        response = self._response
+        streaming = (self._tee is not None and self._tee.event_stream) or (response is None and self._wants_stream)
+        if not streaming:
+            if response is None:
+                return error_response(RequestCancelled("the request was cancelled"), headers=self._ids)
+            return self._gone()  # a JSON body already begun cannot be ended cleanly
+        if response is None:
+            response = web.StreamResponse(
+                status=200,
+                headers={
+                    "Content-Type": "text/event-stream; charset=utf-8",
+                    "Cache-Control": "no-cache",
+                    "X-Accel-Buffering": "no",
+                    **self._ids,
+                },
+            )
+            self._response = response
+            await response.prepare(self._request)
+        await response.write(self._cancelled_event() + b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    def _cancelled_event(self) -> bytes:
+        answer = self._tee.answer if self._tee is not None else None
+        record = self._active.record if self._active is not None else None
+        chunk = {
+            "id": (answer.upstream_id if answer else None) or f"chatcmpl-{self._ids['X-Request-Id']}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": (answer.model if answer else None) or (record.model if record else None) or "",
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {},
+                    "logprobs": None,
+                    "finish_reason": self._services.config.cancel_finish_reason,
+                }
+            ],
+        }
+        return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+    async def _answer_failure(self, failure: ProxyError) -> web.StreamResponse:
+        response = self._response
+        if response is None:
+            return error_response(failure, headers=self._ids)
+        if self._tee is not None and self._tee.event_stream or self._is_event_stream(response):
+            # An explicit error event: no client may take a torn stream for a whole one.
+            await response.write(sse_error_event(failure))
+            await response.write_eof()
+            return response
+        return self._gone()
+
+    @staticmethod
+    def _is_event_stream(response: web.StreamResponse) -> bool:
+        return response.headers.get("Content-Type", "").startswith("text/event-stream")
+
+    def _gone(self) -> web.StreamResponse:
+        """No clean end is possible or wanted: drop the client connection."""
+        transport = self._request.transport
+        if transport is not None:
+            transport.abort()
+        return self._response or web.Response(status=499)

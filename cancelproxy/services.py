@@ -1,0 +1,33 @@
+"""The proxy's shared resources, as one typed record kept in the aiohttp app.
+
+Made and closed in one place (``app.py``'s cleanup context); handlers reach
+them through ``request.app[SERVICES]``. No module holds state of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from .config import Config
+from .registry import Registry
+from .store import Store
+
+__all__ = ["SERVICES", "Services"]
+
+
+@dataclass
+class Services:
+    config: Config
+    client: aiohttp.ClientSession
+    store: Store
+    registry: Registry
+    # Upstream name -> base URL to send to (``builtin:mock`` resolved to its port).
+    base_urls: dict[str, str]
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("cancelproxy"))
+
+
+SERVICES: web.AppKey[Services] = web.AppKey("cancelproxy.services", Services)

@@ -1,0 +1,69 @@
+"""What the end-to-end tests ask of the mock provider and of the kernel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+# /proc/net/tcp states (include/net/tcp_states.h)
+TCP_ESTABLISHED = "01"
+
+
+def content_of(n: int) -> str:
+    """The mock provider's deterministic answer of ``n`` deltas."""
+    return "".join(f"w{i} " for i in range(n))
+
+
+async def provider_request(root: str, tag: str, wait: str | None = None, timeout: float = 15.0) -> dict[str, Any]:
+    """The mock provider's record of the request tagged ``tag``.
+
+    ``wait="started"`` or ``"ended"`` long-polls until that happened.
+    """
+    params = {"wait": wait, "timeout": str(timeout)} if wait else {}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{root}/_mock/requests/{tag}", params=params) as response:
+            assert response.status == 200, f"provider has no request '{tag}' ({wait}): {await response.text()}"
+            return dict(await response.json())
+
+
+def tcp_state(port_a: int, port_b: int) -> str | None:
+    """The kernel's state of the loopback socket bound to ``port_a`` talking to ``port_b``.
+
+    None once the socket is gone. This is the provider's side of a connection
+    as the kernel sees it: anything but ESTABLISHED means the FIN has arrived.
+    """
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        path = Path(table)
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if int(local.rsplit(":", 1)[1], 16) == port_a and int(remote.rsplit(":", 1)[1], 16) == port_b:
+                return state
+    return None
+
+
+def sse_payloads(raw: bytes) -> list[str]:
+    """The data payloads of an SSE byte stream, in order."""
+    payloads = []
+    for event in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
+        data = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
+        if data:
+            payloads.append(b"\n".join(data).decode())
+    return payloads
+
+
+def sse_content(raw: bytes) -> str:
+    """The assembled ``delta.content`` of an SSE byte stream."""
+    parts = []
+    for payload in sse_payloads(raw):
+        if payload == "[DONE]":
+            continue
+        chunk = json.loads(payload)
+        for choice in chunk.get("choices") or []:
+            parts.append((choice.get("delta") or {}).get("content") or "")
+    return "".join(parts)

@@ -1,0 +1,283 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from cancelproxy.accumulate import Accumulator, estimate_prompt_tokens
+
+
+def _chunk(
+    delta: dict[str, Any] | None = None,
+    finish: str | None = None,
+    *,
+    id: str = "chatcmpl-9x",
+    model: str = "gpt-4o-mini-2024-07-18",
+    choices: list[dict[str, Any]] | None = None,
+    usage: dict[str, Any] | None = None,
+) -> bytes:
+    if choices is None:
+        choices = [{"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}]
+    obj = {
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": 1726000000,
+        "model": model,
+        "system_fingerprint": "fp_1",
+        "choices": choices,
+        "usage": usage,
+    }
+    return json.dumps(obj).encode()
+
+
+USAGE = {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}
+
+
+def test_openai_content_stream() -> None:
+    acc = Accumulator()
+    acc.add_event(_chunk({"role": "assistant", "content": "", "refusal": None}))
+    for piece in ["Hel", "lo", " wör", "ld"]:
+        acc.add_event(_chunk({"content": piece}))
+    acc.add_event(_chunk({}, "stop"))
+    acc.add_event(_chunk(choices=[], usage=USAGE))  # include_usage chunk
+    acc.add_event(b"[DONE]")
+    assert acc.content == "Hello wörld"
+    assert acc.reasoning_content == ""
+    assert acc.tool_calls == []
+    assert acc.refusal is None
+    assert acc.finish_reason == "stop"
+    assert acc.usage == USAGE
+    assert acc.upstream_id == "chatcmpl-9x"
+    assert acc.model == "gpt-4o-mini-2024-07-18"
+    assert acc.error is None
+    assert acc.done is True
+    assert acc.delta_count == 4  # role chunk and finish chunk carry no text
+    assert acc.unparsed == 0
+
+
+def test_content_join_is_cached_and_extends() -> None:
+    acc = Accumulator()
+    for i in range(10_000):
+        acc.add_event(_chunk({"content": str(i % 10)}))
+    expected = "0123456789" * 1000
+    assert acc.content == expected
+    assert acc.content == expected
+    acc.add_event(_chunk({"content": "!"}))
+    assert acc.content == expected + "!"
+    assert acc.delta_count == 10_001
+
+
+def test_deepseek_reasoning_stream() -> None:
+    acc = Accumulator()
+    seq = [
+        {"role": "assistant", "content": None, "reasoning_content": ""},
+        {"content": None, "reasoning_content": "Let me"},
+        {"content": None, "reasoning_content": " think."},
+        {"content": "The answer", "reasoning_content": None},
+        {"content": " is 4.", "reasoning_content": None},
+    ]
+    for d in seq:
+        acc.add_event(_chunk(d, id="5f0e", model="deepseek-reasoner"))
+    acc.add_event(_chunk({"content": "", "reasoning_content": None}, "stop", id="5f0e",
+                         model="deepseek-reasoner", usage=USAGE))
+    assert acc.reasoning_content == "Let me think."
+    assert acc.content == "The answer is 4."
+    assert acc.finish_reason == "stop"
+    assert acc.usage == USAGE  # DeepSeek puts usage on the last choice chunk
+    assert acc.model == "deepseek-reasoner"
+    assert acc.delta_count == 4
+    assert acc.done is False
+
+
+def test_reasoning_field_fallback() -> None:
+    acc = Accumulator()
+    acc.add_event(_chunk({"reasoning": "hmm"}))
+    acc.add_event(_chunk({"reasoning_content": "!", "reasoning": "ignored"}))
+    assert acc.reasoning_content == "hmm!"
+
+
+def test_tool_calls_by_index() -> None:
+    acc = Accumulator()
+    acc.add_event(_chunk({"role": "assistant", "content": None}))
+    deltas = [
+        [{"index": 0, "id": "call_A", "type": "function",
+          "function": {"name": "get_weather", "arguments": ""}}],
+        [{"index": 0, "function": {"arguments": "{\"ci"}}],
+        [{"index": 0, "function": {"arguments": "ty\": \"Paris\"}"}}],
+        [{"index": 1, "id": "call_B", "type": "function",
+          "function": {"name": "get_", "arguments": "{}"}}],
+        [{"index": 1, "function": {"name": "time"}}],
+    ]
+    for d in deltas:
+        acc.add_event(_chunk({"tool_calls": d}))
+    acc.add_event(_chunk({}, "tool_calls"))
+    assert acc.tool_calls == [
+        {"id": "call_A", "type": "function",
+         "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}},
+        {"id": "call_B", "type": "function",
+         "function": {"name": "get_time", "arguments": "{}"}},
+    ]
+    assert acc.finish_reason == "tool_calls"
+    assert acc.content == ""
+    assert acc.delta_count == 5
+    # views are copies: mutating one does not alter the accumulator
+    acc.tool_calls[0]["function"]["name"] = "x"
+    assert acc.tool_calls[0]["function"]["name"] == "get_weather"
+
+
+def test_tool_calls_without_index() -> None:
+    acc = Accumulator()
+    acc.add_event(_chunk({"tool_calls": [{"id": "c1", "function": {"name": "f", "arguments": "{"}}]}))
+    acc.add_event(_chunk({"tool_calls": [{"function": {"arguments": "}"}}]}))
+    acc.add_event(_chunk({"tool_calls": [{"id": "c2", "function": {"name": "g", "arguments": "[]"}}]}))
+    assert [(t["id"], t["function"]["name"], t["function"]["arguments"]) for t in acc.tool_calls] == [
+        ("c1", "f", "{}"),
+        ("c2", "g", "[]"),
+    ]
+
+
+def test_only_choice_zero_and_last_finish_reason() -> None:
+    acc = Accumulator()
+    acc.add_event(_chunk(choices=[
+        {"index": 1, "delta": {"content": "other"}, "finish_reason": None},
+        {"index": 0, "delta": {"content": "mine"}, "finish_reason": None},
+    ]))
+    acc.add_event(_chunk(choices=[{"index": 1, "delta": {}, "finish_reason": "length"}]))
+    acc.add_event(_chunk({}, "stop"))
+    acc.add_event(_chunk({"content": ""}, None))
+    assert acc.content == "mine"
+    assert acc.finish_reason == "stop"
+    assert acc.delta_count == 1
+
+
+def test_refusal() -> None:
+    acc = Accumulator()
+    acc.add_event(_chunk({"role": "assistant", "content": None, "refusal": ""}))
+    acc.add_event(_chunk({"refusal": "I can't"}))
+    acc.add_event(_chunk({"refusal": " help with that."}))
+    assert acc.refusal == "I can't help with that."
+    assert acc.content == ""
+    assert acc.delta_count == 2
+
+
+def test_first_nonempty_id_and_model() -> None:
+    acc = Accumulator()
+    # Azure's first chunk: prompt filter results, empty id/model, no choices
+    acc.add_event(json.dumps({"id": "", "model": "", "choices": [],
+                              "prompt_filter_results": []}).encode())
+    acc.add_event(_chunk({"content": "a"}, id="c-1", model="gpt-4o"))
+    acc.add_event(_chunk({"content": "b"}, id="c-2", model="gpt-4o-x"))
+    assert (acc.upstream_id, acc.model) == ("c-1", "gpt-4o")
+
+
+def test_error_event() -> None:
+    acc = Accumulator()
+    acc.add_event(_chunk({"content": "partial"}))
+    err = {"message": "Rate limit reached", "type": "rate_limit_error", "code": "rate_limit"}
+    acc.add_event(json.dumps({"error": err}).encode())
+    assert acc.error == err
+    assert acc.content == "partial"
+    assert acc.unparsed == 0
+    acc2 = Accumulator()
+    acc2.add_event(b'{"error": "upstream timeout"}')
+    assert acc2.error == {"message": "upstream timeout"}
+    # OpenRouter: a mid-stream error rides on a normal chunk
+    acc4 = Accumulator()
+    acc4.add_event(_chunk({"content": "so far"}))
+    chunk = json.loads(_chunk({"content": ""}, "error"))
+    chunk["error"] = {"code": 502, "message": "Provider disconnected"}
+    acc4.add_event(json.dumps(chunk).encode())
+    assert acc4.error == {"code": 502, "message": "Provider disconnected"}
+    assert (acc4.finish_reason, acc4.content, acc4.delta_count) == ("error", "so far", 1)
+    acc3 = Accumulator()
+    acc3.add_event(b'{"object": "error", "message": "bad", "code": 400}')
+    assert acc3.error == {"object": "error", "message": "bad", "code": 400}
+
+
+def test_junk_payloads_never_raise() -> None:
+    acc = Accumulator()
+    junk = [b"", b"not json", b"[1, 2]", b'"str"', b"42", b"\xff\xfe{", b"[" * 100_000,
+            b"{\"choices\": 3}", b"{\"choices\": [7, {\"delta\": \"x\"}]}",
+            b"{\"choices\": [{\"delta\": {\"content\": 5, \"tool_calls\": [1, {\"function\": 3}]}}]}",
+            b"{\"usage\": [1], \"id\": 9, \"model\": null}"]
+    for j in junk:
+        acc.add_event(j)
+    assert acc.unparsed == 7
+    assert acc.content == ""
+    assert acc.usage is None and acc.upstream_id is None and acc.model is None
+    assert acc.done is False
+    acc.add_completion(b"<html>502</html>")
+    assert acc.unparsed == 8
+    acc.add_event(b" [DONE] ")
+    assert acc.done is True
+
+
+def test_non_streaming_completion() -> None:
+    body = {
+        "id": "chatcmpl-xyz",
+        "object": "chat.completion",
+        "model": "deepseek-chat",
+        "choices": [{
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "Calling a tool.",
+                "reasoning_content": "Need weather.",
+                "tool_calls": [
+                    {"id": "call_1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}},
+                    {"id": "call_2", "type": "function",
+                     "function": {"name": "get_time", "arguments": "{}"}},
+                ],
+            },
+            "finish_reason": "tool_calls",
+        }],
+        "usage": USAGE,
+    }
+    acc = Accumulator()
+    acc.add_completion(json.dumps(body).encode())
+    assert acc.content == "Calling a tool."
+    assert acc.reasoning_content == "Need weather."
+    assert acc.tool_calls == body["choices"][0]["message"]["tool_calls"]  # type: ignore[index]
+    assert acc.finish_reason == "tool_calls"
+    assert acc.usage == USAGE
+    assert acc.upstream_id == "chatcmpl-xyz"
+    assert acc.model == "deepseek-chat"
+    assert acc.delta_count == 0
+    err = Accumulator()
+    err.add_completion(b'{"error": {"message": "Invalid API key", "code": 401}}')
+    assert err.error == {"message": "Invalid API key", "code": 401}
+    assert err.content == ""
+
+
+def test_estimated_usage() -> None:
+    acc = Accumulator()
+    for piece in ["a", "b", "c"]:
+        acc.add_event(_chunk({"content": piece}))
+    assert acc.estimated_usage(10) == {
+        "prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13, "estimated": True,
+    }
+    assert Accumulator().estimated_usage(0)["total_tokens"] == 0
+
+
+def test_estimate_prompt_tokens() -> None:
+    body: dict[str, Any] = {
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": "x" * 9},  # 9
+            {"role": "user", "content": [
+                {"type": "text", "text": "y" * 4},  # 4
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            ]},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}},  # 2
+            ]},
+            {"role": "tool", "tool_call_id": "c", "content": "z"},  # 1
+        ],
+    }
+    assert estimate_prompt_tokens(body) == 4  # ceil(16 / 4)
+    body["messages"][3]["content"] = "zz"
+    assert estimate_prompt_tokens(body) == 5  # ceil(17 / 4)
+    assert estimate_prompt_tokens({"messages": [{"role": "user", "content": "h"}]}) == 1
+    assert estimate_prompt_tokens({"messages": [{"role": "user", "content": ""}]}) == 0
+    assert estimate_prompt_tokens({}) == 0
+    assert estimate_prompt_tokens({"messages": "junk"}) == 0

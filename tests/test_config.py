@@ -1,0 +1,84 @@
+"""config.yaml → frozen Config; every error names its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cancelproxy.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _minimal(**extra: Any) -> dict[str, Any]:
+    return {"upstreams": [{"name": "a", "base_url": "http://127.0.0.1:1/v1", "models": ["a-*"]}], **extra}
+
+
+def test_shipped_config_loads_without_any_environment() -> None:
+    config = load_config(ROOT / "config.yaml", env={})
+    assert [u.name for u in config.upstreams] == ["openai", "deepseek", "mock"]
+    assert config.default_upstream == "openai"
+    assert config.upstream("mock") is not None and config.upstream("mock").is_builtin_mock  # type: ignore[union-attr]
+    assert config.upstream("openai").api_key == ""  # type: ignore[union-attr]
+    assert config.listen.port == 8080 and config.cancel_finish_reason == "cancelled"
+    assert config.limits.max_body_bytes == 20971520
+
+
+def test_environment_variables_are_expanded() -> None:
+    config = load_config(ROOT / "config.yaml", env={"OPENAI_API_KEY": "sk-from-env", "CANCELPROXY_ADMIN_TOKEN": "adm"})
+    assert config.upstream("openai").api_key == "sk-from-env"  # type: ignore[union-attr]
+    assert config.admin_token == "adm"
+
+
+def test_keys_never_show_in_a_repr() -> None:
+    config = load_config(ROOT / "config.yaml", env={"OPENAI_API_KEY": "sk-secret-value", "CANCELPROXY_ADMIN_TOKEN": "adm-secret"})
+    assert "sk-secret-value" not in repr(config) and "adm-secret" not in repr(config)
+
+
+def test_defaults_and_model_globs() -> None:
+    config = parse_config(_minimal(), env={})
+    assert config.default_upstream == "a"
+    assert config.store.url == "memory://"
+    upstream = config.upstream("a")
+    assert upstream is not None and upstream.serves("a-1") and not upstream.serves("b-1")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({}, "upstreams: must be a non-empty list"),
+        (_minimal(upstream=[]), "upstream: unknown key"),
+        (_minimal(default_upstream="nope"), "default_upstream: 'nope' is not one of the upstreams"),
+        ({"upstreams": [{"name": "a"}]}, "upstreams[0].base_url: is required"),
+        ({"upstreams": [{"name": "a", "base_url": "ftp://x"}]}, "upstreams[0].base_url: 'ftp://x' must be an http(s) URL"),
+        ({"upstreams": [{"name": "Bad Name", "base_url": "http://x"}]}, "upstreams[0].name: 'Bad Name' must be"),
+        ({"upstreams": [{"name": "sessions", "base_url": "http://x"}]}, "upstreams[0].name: 'sessions' is reserved"),
+        (
+            {"upstreams": [{"name": "a", "base_url": "http://x"}, {"name": "a", "base_url": "http://y"}]},
+            "upstreams[1].name: 'a' is used twice",
+        ),
+        (_minimal(listen={"port": "eighty"}), "listen.port: must be an integer"),
+        (_minimal(listen={"port": 70000}), "listen.port: must be between 0 and 65535"),
+        (_minimal(limits={"idle_timeout_s": 0}), "limits.idle_timeout_s: must be a positive number"),
+        (_minimal(limits={"max_body_bytes": "lots"}), "limits.max_body_bytes: must be an integer"),
+        (_minimal(store={"url": "postgres://x"}), "store.url: 'postgres://x' is not supported"),
+        (_minimal(admin_token="${NOT_SET}"), "admin_token: environment variable NOT_SET is not set"),
+        (_minimal(cancel_finish_reason=""), "cancel_finish_reason: must not be empty"),
+        ("just a string", "config: must be a mapping"),
+    ],
+)
+def test_bad_config_names_the_key(raw: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(raw, env={})
+    assert message in str(raised.value)
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml", env={})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("upstreams: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad, env={})

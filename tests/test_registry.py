@@ -1,0 +1,76 @@
+"""Stopping in-progress requests, with an ack only once each is final."""
+
+from __future__ import annotations
+
+import asyncio
+
+from cancelproxy.records import Record
+from cancelproxy.registry import ActiveRequest, Registry
+
+
+def _active(request_id: str, session_id: str = "s") -> ActiveRequest:
+    record = Record(
+        request_id=request_id, session_id=session_id, credential="none", upstream="u", model="m", stream=True, created_at=0.0
+    )
+    return ActiveRequest(record=record)
+
+
+def test_lookup_by_request_and_session() -> None:
+    registry = Registry()
+    a, b, c = _active("a", "s1"), _active("b", "s1"), _active("c", "s2")
+    for active in (a, b, c):
+        registry.add(active)
+    assert registry.get("b") is b and len(registry) == 3
+    assert registry.of_session("s1") == [a, b]
+    registry.remove(a)
+    registry.remove(b)
+    assert registry.of_session("s1") == [] and registry.get("a") is None and len(registry) == 1
+
+
+def test_stop_closes_the_upstream_once_and_keeps_the_first_reason() -> None:
+    closes: list[str] = []
+    active = _active("a")
+    active.attach_upstream(lambda: closes.append("closed"))
+    assert active.request_stop("cancel")
+    assert active.request_stop("disconnect")
+    assert closes == ["closed"]
+    assert active.stop_reason == "cancel" and active.upstream_closed_at is not None
+
+
+def test_a_stop_requested_before_the_upstream_is_attached_closes_it_on_attach() -> None:
+    closes: list[str] = []
+    active = _active("a")
+    assert active.request_stop("cancel")
+    active.attach_upstream(lambda: closes.append("closed"))
+    assert closes == ["closed"]
+
+
+def test_a_request_that_ended_on_its_own_is_not_stopped() -> None:
+    active = _active("a")
+    active.settled = True
+    assert not active.request_stop("cancel")
+    assert active.stop_reason is None
+
+
+async def test_cancel_answers_only_after_the_final_state() -> None:
+    registry = Registry()
+    active = _active("a")
+    registry.add(active)
+    order: list[str] = []
+
+    async def relay_finishing() -> None:
+        await asyncio.sleep(0)  # the relay notices the close on a later turn
+        order.append("final state stored")
+        active.finished.set()
+
+    finishing = asyncio.create_task(relay_finishing())
+    stopped = await registry.cancel([active], "cancel", timeout=5)
+    order.append("ack")
+    await finishing
+    assert stopped == ["a"] and order == ["final state stored", "ack"]
+
+
+async def test_cancel_leaves_out_a_request_that_does_not_finish_in_time() -> None:
+    active = _active("a")
+    assert await Registry().cancel([active], "cancel", timeout=0.01) == []
+    assert active.stop_reason == "cancel"
