@@ -1,0 +1,57 @@
+"""The commands, as a user runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_demo_stops_a_stream_and_shows_the_stored_partial() -> None:
+    result = _run("-m", "cancelproxy", "demo", "--tokens", "100", "--rate", "100", "--stop-after", "5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '"cancelled": true' in result.stdout
+    assert "stored partial == what the client received: yes" in result.stdout
+    assert "its request ended: closed_by_client" in result.stdout
+
+
+def test_a_bad_config_stops_the_start_with_one_line_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("upstreams:\n  - name: a\n    base_url: ftp://nowhere\n")
+    result = _run("proxy.py", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("cancelproxy: bad config: upstreams[0].base_url:")
+
+
+def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
+    result = _run("proxy.py", "--config", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2 and "nope.yaml: cannot read" in result.stderr
+
+
+def test_shipped_config_streams_the_builtin_mock() -> None:
+    from .conftest import Program, free_port
+
+    port = free_port()
+    program = Program([sys.executable, "proxy.py", "--port", str(port)], ready_marker="listening on")
+    program.start()
+    try:
+        body = '{"model": "mock-1", "stream": true, "messages": [{"role": "user", "content": "hi"}], "mock": {"tokens": 5, "rate": 0}}'
+        result = subprocess.run(
+            ["curl", "-sN", f"http://127.0.0.1:{port}/v1/chat/completions", "-H", "Content-Type: application/json", "-d", body],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        assert program.stop() == 0
+    assert result.returncode == 0
+    assert result.stdout.endswith("data: [DONE]\n\n")
+    assert [f'"content":"w{i} "' in result.stdout for i in range(5)] == [True] * 5
