@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -9,16 +11,22 @@ import aiohttp
 import aiojobs.aiohttp
 from aiohttp import web
 
+from .audit import AuditSink, install_sighup
+from .cluster import Cluster, LocalCluster, RedisCluster
 from .config import Config
 from .errors import NotFound, ProxyError, error_response
 from .forward import handle_generation, handle_passthrough
+from .metrics import Metrics
 from .mock import start_mock
 from .registry import Registry
-from .routes import add_routes
+from .routes import add_routes, cancel_here
 from .services import SERVICES, Services
-from .store import open_store
+from .store import Store, open_store
+from .store.redis import RedisStore
+from .store.writer import StoreWriter
+from .upkeep import Upkeep
 
-__all__ = ["RUNNER_OPTIONS", "create_app", "serve"]
+__all__ = ["RUNNER_OPTIONS", "StoreOpenError", "create_app", "serve"]
 
 # Options the server MUST run with (web.run_app / AppRunner):
 # handler_cancellation: without it aiohttp notices a client that hung up only
@@ -26,8 +34,13 @@ __all__ = ["RUNNER_OPTIONS", "create_app", "serve"]
 # access_log None: a line per request costs more than the proxying itself.
 RUNNER_OPTIONS = {"handler_cancellation": True, "access_log": None}
 
-# How long shutdown waits for in-flight streams before stopping them.
-_SHUTDOWN_TIMEOUT_S = 5.0
+# After _drain stopped what was left, how long handlers get to write their
+# clients' clean ends before aiohttp cancels them.
+_HANDLERS_FINISH_S = 5.0
+
+
+class StoreOpenError(RuntimeError):
+    """The configured store cannot be opened; the start stops with this line."""
 
 
 def create_app(config: Config) -> web.Application:
@@ -38,9 +51,11 @@ def create_app(config: Config) -> web.Application:
         client_max_size=config.limits.max_body_bytes + 1,
     )
     app.cleanup_ctx.append(_services_ctx(config))
+    app.on_shutdown.append(_drain)
     # Final record writes are shielded jobs; at shutdown they get time to finish.
     aiojobs.aiohttp.setup(app, close_timeout=config.limits.cancel_timeout_s)
     add_routes(app.router)
+    app.router.add_get("/metrics", _metrics)
     for prefix in ("", "/{upstream}"):
         app.router.add_post(prefix + "/v1/chat/completions", handle_generation)
         app.router.add_route("*", prefix + "/v1/{tail:.*}", handle_passthrough)
@@ -49,37 +64,97 @@ def create_app(config: Config) -> web.Application:
 
 def _services_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
-        base_urls = {u.name: u.base_url for u in config.upstreams}
-        mock_runner = None
-        if any(u.is_builtin_mock for u in config.upstreams):
-            mock_runner, mock_url = await start_mock()
-            base_urls.update({u.name: mock_url for u in config.upstreams if u.is_builtin_mock})
-        client = aiohttp.ClientSession(
-            # limit=0: the default of 100 connections would make stream 101 wait.
-            connector=aiohttp.TCPConnector(limit=0),
-            # No total timeout: a healthy stream may last longer than any fixed
-            # bound. First-byte and idle limits are enforced by the relay.
-            timeout=aiohttp.ClientTimeout(
-                total=None, connect=config.limits.connect_timeout_s, sock_connect=config.limits.connect_timeout_s
-            ),
-            # Bytes pass through untouched, compressed or not.
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        store = open_store(config.store.url)
-        await store.open()
-        app[SERVICES] = Services(
-            config=config, client=client, store=store, registry=Registry(), base_urls=base_urls
-        )
-        try:
+        log = logging.getLogger("cancelproxy")
+        async with contextlib.AsyncExitStack() as teardown:
+            base_urls = {u.name: u.base_url for u in config.upstreams}
+            if any(u.is_builtin_mock for u in config.upstreams):
+                mock_runner, mock_url = await start_mock()
+                teardown.push_async_callback(mock_runner.cleanup)
+                base_urls.update({u.name: mock_url for u in config.upstreams if u.is_builtin_mock})
+
+            client = aiohttp.ClientSession(
+                # limit=0: the default of 100 connections would make stream 101 wait.
+                connector=aiohttp.TCPConnector(limit=0),
+                # No total timeout: a healthy stream may last longer than any fixed
+                # bound. First-byte and idle limits are enforced by the relay.
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=config.limits.connect_timeout_s, sock_connect=config.limits.connect_timeout_s
+                ),
+                # Bytes pass through untouched, compressed or not.
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+            teardown.push_async_callback(client.close)
+
+            audit = AuditSink(config.audit.path)
+            audit.open()
+            teardown.callback(audit.close)
+            install_sighup(asyncio.get_running_loop(), audit)
+
+            store = open_store(config.store.url, key_prefix=config.store.key_prefix)
+            await _open_store(store, config, log)
+            teardown.push_async_callback(store.close)
+            cluster: Cluster = LocalCluster()
+            if isinstance(store, RedisStore):
+                cluster = RedisCluster(store.client, config.store.key_prefix, config.store.heartbeat_s, log)
+
+            writer = StoreWriter(store, flush_interval_s=config.store.flush_interval_ms / 1000, log=log)
+            await writer.start()
+            teardown.push_async_callback(writer.close)  # its last flush runs after the relays ended
+
+            services = Services(
+                config=config,
+                client=client,
+                store=store,
+                writer=writer,
+                registry=Registry(),
+                cluster=cluster,
+                audit=audit,
+                metrics=Metrics(),
+                base_urls=base_urls,
+                log=log,
+            )
+            app[SERVICES] = services
+            await cluster.start(lambda order: cancel_here(services, order))
+            teardown.push_async_callback(cluster.close)
+            upkeep = Upkeep(store, writer, cluster, config.store, log, sweep=not isinstance(cluster, LocalCluster))
+            await upkeep.start()
+            teardown.push_async_callback(upkeep.close)
             yield
-        finally:
-            await client.close()
-            await store.close()
-            if mock_runner is not None:
-                await mock_runner.cleanup()
 
     return services_ctx
+
+
+async def _open_store(store: Store, config: Config, log: logging.Logger) -> None:
+    try:
+        await store.open()
+    except Exception as exc:
+        if config.store.url.startswith("redis://"):
+            # Streams must flow while Redis is away; writes are retried.
+            log.error("store: %s is unreachable at start, writes will be retried: %s", config.store.url, exc)
+            return
+        raise StoreOpenError(f"store.url: cannot open {config.store.url}: {exc}") from exc
+
+
+async def _drain(app: web.Application) -> None:
+    """On SIGTERM/SIGINT, once no new connection is accepted: let streams finish
+    for ``shutdown_grace_s``, then stop the rest (upstream closed, client
+    ended cleanly, record interrupted). The writer flushes after this."""
+    services = app[SERVICES]
+    if await services.registry.wait_empty(services.config.shutdown_grace_s):
+        return
+    leftovers = services.registry.all()
+    services.log.warning("shutdown: stopping %d requests still in progress", len(leftovers))
+    await services.registry.cancel(leftovers, "shutdown", services.config.limits.cancel_timeout_s)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    services.metrics.set_store_transactions(services.writer.transactions)
+    body, content_type = services.metrics.render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
 
 
 @web.middleware
@@ -100,14 +175,14 @@ async def _openai_shaped_errors(
 
 
 def serve(config: Config, *, host: str | None = None, port: int | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     host = host or config.listen.host
     port = config.listen.port if port is None else port
     web.run_app(
         create_app(config),
         host=host,
         port=port,
-        shutdown_timeout=_SHUTDOWN_TIMEOUT_S,
+        shutdown_timeout=_HANDLERS_FINISH_S,
         print=lambda _: print(f"cancelproxy listening on http://{host}:{port}/v1", flush=True),
         **RUNNER_OPTIONS,  # type: ignore[arg-type]
     )

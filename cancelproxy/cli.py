@@ -1,4 +1,4 @@
-"""The command line: ``cancelproxy serve | mock-upstream | demo``."""
+"""The command line: ``cancelproxy serve | mock-upstream | demo | audit``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--rate", type=float, default=20.0)
     demo.add_argument("--stop-after", type=int, default=10, help="deltas to receive before pressing Stop")
 
+    audit = commands.add_parser("audit", help="summarise an audit trail: counts, tokens, latencies")
+    audit.add_argument("file", metavar="FILE", help="the audit file (audit.path), or - for stdin")
+    audit.add_argument("--since", help="only entries since an ISO timestamp, or a duration ago: 30m, 2h, 7d")
+    audit.add_argument("--json", action="store_true", help="print the summary as JSON")
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
@@ -40,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_mock(args.host, args.port, MockDefaults(tokens=args.tokens, rate=args.rate, silence_s=args.silence))
         return 0
+    if args.command == "audit":
+        from .audit_report import run_audit
+
+        return run_audit(args.file, args.since, args.json)
     from .demo import run_demo
 
     return run_demo(tokens=args.tokens, rate=args.rate, stop_after=args.stop_after)

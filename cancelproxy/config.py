@@ -39,7 +39,9 @@ BUILTIN_MOCK = "builtin:mock"
 _RESERVED_NAMES = frozenset({"v1", "api", "sessions", "requests", "metrics", "healthz", "readyz"})
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_STORE_SCHEMES = ("memory",)
+_STORE_SCHEMES = ("memory", "sqlite", "redis")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 class ConfigError(ValueError):
@@ -71,6 +73,16 @@ class Upstream:
 @dataclass(frozen=True)
 class StoreConfig:
     url: str = "memory://"
+    # Partial answers of all streams are written together this often; final
+    # states are written at once.
+    flush_interval_ms: int = 200
+    # Records that ended longer ago than this are deleted (None: kept for ever).
+    retention_s: float | None = 7 * 86400.0
+    # Redis: every key starts with this, so several deployments can share a server.
+    key_prefix: str = "cancelproxy:"
+    # Redis: how often a replica says it is alive; after three missed beats its
+    # in-progress requests are marked interrupted by the others.
+    heartbeat_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,10 @@ class Config:
     limits: Limits = Limits()
     admin_token: str = field(default="", repr=False)
     cancel_finish_reason: str = "cancelled"
+    # On SIGTERM/SIGINT: how long in-flight streams may go on before they are
+    # stopped (upstream closed, client ended cleanly, record interrupted).
+    shutdown_grace_s: float = 10.0
+    log_level: str = "info"
 
     def upstream(self, name: str) -> Upstream | None:
         for upstream in self.upstreams:
@@ -129,7 +145,18 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     _reject_unknown(
         top,
         "",
-        {"listen", "default_upstream", "upstreams", "store", "audit", "limits", "admin_token", "cancel_finish_reason"},
+        {
+            "listen",
+            "default_upstream",
+            "upstreams",
+            "store",
+            "audit",
+            "limits",
+            "admin_token",
+            "cancel_finish_reason",
+            "shutdown_grace_s",
+            "log_level",
+        },
     )
     reader = _Reader(env)
 
@@ -153,12 +180,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     if default_upstream not in names:
         raise ConfigError(f"default_upstream: '{default_upstream}' is not one of the upstreams ({', '.join(names)})")
 
-    store_raw = _mapping(top.get("store", {}), "store")
-    _reject_unknown(store_raw, "store.", {"url"})
-    store_url = reader.string(store_raw, "store.url", "url", StoreConfig.url)
-    scheme = store_url.split(":", 1)[0]
-    if scheme not in _STORE_SCHEMES or not store_url.startswith(f"{scheme}://"):
-        raise ConfigError(f"store.url: '{store_url}' is not supported (use {', '.join(s + '://' for s in _STORE_SCHEMES)})")
+    store = _store(reader, _mapping(top.get("store", {}), "store"))
 
     audit_raw = _mapping(top.get("audit", {}), "audit")
     _reject_unknown(audit_raw, "audit.", {"path"})
@@ -185,15 +207,46 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     if not finish_reason:
         raise ConfigError("cancel_finish_reason: must not be empty")
 
+    log_level = reader.string(top, "log_level", "log_level", "info").lower()
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level: '{log_level}' must be one of debug, info, warning, error")
+
     return Config(
+        shutdown_grace_s=reader.seconds(top, "shutdown_grace_s", "shutdown_grace_s", Config.shutdown_grace_s),
+        log_level=log_level,
         listen=listen,
         default_upstream=default_upstream,
         upstreams=upstreams,
-        store=StoreConfig(url=store_url),
+        store=store,
         audit=audit,
         limits=limits,
         admin_token=reader.string(top, "admin_token", "admin_token", ""),
         cancel_finish_reason=finish_reason,
+    )
+
+
+def _store(reader: _Reader, raw: Mapping[str, Any]) -> StoreConfig:
+    _reject_unknown(raw, "store.", {"url", "flush_interval_ms", "retention", "key_prefix", "heartbeat_s"})
+    defaults = StoreConfig()
+    url = reader.string(raw, "store.url", "url", defaults.url)
+    scheme = url.split(":", 1)[0]
+    if scheme not in _STORE_SCHEMES or not url.startswith(f"{scheme}://"):
+        raise ConfigError(f"store.url: '{url}' is not supported (use {', '.join(s + '://' for s in _STORE_SCHEMES)})")
+    if scheme == "sqlite" and not url.removeprefix("sqlite:///"):
+        raise ConfigError(f"store.url: '{url}' names no file (sqlite:///path.db)")
+    retention = raw.get("retention", "7d")
+    retention_s: float | None = None
+    if retention not in (None, "", "forever"):
+        match = _DURATION_RE.match(reader.expand(str(retention), "store.retention"))
+        if match is None or float(match.group(1)) <= 0:
+            raise ConfigError(f"store.retention: '{retention}' must be a duration such as 12h or 7d, or 'forever'")
+        retention_s = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    return StoreConfig(
+        url=url,
+        flush_interval_ms=reader.integer(raw, "store.flush_interval_ms", "flush_interval_ms", defaults.flush_interval_ms, minimum=1),
+        retention_s=retention_s,
+        key_prefix=reader.string(raw, "store.key_prefix", "key_prefix", defaults.key_prefix),
+        heartbeat_s=reader.seconds(raw, "store.heartbeat_s", "heartbeat_s", defaults.heartbeat_s),
     )
 
 

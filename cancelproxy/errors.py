@@ -7,6 +7,7 @@ The two sides of a proxy fail differently and must never be confused::
     ├── BodyTooLarge            413
     ├── NotFound                404: unknown route, session or request (or not yours)
     ├── RequestCancelled        499: a non-streaming request stopped by a cancel route
+    ├── StoreUnavailable        503: a read while the record store is down
     └── UpstreamError           the provider side (aiohttp *client* errors map here)
         ├── UpstreamUnreachable 502: could not connect, or it hung up before answering
         ├── UpstreamBroken      502: the answer broke off mid-body
@@ -36,6 +37,7 @@ __all__ = [
     "NotFound",
     "ProxyError",
     "RequestCancelled",
+    "StoreUnavailable",
     "UpstreamBroken",
     "UpstreamError",
     "UpstreamTimeout",
@@ -82,6 +84,12 @@ class RequestCancelled(ProxyError):
     status = 499
     type = "request_cancelled"
     code = "request_cancelled"
+
+
+class StoreUnavailable(ProxyError):
+    status = 503
+    type = "store_unavailable"
+    code = "store_unavailable"
 
 
 class UpstreamError(ProxyError):

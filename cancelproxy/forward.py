@@ -45,15 +45,15 @@ async def handle_generation(request: web.Request) -> web.StreamResponse:
         model=payload.get("model") if isinstance(payload.get("model"), str) else None,
         stream=bool(payload.get("stream")),
         created_at=time.time(),
+        holder=services.cluster.replica_id,
     )
     active = ActiveRequest(record=record)
     services.registry.add(active)
-    try:
-        await services.store.save(record)
-    except Exception:
-        # A store outage must not fail the user's request; the final save retries.
-        services.log.exception("could not store the start of %s", record.request_id)
     relay = Relay(services, request, target, ids, active=active, request_json=payload)
+    # Not written now: the writer flushes it, and its partial answer, with
+    # the next batch (a request start is not worth a transaction of its own).
+    services.writer.track(record.request_id, relay.snapshot, lambda: active.version)
+    services.metrics.request_started(target.upstream.name)
     return await relay.run()
 
 

@@ -42,6 +42,9 @@ class Record:
     error: dict[str, Any] | None = None
     first_token_at: float | None = None
     ended_at: float | None = None
+    # The replica running it while in progress: a sweep marks the requests of
+    # a replica that stopped heart-beating as interrupted. Not shown in reads.
+    holder: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -50,7 +53,7 @@ class Record:
     def public(self) -> dict[str, Any]:
         """The JSON a read route answers (everything but the credential)."""
         data = dataclasses.asdict(self)
-        del data["credential"]
+        del data["credential"], data["holder"]
         return data
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,10 +13,15 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
-from .records import Record, StopReason
+from .records import Record
 
-__all__ = ["ActiveRequest", "Registry"]
+__all__ = ["ActiveRequest", "Registry", "StopCause"]
+
+# Why a relay was stopped: a cancel route, the client leaving, or the proxy
+# shutting down (the record then ends "interrupted" rather than "stopped").
+StopCause = Literal["cancel", "disconnect", "shutdown"]
 
 
 @dataclass(eq=False)
@@ -24,7 +29,7 @@ class ActiveRequest:
     """A generation request while its relay runs; ``record`` is its live state."""
 
     record: Record
-    stop_reason: StopReason | None = None
+    stop_reason: StopCause | None = None
     stop_requested_at: float | None = None  # time.monotonic()
     upstream_closed_at: float | None = None
     # Set once the relay knows the outcome (the upstream finished or failed):
@@ -33,6 +38,9 @@ class ActiveRequest:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     # The relay's view of the record with the partial answer so far (reads).
     snapshot: Callable[[], Record] | None = None
+    # Bumped whenever the partial answer grows: the store writer flushes only
+    # the requests whose version moved since its last batch.
+    version: int = 0
     _close_upstream: Callable[[], None] | None = None
 
     @property
@@ -51,7 +59,7 @@ class ActiveRequest:
             close()
             self.upstream_closed_at = time.monotonic()
 
-    def request_stop(self, reason: StopReason) -> bool:
+    def request_stop(self, reason: StopCause) -> bool:
         """Stop this request; False if it already ended on its own.
 
         Idempotent: a second stop keeps the first reason.
@@ -71,12 +79,15 @@ class Registry:
     def __init__(self) -> None:
         self._by_request: dict[str, ActiveRequest] = {}
         self._by_session: dict[str, dict[str, ActiveRequest]] = {}
+        self._empty = asyncio.Event()
+        self._empty.set()
 
     def __len__(self) -> int:
         return len(self._by_request)
 
     def add(self, active: ActiveRequest) -> None:
         self._by_request[active.request_id] = active
+        self._empty.clear()
         self._by_session.setdefault(active.record.session_id, {})[active.request_id] = active
 
     def remove(self, active: ActiveRequest) -> None:
@@ -86,6 +97,16 @@ class Registry:
             session.pop(active.request_id, None)
             if not session:
                 del self._by_session[active.record.session_id]
+        if not self._by_request:
+            self._empty.set()
+
+    async def wait_empty(self, timeout: float) -> bool:
+        """Wait until nothing is in progress; False if ``timeout`` passed first."""
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def get(self, request_id: str) -> ActiveRequest | None:
         return self._by_request.get(request_id)
@@ -96,7 +117,7 @@ class Registry:
     def all(self) -> list[ActiveRequest]:
         return list(self._by_request.values())
 
-    async def cancel(self, actives: Iterable[ActiveRequest], reason: StopReason, timeout: float) -> list[str]:
+    async def cancel(self, actives: Iterable[ActiveRequest], reason: StopCause, timeout: float) -> list[str]:
         """Stop these requests and wait (bounded) until each one's final state is stored.
 
         Returns the ids of the requests that were stopped, not those that had

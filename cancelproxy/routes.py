@@ -12,13 +12,14 @@ from typing import Any
 
 from aiohttp import web
 
-from .errors import NotFound, error_response
+from .cluster import CancelOrder
+from .errors import NotFound, StoreUnavailable, error_response
 from .records import Record
 from .registry import ActiveRequest
 from .services import SERVICES, Services
 from .sessions import credential_fingerprint, token_matches
 
-__all__ = ["add_routes"]
+__all__ = ["add_routes", "cancel_here"]
 
 
 class _Caller:
@@ -37,34 +38,65 @@ def _live(active: ActiveRequest) -> Record:
     return active.snapshot() if active.snapshot is not None else active.record.copy()
 
 
-def _cancel_answer(session_id: str | None, request_ids: list[str]) -> web.Response:
+def _cancel_answer(session_id: str | None, request_ids: list[str], unanswered: list[str]) -> web.Response:
     stopped = bool(request_ids)
-    return web.json_response(
-        {"success": stopped, "cancelled": stopped, "session_id": session_id, "request_ids": request_ids}
+    body: dict[str, Any] = {"success": stopped, "cancelled": stopped, "session_id": session_id, "request_ids": request_ids}
+    if unanswered and not stopped:
+        body["reason"] = f"no answer in time from replica(s) {', '.join(unanswered)}"
+    return web.json_response(body)
+
+
+async def cancel_here(services: Services, order: CancelOrder) -> tuple[list[str], str | None]:
+    """Stop what this replica runs of ``order``; (ids stopped, their session)."""
+    registry = services.registry
+    if order.request_id is not None:
+        candidates = [a for a in [registry.get(order.request_id)] if a is not None]
+    else:
+        candidates = registry.of_session(order.session_id or "")
+    owned = [a for a in candidates if order.admin or a.record.credential == order.credential]
+    stopped = await registry.cancel(owned, "cancel", services.config.limits.cancel_timeout_s)
+    return stopped, owned[0].record.session_id if owned else order.session_id
+
+
+async def _cancel(services: Services, order: CancelOrder) -> tuple[list[str], str | None, list[str]]:
+    """Stop it here and on every other replica at once; answer when all did."""
+    timeout = services.config.limits.cancel_timeout_s
+    (stopped, session_id), remote = await asyncio.gather(
+        cancel_here(services, order), services.cluster.cancel_elsewhere(order, timeout)
     )
+    return stopped + remote.stopped, session_id or remote.session_id, remote.unanswered
 
 
 async def cancel_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     caller = _Caller(request, services)
     session_id = request.match_info["session_id"]
-    actives = [a for a in services.registry.of_session(session_id) if caller.owns(a.record)]
-    stopped = await services.registry.cancel(actives, "cancel", services.config.limits.cancel_timeout_s)
-    return _cancel_answer(session_id, stopped)
+    order = CancelOrder(credential=caller.credential, admin=caller.is_admin, session_id=session_id)
+    stopped, _, unanswered = await _cancel(services, order)
+    return _cancel_answer(session_id, stopped, unanswered)
 
 
 async def cancel_request(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     caller = _Caller(request, services)
     request_id = request.match_info["request_id"]
-    active = services.registry.get(request_id)
-    if active is not None and caller.owns(active.record):
-        stopped = await services.registry.cancel([active], "cancel", services.config.limits.cancel_timeout_s)
-        return _cancel_answer(active.record.session_id, stopped)
-    record = await services.store.get(request_id)
-    if record is None or not caller.owns(record):
-        return error_response(NotFound(f"no request '{request_id}'", code="request_not_found"))
-    return _cancel_answer(record.session_id, [])  # it already ended
+    order = CancelOrder(credential=caller.credential, admin=caller.is_admin, request_id=request_id)
+    stopped, session_id, unanswered = await _cancel(services, order)
+    if stopped:
+        return _cancel_answer(session_id, stopped, unanswered)
+    record = await _stored(services, request_id)
+    if record is not None and caller.owns(record):
+        return _cancel_answer(record.session_id, [], unanswered)  # it already ended
+    if unanswered:
+        return _cancel_answer(None, [], unanswered)  # it may run on a replica that did not answer
+    return error_response(NotFound(f"no request '{request_id}'", code="request_not_found"))
+
+
+async def _stored(services: Services, request_id: str) -> Record | None:
+    try:
+        return await services.store.get(request_id)
+    except Exception as exc:
+        raise StoreUnavailable(f"the record store is unavailable: {exc}") from exc
 
 
 async def read_request(request: web.Request) -> web.Response:
@@ -80,7 +112,7 @@ async def read_request(request: web.Request) -> web.Response:
         except TimeoutError:
             pass  # answer with the state as it stands
         active = services.registry.get(request_id)
-    record = _live(active) if active is not None else await services.store.get(request_id)
+    record = _live(active) if active is not None else await _stored(services, request_id)
     if record is None or not caller.owns(record):
         return error_response(NotFound(f"no request '{request_id}'", code="request_not_found"))
     return web.json_response(record.public())
@@ -90,7 +122,11 @@ async def read_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     caller = _Caller(request, services)
     session_id = request.match_info["session_id"]
-    records = {r.request_id: r for r in await services.store.session(session_id) if caller.owns(r)}
+    try:
+        stored = await services.store.session(session_id)
+    except Exception as exc:
+        raise StoreUnavailable(f"the record store is unavailable: {exc}") from exc
+    records = {r.request_id: r for r in stored if caller.owns(r)}
     # Requests still running here: show their partial answer as it stands.
     for active in services.registry.of_session(session_id):
         if caller.owns(active.record):
@@ -108,7 +144,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     try:
-        ready = await services.store.ping()
+        ready = await services.store.ping() and services.writer.healthy
     except Exception:
         ready = False
     return web.json_response({"status": "ready" if ready else "store unreachable"}, status=200 if ready else 503)

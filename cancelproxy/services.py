@@ -12,9 +12,13 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from .audit import AuditSink
+from .cluster import Cluster
 from .config import Config
+from .metrics import Metrics
 from .registry import Registry
 from .store import Store
+from .store.writer import StoreWriter
 
 __all__ = ["SERVICES", "Services"]
 
@@ -24,7 +28,11 @@ class Services:
     config: Config
     client: aiohttp.ClientSession
     store: Store
+    writer: StoreWriter
     registry: Registry
+    cluster: Cluster
+    audit: AuditSink
+    metrics: Metrics
     # Upstream name -> base URL to send to (``builtin:mock`` resolved to its port).
     base_urls: dict[str, str]
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("cancelproxy"))

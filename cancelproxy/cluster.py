@@ -1,0 +1,243 @@
+"""Replicas: which are alive, and stopping requests that run on another one.
+
+With a local store (memory, SQLite) there is one replica, this process. With
+Redis, several proxies share records and a cancel may reach a replica that
+does not run the request. The cancel order is then published to every live
+replica; each stops what it holds of it exactly as a local cancel does
+(upstream closed, final state stored) and answers. The route answers once
+every live replica has answered, or ``cancel_timeout_s`` has passed.
+
+The order is broadcast instead of looked up in the store because a request
+that started a moment ago may not be in the store yet (partials are flushed
+in batches); the replicas' registries are always current.
+
+Each replica refreshes its score in a sorted set (its heartbeat). One whose
+score is older than three beats is gone: its in-progress records are marked
+interrupted by the others (``upkeep.py``) instead of being waited on for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+__all__ = ["CancelOrder", "Cluster", "LocalCluster", "RedisCluster", "RemoteCancel"]
+
+
+@dataclass(frozen=True)
+class CancelOrder:
+    """What to stop: a session's requests or one request, on behalf of a credential."""
+
+    credential: str
+    admin: bool
+    session_id: str | None = None
+    request_id: str | None = None
+
+
+# Stops what this replica runs of an order: (ids stopped, the session they belong to).
+LocalCancel = Callable[[CancelOrder], Awaitable[tuple[list[str], str | None]]]
+
+
+@dataclass
+class RemoteCancel:
+    stopped: list[str] = field(default_factory=list)
+    session_id: str | None = None
+    unanswered: list[str] = field(default_factory=list)  # replicas that did not answer in time
+
+
+class Cluster(Protocol):
+    replica_id: str
+
+    async def start(self, cancel_here: LocalCancel) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def alive(self, holder: str) -> bool: ...
+
+    async def cancel_elsewhere(self, order: CancelOrder, timeout: float) -> RemoteCancel: ...
+
+
+class LocalCluster:
+    """One replica: this process runs everything that is in progress."""
+
+    def __init__(self) -> None:
+        self.replica_id = f"replica_{secrets.token_hex(6)}"
+
+    async def start(self, cancel_here: LocalCancel) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def alive(self, holder: str) -> bool:
+        return holder == self.replica_id
+
+    async def cancel_elsewhere(self, order: CancelOrder, timeout: float) -> RemoteCancel:
+        return RemoteCancel()
+
+
+class RedisCluster:
+    def __init__(self, client: aioredis.Redis, key_prefix: str, heartbeat_s: float, log: logging.Logger) -> None:
+        self.replica_id = f"replica_{secrets.token_hex(6)}"
+        self._client = client
+        self._heartbeat_s = heartbeat_s
+        self._log = log
+        self._replicas_key = f"{key_prefix}replicas"
+        self._cancel_channel = f"{key_prefix}cancel"
+        self._reply_channel = f"{key_prefix}cancelled:{self.replica_id}"
+        self._waiting: dict[str, _Replies] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._subscribed = asyncio.Event()
+        self._cancel_here: LocalCancel | None = None
+
+    @property
+    def _gone_after_s(self) -> float:
+        return self._heartbeat_s * 3
+
+    async def start(self, cancel_here: LocalCancel) -> None:
+        self._cancel_here = cancel_here
+        with contextlib.suppress(RedisError, OSError):
+            await self._beat()
+        self._spawn(self._heartbeat())
+        self._spawn(self._listen())
+        # An order published before we listen would be lost: wait for the
+        # subscription (bounded, so a Redis outage does not block the start).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), 5)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(RedisError, OSError):
+            await self._client.zrem(self._replicas_key, self.replica_id)
+
+    async def alive(self, holder: str) -> bool:
+        if holder == self.replica_id:
+            return True
+        try:
+            beat = await self._client.zscore(self._replicas_key, holder)
+        except (RedisError, OSError):
+            return True  # unknown: never interrupt another replica's work on a guess
+        return beat is not None and beat >= time.time() - self._gone_after_s
+
+    async def cancel_elsewhere(self, order: CancelOrder, timeout: float) -> RemoteCancel:
+        try:
+            others = await self._live_replicas()
+        except (RedisError, OSError) as exc:
+            self._log.error("cluster: cannot reach the other replicas: %s", exc)
+            return RemoteCancel()
+        others.discard(self.replica_id)
+        if not others:
+            return RemoteCancel()
+        correlation = secrets.token_hex(8)
+        replies = _Replies(expected=others)
+        self._waiting[correlation] = replies
+        message = {"id": correlation, "reply_to": self._reply_channel, "order": asdict(order)}
+        try:
+            await self._client.publish(self._cancel_channel, json.dumps(message))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(replies.complete.wait(), timeout)
+        except (RedisError, OSError) as exc:
+            self._log.error("cluster: could not publish a cancel: %s", exc)
+        finally:
+            del self._waiting[correlation]
+        return RemoteCancel(stopped=replies.stopped, session_id=replies.session_id, unanswered=sorted(replies.expected))
+
+    async def _live_replicas(self) -> set[str]:
+        since = time.time() - self._gone_after_s
+        members = await self._client.zrangebyscore(self._replicas_key, since, "+inf")
+        return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
+
+    async def _beat(self) -> None:
+        now = time.time()
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.zadd(self._replicas_key, {self.replica_id: now})
+            # Forget replicas long gone, so the set does not grow for ever.
+            pipe.zremrangebyscore(self._replicas_key, "-inf", now - 100 * self._gone_after_s)
+            await pipe.execute()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            try:
+                await self._beat()
+            except (RedisError, OSError) as exc:
+                self._log.warning("cluster: heartbeat failed: %s", exc)
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self._client.pubsub()
+            try:
+                await pubsub.subscribe(self._cancel_channel, self._reply_channel)
+                self._subscribed.set()
+                backoff = 0.1
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._dispatch(message["channel"], message["data"])
+            except (RedisError, OSError) as exc:
+                self._log.warning("cluster: lost the cancel channel, reconnecting: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
+
+    def _dispatch(self, channel: bytes | str, data: bytes | str) -> None:
+        try:
+            message: dict[str, Any] = json.loads(data)
+        except ValueError:
+            return
+        if (channel.decode() if isinstance(channel, bytes) else channel) == self._reply_channel:
+            replies = self._waiting.get(str(message.get("id")))
+            if replies is not None:
+                replies.add(message)
+        elif message.get("reply_to") != self._reply_channel:  # not our own order
+            # Its own task: the listener must keep reading while this waits for the stop.
+            self._spawn(self._serve(message))
+
+    async def _serve(self, message: dict[str, Any]) -> None:
+        assert self._cancel_here is not None
+        try:
+            order = CancelOrder(**message["order"])
+        except (KeyError, TypeError):
+            return
+        stopped, session_id = await self._cancel_here(order)
+        reply = {"id": message.get("id"), "replica": self.replica_id, "stopped": stopped, "session_id": session_id}
+        try:
+            await self._client.publish(str(message.get("reply_to")), json.dumps(reply))
+        except (RedisError, OSError) as exc:
+            self._log.error("cluster: could not answer a cancel: %s", exc)
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+@dataclass(eq=False)
+class _Replies:
+    expected: set[str]
+    stopped: list[str] = field(default_factory=list)
+    session_id: str | None = None
+    complete: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, reply: dict[str, Any]) -> None:
+        self.expected.discard(str(reply.get("replica")))
+        self.stopped.extend(str(i) for i in reply.get("stopped", []))
+        self.session_id = self.session_id or reply.get("session_id")
+        if not self.expected:
+            self.complete.set()

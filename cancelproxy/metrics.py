@@ -1,0 +1,122 @@
+"""Prometheus metrics, served at ``GET /metrics``.
+
+Every metric lives in a ``Metrics`` object's own registry, never in
+prometheus_client's global default one: several apps may live in one process
+(the tests make many), and each must count only its own requests.
+
+    cancelproxy_in_progress_requests{upstream}                  gauge
+    cancelproxy_requests_total{upstream,status,stop_reason}     counter ("" = no stop_reason)
+    cancelproxy_time_to_first_token_seconds{upstream}           histogram
+    cancelproxy_cancel_latency_seconds{upstream}                histogram: cancel received -> upstream closed
+    cancelproxy_upstream_errors_total{upstream,code}            counter
+    cancelproxy_store_write_transactions                        gauge: the store's committed write transactions
+
+prometheus_client also exports a ``*_created`` series per counter and
+histogram series unless PROMETHEUS_DISABLE_CREATED_SERIES=true is in the
+environment (the Dockerfile sets it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["CANCEL_BUCKETS", "TTFT_BUCKETS", "Metrics", "metrics_handler"]
+
+# From a fast provider's first token to a reasoning model thinking for minutes.
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+# Closing the upstream connection is normally well under a millisecond to a
+# few: the low end is where a regression shows, so it is finely divided.
+CANCEL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class Metrics:
+    """The proxy's metrics. Calls are cheap and synchronous (the event loop's thread)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._in_progress = Gauge(
+            "cancelproxy_in_progress_requests",
+            "Generation requests in progress.",
+            ["upstream"],
+            registry=self.registry,
+        )
+        self._requests = Counter(
+            "cancelproxy_requests",  # exposed as cancelproxy_requests_total
+            "Finished generation requests, by how they ended.",
+            ["upstream", "status", "stop_reason"],
+            registry=self.registry,
+        )
+        self._ttft = Histogram(
+            "cancelproxy_time_to_first_token_seconds",
+            "Time to the first token of an answer.",
+            ["upstream"],
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self._cancel = Histogram(
+            "cancelproxy_cancel_latency_seconds",
+            "From a cancel (route or client disconnect) received to the upstream connection closed.",
+            ["upstream"],
+            buckets=CANCEL_BUCKETS,
+            registry=self.registry,
+        )
+        self._upstream_errors = Counter(
+            "cancelproxy_upstream_errors",  # exposed as cancelproxy_upstream_errors_total
+            "Upstream failures: unreachable, timed out, broken off, error status.",
+            ["upstream", "code"],
+            registry=self.registry,
+        )
+        # A gauge mirroring the store's own count (which may restart with the
+        # store), so it is set, not incremented.
+        self._store_transactions = Gauge(
+            "cancelproxy_store_write_transactions",
+            "Write transactions the record store has committed.",
+            registry=self.registry,
+        )
+
+    def request_started(self, upstream: str) -> None:
+        self._in_progress.labels(upstream=upstream).inc()
+
+    def request_finished(
+        self,
+        upstream: str,
+        status: str,
+        stop_reason: str | None,
+        ttft_s: float | None,
+        cancel_s: float | None,
+    ) -> None:
+        """Once per started request, whatever its end; ``None`` for what did not happen."""
+        self._in_progress.labels(upstream=upstream).dec()
+        self._requests.labels(upstream=upstream, status=status, stop_reason=stop_reason or "").inc()
+        if ttft_s is not None:
+            self._ttft.labels(upstream=upstream).observe(ttft_s)
+        if cancel_s is not None:
+            self._cancel.labels(upstream=upstream).observe(cancel_s)
+
+    def upstream_error(self, upstream: str, code: str) -> None:
+        self._upstream_errors.labels(upstream=upstream, code=code).inc()
+
+    def set_store_transactions(self, n: int) -> None:
+        self._store_transactions.set(n)
+
+    def track_store_transactions(self, read: Callable[[], float]) -> None:
+        """Read the count from ``read()`` at each scrape instead of being told it."""
+        self._store_transactions.set_function(read)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition body and its Content-Type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def metrics_handler(metrics: Metrics) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A ``GET /metrics`` handler for ``metrics``: ``router.add_get("/metrics", metrics_handler(m))``."""
+
+    async def handle_metrics(request: web.Request) -> web.Response:
+        body, content_type = metrics.render()
+        # Set as a header: web.Response(content_type=...) refuses one with a charset.
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    return handle_metrics

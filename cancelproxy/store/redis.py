@@ -1,0 +1,143 @@
+"""``redis://``: records in Redis, shared by every replica of the proxy.
+
+Layout, every key under ``key_prefix``::
+
+    rec:{request_id}   string      the whole record as JSON
+    sess:{session_id}  sorted set  the session's request ids, scored by created_at
+    inprog             set         request ids whose status is in_progress
+    ended              sorted set  request ids scored by ended_at (for prune)
+
+``save_many`` writes records and indexes in one MULTI/EXEC, so a reader never
+sees a record without its index entries. How durable an acknowledged write is
+depends on the server: only ``appendonly yes`` with ``appendfsync always``
+survives a power loss.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from ..records import Record
+
+__all__ = ["RedisStore"]
+
+# Without a connect timeout, an unreachable host (packets dropped, not
+# refused) would hang open() and every /readyz ping until the OS gives up.
+# No socket_timeout: the client is shared with pub/sub, whose reads idle.
+CONNECT_TIMEOUT_S = 5.0
+# Records deleted per round trip by prune: bounds the size of one MULTI/EXEC
+# (Redis runs it without serving anyone else) on a first prune of a big backlog.
+PRUNE_BATCH = 500
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _dump(record: Record) -> str:
+    return json.dumps(record.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+
+def _load(raw: bytes | str) -> Record:
+    return Record.from_dict(json.loads(raw))
+
+
+class RedisStore:
+    def __init__(self, url: str, key_prefix: str = "cancelproxy:") -> None:
+        self.key_prefix = key_prefix
+        # Public so that another module can reuse the connection pool for pub/sub.
+        self.client: Redis = Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S)
+        # Committed save_many transactions: the proxy reports it to show that
+        # writes are batched.
+        self.transactions = 0
+        self._inprog = f"{key_prefix}inprog"
+        self._ended = f"{key_prefix}ended"
+
+    def _rec(self, request_id: str) -> str:
+        return f"{self.key_prefix}rec:{request_id}"
+
+    def _sess(self, session_id: str) -> str:
+        return f"{self.key_prefix}sess:{session_id}"
+
+    async def open(self) -> None:
+        # Fail now, at startup, rather than at the first save.
+        try:
+            await self.client.ping()
+        except BaseException:
+            await self.client.aclose()
+            raise
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def save_many(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        async with self.client.pipeline(transaction=True) as pipe:
+            for record in records:
+                rid = record.request_id
+                pipe.set(self._rec(rid), _dump(record))
+                pipe.zadd(self._sess(record.session_id), {rid: record.created_at})
+                # Both directions, every time: the index follows the status
+                # the record has now, whatever it had before.
+                if record.status == "in_progress":
+                    pipe.sadd(self._inprog, rid)
+                else:
+                    pipe.srem(self._inprog, rid)
+                if record.ended_at is not None:
+                    pipe.zadd(self._ended, {rid: record.ended_at})
+                else:
+                    pipe.zrem(self._ended, rid)
+            await pipe.execute()
+        self.transactions += 1
+
+    async def get(self, request_id: str) -> Record | None:
+        raw = await self.client.get(self._rec(request_id))
+        return _load(raw) if raw is not None else None
+
+    async def _records(self, ids: Iterable[bytes | str]) -> list[Record]:
+        """The records of these ids that still exist, in the same order."""
+        keys = [self._rec(_text(i)) for i in ids]
+        if not keys:
+            return []  # MGET with no keys is an error
+        return [_load(raw) for raw in await self.client.mget(keys) if raw is not None]
+
+    async def session(self, session_id: str) -> list[Record]:
+        # The set is ordered by created_at; ids that a concurrent prune has
+        # just deleted are skipped.
+        return await self._records(await self.client.zrange(self._sess(session_id), 0, -1))
+
+    async def in_progress(self) -> list[Record]:
+        records = await self._records(await self.client.smembers(self._inprog))
+        return sorted(records, key=lambda r: r.created_at)
+
+    async def prune(self, ended_before: float) -> int:
+        deleted = 0
+        # "(" makes the bound exclusive: ended_at < ended_before, as documented.
+        cutoff = f"({float(ended_before)!r}"
+        while True:
+            # Always from offset 0: each round removes its ids from `ended`.
+            ids = [_text(i) for i in await self.client.zrange(self._ended, "-inf", cutoff, byscore=True, offset=0, num=PRUNE_BATCH)]
+            if not ids:
+                return deleted
+            # The session of each record is inside its JSON: read them first.
+            raws = await self.client.mget([self._rec(i) for i in ids])
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.delete(*(self._rec(i) for i in ids))
+                for rid, raw in zip(ids, raws, strict=True):
+                    if raw is not None:
+                        pipe.zrem(self._sess(_load(raw).session_id), rid)
+                pipe.srem(self._inprog, *ids)
+                pipe.zrem(self._ended, *ids)
+                results = await pipe.execute()
+            deleted += int(results[0])  # DEL answers how many keys existed
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (RedisError, OSError):
+            return False

@@ -1,0 +1,200 @@
+"""``sqlite:///path.db``: records in one SQLite file, for a single host.
+
+Each record is kept whole as JSON (the simplest faithful round trip of every
+field); only what is queried has a column of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from collections.abc import Sequence
+
+import aiosqlite
+
+from ..records import Record
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore", "SchemaVersionError"]
+
+BUSY_TIMEOUT_MS = 5000
+
+# MIGRATIONS[n] takes a database from schema version n to n + 1; version 0 is
+# a new, empty file. To change the schema, append a step: never edit a step
+# that has shipped, files out there already ran it. The version is kept in
+# PRAGMA user_version, which lives in the file header and commits with the step.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE records (
+            request_id TEXT PRIMARY KEY,
+            session_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            status     TEXT NOT NULL,
+            ended_at   REAL,
+            data       TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX records_session ON records (session_id, created_at)",
+        # Recovery sweeps only ever look for in-progress records, a small
+        # minority: a partial index stays small and is all they need.
+        "CREATE INDEX records_in_progress ON records (created_at) WHERE status = 'in_progress'",
+        "CREATE INDEX records_ended ON records (ended_at) WHERE ended_at IS NOT NULL",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_UPSERT = """
+    INSERT INTO records (request_id, session_id, created_at, status, ended_at, data)
+    VALUES (?, ?, ?, ?, ?, ?)
+    ON CONFLICT (request_id) DO UPDATE SET
+        session_id = excluded.session_id,
+        created_at = excluded.created_at,
+        status = excluded.status,
+        ended_at = excluded.ended_at,
+        data = excluded.data
+"""
+
+
+class SchemaVersionError(RuntimeError):
+    """The file was written by a newer version of cancelproxy."""
+
+
+def _row(record: Record) -> tuple[str, str, float, str, float | None, str]:
+    data = json.dumps(record.to_dict(), separators=(",", ":"), ensure_ascii=False)
+    return (record.request_id, record.session_id, record.created_at, record.status, record.ended_at, data)
+
+
+def _record(data: str) -> Record:
+    return Record.from_dict(json.loads(data))
+
+
+async def _rollback(db: aiosqlite.Connection) -> None:
+    # The error that made us roll back is the one worth raising: a failing
+    # ROLLBACK (the connection is gone, or SQLite already rolled back) must
+    # not replace it.
+    with contextlib.suppress(sqlite3.Error, ValueError):
+        await db.execute("ROLLBACK")
+
+
+class SQLiteStore:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        # Committed save_many transactions: the proxy reports it to show that
+        # writes are batched.
+        self.transactions = 0
+        self._db: aiosqlite.Connection | None = None
+        # One connection is shared by every caller. Without the lock, a read
+        # could run between a batch's INSERTs and its COMMIT and see rows that
+        # are then rolled back, and a second BEGIN would fail outright.
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        # isolation_level=None: no implicit transactions from the sqlite3
+        # module; save_many and the migrations say exactly where theirs begin.
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # WAL: readers never block the writer, and a commit is one
+            # sequential append to the log.
+            await db.execute("PRAGMA journal_mode = WAL")
+            # In WAL mode, NORMAL fsyncs only at checkpoints, so a power loss
+            # can take back transactions that had already committed. FULL
+            # fsyncs the log on every commit: a record is on disk when
+            # save_many returns, which the cancel acknowledgement relies on.
+            await db.execute("PRAGMA synchronous = FULL")
+            await self._migrate(db)
+        except BaseException:
+            await db.close()
+            raise
+        self._db = db
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        # BEGIN IMMEDIATE takes the write lock before the version is read, so
+        # two processes opening a new file cannot both run a step.
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            async with db.execute("PRAGMA user_version") as cursor:
+                row = await cursor.fetchone()
+            version = int(row[0]) if row is not None else 0
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"{self.path}: schema version {version} is newer than this cancelproxy "
+                    f"understands (up to {SCHEMA_VERSION}); upgrade cancelproxy or use another file"
+                )
+            for step in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[step]:
+                    await db.execute(statement)
+                await db.execute(f"PRAGMA user_version = {step + 1}")
+            await db.execute("COMMIT")
+        except BaseException:
+            await _rollback(db)
+            raise
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    @property
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("SQLiteStore is not open")
+        return self._db
+
+    async def save_many(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        # Serialize before taking the lock: these are snapshots of records
+        # the caller keeps mutating.
+        rows = [_row(record) for record in records]
+        async with self._lock:
+            db = self._conn
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await db.executemany(_UPSERT, rows)
+                await db.execute("COMMIT")
+            except BaseException:
+                await _rollback(db)
+                raise
+            self.transactions += 1
+
+    async def get(self, request_id: str) -> Record | None:
+        async with self._lock:
+            async with self._conn.execute("SELECT data FROM records WHERE request_id = ?", (request_id,)) as cursor:
+                row = await cursor.fetchone()
+        return _record(row[0]) if row is not None else None
+
+    async def session(self, session_id: str) -> list[Record]:
+        # rowid breaks ties in created_at by first insertion (an upsert keeps
+        # the rowid), as the memory store does.
+        query = "SELECT data FROM records WHERE session_id = ? ORDER BY created_at, rowid"
+        async with self._lock:
+            async with self._conn.execute(query, (session_id,)) as cursor:
+                rows = await cursor.fetchall()
+        return [_record(row[0]) for row in rows]
+
+    async def in_progress(self) -> list[Record]:
+        query = "SELECT data FROM records WHERE status = 'in_progress' ORDER BY created_at"
+        async with self._lock:
+            async with self._conn.execute(query) as cursor:
+                rows = await cursor.fetchall()
+        return [_record(row[0]) for row in rows]
+
+    async def prune(self, ended_before: float) -> int:
+        # One statement in autocommit mode is its own transaction.
+        async with self._lock:
+            async with self._conn.execute("DELETE FROM records WHERE ended_at < ?", (ended_before,)) as cursor:
+                return cursor.rowcount
+
+    async def ping(self) -> bool:
+        if self._db is None:
+            return False
+        try:
+            async with self._lock:
+                async with self._db.execute("SELECT 1") as cursor:
+                    await cursor.fetchone()
+        except (sqlite3.Error, ValueError):  # aiosqlite raises ValueError once the connection is gone
+            return False
+        return True

@@ -1,0 +1,119 @@
+"""Batched, failure-tolerant writes in front of any store backend.
+
+- In-progress records (their partial answers) are not written per token: every
+  ``flush_interval_ms`` the partials of all streams that changed are written
+  together, in one transaction.
+- A final state is written at once (``save_final``): a cancel is acknowledged
+  only after it returns, and it returns only once the write is durable — or
+  has failed, in which case the record is kept and retried with the next flush.
+- A store that is down never fails a client: writes that fail are kept (up to
+  ``max_pending``), retried on every flush, and the loss beyond that is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..records import Record
+from .base import Store
+
+__all__ = ["StoreWriter"]
+
+
+@dataclass(eq=False)
+class _Tracked:
+    snapshot: Callable[[], Record]
+    version: Callable[[], int]
+    flushed_version: int = -1
+
+
+class StoreWriter:
+    def __init__(
+        self, store: Store, *, flush_interval_s: float, log: logging.Logger, max_pending: int = 100_000
+    ) -> None:
+        self.store = store
+        self._interval = flush_interval_s
+        self._log = log
+        self._max_pending = max_pending
+        self._tracked: dict[str, _Tracked] = {}
+        # Records whose write failed, newest state per request id, to retry.
+        self._pending: dict[str, Record] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        # One write at a time, in order: a batch of partials taken before a
+        # final state must not commit after it (Redis pipelines on pooled
+        # connections, unlike one SQLite connection, would not keep the order).
+        self._in_order = asyncio.Lock()
+        self.healthy = True
+        self.transactions = 0  # write transactions committed (batching shows here)
+
+    async def start(self) -> None:
+        self._flusher = asyncio.create_task(self._flush_every_interval())
+
+    async def close(self) -> None:
+        """Stop flushing, then write what is left (one last attempt)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush()
+        if self._pending:
+            self._log.error("store: %d record states could not be written before exit", len(self._pending))
+
+    def track(self, request_id: str, snapshot: Callable[[], Record], version: Callable[[], int]) -> None:
+        """Flush this in-progress request's snapshot whenever its version moved."""
+        self._tracked[request_id] = _Tracked(snapshot, version)
+
+    async def save_final(self, record: Record) -> bool:
+        """Write a final state now; False if the store failed (it will be retried)."""
+        self._tracked.pop(record.request_id, None)
+        self._pending.pop(record.request_id, None)
+        return await self._write([record])
+
+    async def flush(self) -> None:
+        """Write the changed partials and everything that failed before, together."""
+        batch = dict(self._pending)
+        for request_id, tracked in self._tracked.items():
+            version = tracked.version()
+            if version != tracked.flushed_version:
+                tracked.flushed_version = version
+                batch[request_id] = tracked.snapshot()
+        if not batch:
+            return
+        self._pending.clear()
+        await self._write(list(batch.values()))
+
+    async def _write(self, records: list[Record]) -> bool:
+        try:
+            async with self._in_order:
+                await self.store.save_many(records)
+        except Exception as exc:  # any backend failure: keep the data, say so, go on
+            self._keep(records)
+            if self.healthy:
+                self._log.error("store: write failed, will retry: %s", exc)
+            self.healthy = False
+            return False
+        self.transactions += 1
+        if not self.healthy:
+            self._log.info("store: writes succeed again")
+        self.healthy = True
+        return True
+
+    def _keep(self, records: list[Record]) -> None:
+        for record in records:
+            tracked = self._tracked.get(record.request_id)
+            if tracked is not None:
+                tracked.flushed_version = -1  # a live request: the next flush re-reads it
+            else:
+                self._pending[record.request_id] = record
+        while len(self._pending) > self._max_pending:
+            lost = self._pending.pop(next(iter(self._pending)))
+            self._log.error("store: dropped the unwritten state of %s (%s)", lost.request_id, lost.status)
+
+    async def _flush_every_interval(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()

@@ -1,0 +1,158 @@
+"""SQLite as users run it: a real file, kill -9, SIGTERM, restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+
+from .conftest import MockProvider, Proxy, proxy_config, start_proxy
+from .helpers import content_of, provider_request
+
+USER_KEY = "sk-user-a-0123456789abcdef"
+
+
+def _stored(db: Path, request_id: str) -> dict[str, Any] | None:
+    """The record as the SQLite file holds it, read with Python's own sqlite3."""
+    with sqlite3.connect(db) as connection:
+        row = connection.execute("SELECT data FROM records WHERE request_id = ?", (request_id,)).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+async def _until_flushed(db: Path, request_id: str, min_content: int, bound_s: float = 10.0) -> dict[str, Any]:
+    """Wait for the writer's batch to carry the partial answer to the file.
+
+    The flush is a timer inside another process: there is no event to await,
+    so this re-reads the file, within a generous bound.
+    """
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        stored = _stored(db, request_id)
+        if stored is not None and len(stored["content"].split()) >= min_content:
+            return stored
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{request_id} was not flushed to {db} within {bound_s}s")
+
+
+def _sqlite_proxy(mock: MockProvider, tmp_path: Path, **overrides: object) -> tuple[Proxy, Path]:
+    db = tmp_path / "records.db"
+    config = proxy_config(mock, store={"url": f"sqlite:///{db}", "flush_interval_ms": 50}, **overrides)
+    return start_proxy(tmp_path, config), db
+
+
+async def test_every_record_is_in_the_file(mock_provider: MockProvider, tmp_path: Path) -> None:
+    proxy, db = _sqlite_proxy(mock_provider, tmp_path)
+    try:
+        async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=USER_KEY, max_retries=0) as client:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="mock-1", messages=[{"role": "user", "content": "x"}], extra_body={"mock": {"tokens": 4, "rate": 0}}
+            )
+        request_id = raw.headers["x-request-id"]
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{proxy.root}/requests/{request_id}?wait=1", headers={"Authorization": f"Bearer {USER_KEY}"}) as r:
+                assert r.status == 200
+        stored = _stored(db, request_id)
+        assert stored is not None and (stored["status"], stored["content"]) == ("completed", content_of(4))
+        with sqlite3.connect(db) as connection:
+            assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        proxy.program.stop()
+
+
+async def test_kill_9_mid_stream_leaves_an_interrupted_record_with_its_partial(
+    mock_provider: MockProvider, tmp_path: Path
+) -> None:
+    proxy, db = _sqlite_proxy(mock_provider, tmp_path)
+    tag = f"kill9-{uuid.uuid4().hex[:8]}"
+    received: list[str] = []
+    async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=USER_KEY, max_retries=0) as client:
+        stream = await client.chat.completions.create(
+            model="mock-1",
+            messages=[{"role": "user", "content": "x"}],
+            stream=True,
+            extra_body={"mock": {"tokens": 500, "rate": 50, "tag": tag}},
+        )
+        request_id = stream.response.headers["x-request-id"]
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                received.append(chunk.choices[0].delta.content)
+            if len(received) == 10:
+                break
+        flushed = await _until_flushed(db, request_id, min_content=10)
+        assert flushed["status"] == "in_progress"
+        assert proxy.program.process is not None
+        proxy.program.process.send_signal(signal.SIGKILL)
+        proxy.program.stop()
+        with_error = None
+        try:
+            async for _ in stream:
+                pass
+        except openai.APIError as exc:  # the connection died with the proxy
+            with_error = exc
+        assert with_error is not None
+    assert (await provider_request(mock_provider.root, tag, wait="ended"))["state"] == "closed_by_client"
+
+    restarted = start_proxy(tmp_path, proxy_config(mock_provider, store={"url": f"sqlite:///{db}"}))
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{restarted.root}/requests/{request_id}", headers={"Authorization": f"Bearer {USER_KEY}"}) as r:
+                record = await r.json()
+    finally:
+        restarted.program.stop()
+    assert record["status"] == "interrupted"
+    assert record["error"]["code"] == "interrupted"
+    # The last flushed partial is kept: at least what had been flushed, and
+    # never anything the client was not sent.
+    assert len(record["content"]) >= len(flushed["content"])
+    assert record["content"] == content_of(len(record["content"].split()))
+
+
+async def test_sigterm_lets_short_streams_finish_and_stops_the_rest(mock_provider: MockProvider, tmp_path: Path) -> None:
+    proxy, db = _sqlite_proxy(mock_provider, tmp_path, shutdown_grace_s=1.5)
+    assert proxy.program.process is not None
+    async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=USER_KEY, max_retries=0) as client:
+        long = await client.chat.completions.create(
+            model="mock-1",
+            messages=[{"role": "user", "content": "x"}],
+            stream=True,
+            extra_body={"mock": {"tokens": 1000, "rate": 20}},
+        )
+        short = await client.chat.completions.create(
+            model="mock-1",
+            messages=[{"role": "user", "content": "x"}],
+            stream=True,
+            extra_body={"mock": {"tokens": 10, "rate": 20}},  # half a second: within the grace
+        )
+        long_id, short_id = long.response.headers["x-request-id"], short.response.headers["x-request-id"]
+        signalled = time.monotonic()
+        proxy.program.process.send_signal(signal.SIGTERM)
+
+        async def read(stream: openai.AsyncStream[Any]) -> tuple[str, list[str]]:
+            text, reasons = [], []
+            async for chunk in stream:  # both end without raising
+                for choice in chunk.choices:
+                    text.append(choice.delta.content or "")
+                    if choice.finish_reason:
+                        reasons.append(choice.finish_reason)
+            return "".join(text), reasons
+
+        (long_text, long_reasons), (short_text, short_reasons) = await asyncio.gather(read(long), read(short))
+    exit_code = await asyncio.to_thread(proxy.program.process.wait, 30)
+    exited_after = time.monotonic() - signalled
+    proxy.program.stop()
+    assert exit_code == 0
+    assert exited_after < 1.5 + 5  # the grace, plus the time to write clean ends
+    assert (short_text, short_reasons) == (content_of(10), ["stop"])
+    assert long_reasons == ["cancelled"]
+    long_record, short_record = _stored(db, long_id), _stored(db, short_id)
+    assert long_record is not None and short_record is not None
+    assert (long_record["status"], long_record["content"]) == ("interrupted", long_text)
+    assert (short_record["status"], short_record["content"]) == ("completed", content_of(10))
