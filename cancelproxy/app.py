@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -89,7 +90,9 @@ def _services_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
             audit = AuditSink(config.audit.path)
             audit.open()
             teardown.callback(audit.close)
-            install_sighup(asyncio.get_running_loop(), audit)
+            loop = asyncio.get_running_loop()
+            if install_sighup(loop, audit):
+                teardown.callback(loop.remove_signal_handler, signal.SIGHUP)
 
             store = open_store(config.store.url, key_prefix=config.store.key_prefix)
             await _open_store(store, config, log)

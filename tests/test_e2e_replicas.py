@@ -1,0 +1,167 @@
+"""Several proxies on one real redis-server: shared records, cancels that cross replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+
+from .conftest import MockProvider, Proxy, proxy_config, start_proxy
+from .helpers import TCP_ESTABLISHED, content_of, provider_request, tcp_state
+from .redis_server import RedisServer, redis_server, redis_url, unique_key_prefix  # noqa: F401 (fixtures)
+
+USER_KEY = "sk-user-a-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {USER_KEY}"}
+
+
+def _replica(mock: MockProvider, tmp_path: Path, url: str, prefix: str) -> Proxy:
+    store = {"url": url, "key_prefix": prefix, "flush_interval_ms": 50, "heartbeat_s": 0.2}
+    return start_proxy(tmp_path, proxy_config(mock, store=store))
+
+
+async def _get(url: str) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, headers=AUTH) as response:
+            return response.status, await response.json()
+
+
+async def _post(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, headers=AUTH) as response:
+            assert response.status == 200
+            return dict(await response.json())
+
+
+async def _until(read: Any, done: Any, bound_s: float = 15.0) -> Any:
+    """Re-read until ``done(value)``: for state another process changes on its
+    own timer (flushes, heartbeats), where there is no event to await."""
+    deadline = time.monotonic() + bound_s
+    while True:
+        value = await read()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {bound_s}s: {value}")
+        await asyncio.sleep(0.05)
+
+
+async def _start_stream(proxy: Proxy, sid: str, tag: str, client: openai.AsyncOpenAI) -> openai.AsyncStream[Any]:
+    return await client.chat.completions.create(
+        model="mock-1",
+        messages=[{"role": "user", "content": "x"}],
+        stream=True,
+        extra_body={"mock": {"tokens": 500, "rate": 50, "tag": tag}},
+        extra_headers={"X-Session-Id": sid},
+    )
+
+
+async def test_a_cancel_sent_to_b_stops_the_stream_held_by_a(
+    mock_provider: MockProvider, redis_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    prefix = unique_key_prefix()
+    a, b = _replica(mock_provider, tmp_path, redis_url, prefix), _replica(mock_provider, tmp_path, redis_url, prefix)
+    sid = f"replicated-{uuid.uuid4().hex[:8]}"
+    try:
+        async with openai.AsyncOpenAI(base_url=a.base_url, api_key=USER_KEY, max_retries=0) as client:
+            for route in ("/sessions/{sid}/cancel", "/requests/{rid}/cancel"):
+                tag = f"cross-{uuid.uuid4().hex[:8]}"
+                stream = await _start_stream(a, sid, tag, client)
+                rid = stream.response.headers["x-request-id"]
+                upstream = await provider_request(mock_provider.root, tag, wait="started")
+                received: list[str] = []
+                reasons: list[str] = []
+                ack: dict[str, Any] | None = None
+                socket_at_ack = None
+                async for chunk in stream:
+                    for choice in chunk.choices:
+                        received.append(choice.delta.content or "")
+                        if choice.finish_reason:
+                            reasons.append(choice.finish_reason)
+                    if len(received) >= 5 and ack is None:
+                        ack = await _post(b.root + route.format(sid=sid, rid=rid))  # to the OTHER replica
+                        socket_at_ack = tcp_state(mock_provider.port, upstream["peer_port"])
+                assert ack == {"success": True, "cancelled": True, "session_id": sid, "request_ids": [rid]}
+                assert socket_at_ack != TCP_ESTABLISHED  # closed by A before B answered
+                assert reasons == ["cancelled"]
+                status, record = await _get(f"{b.root}/requests/{rid}")  # B reads A's record
+                assert status == 200
+                assert (record["status"], record["stop_reason"]) == ("stopped", "cancel")
+                assert record["content"] == "".join(received)
+        status, session = await _get(f"{b.root}/sessions/{sid}")
+        assert status == 200 and [r["status"] for r in session["requests"]] == ["stopped", "stopped"]
+        # Nothing left to stop anywhere: a harmless no, at once.
+        assert (await _post(f"{b.root}/sessions/{sid}/cancel"))["cancelled"] is False
+    finally:
+        a.program.stop()
+        b.program.stop()
+
+
+async def test_a_replica_killed_mid_stream_leaves_its_records_interrupted(
+    mock_provider: MockProvider, redis_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    prefix = unique_key_prefix()
+    a, b = _replica(mock_provider, tmp_path, redis_url, prefix), _replica(mock_provider, tmp_path, redis_url, prefix)
+    try:
+        async with openai.AsyncOpenAI(base_url=a.base_url, api_key=USER_KEY, max_retries=0) as client:
+            stream = await _start_stream(a, f"doomed-{uuid.uuid4().hex[:8]}", f"kill-{uuid.uuid4().hex[:8]}", client)
+            rid = stream.response.headers["x-request-id"]
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content == "w5 ":
+                    break
+            await _until(lambda: _get(f"{b.root}/requests/{rid}"), lambda r: r[0] == 200 and r[1]["content"])
+            assert a.program.process is not None
+            a.program.process.send_signal(signal.SIGKILL)
+            a.program.stop()
+            await stream.close()
+        _, record = await _until(lambda: _get(f"{b.root}/requests/{rid}"), lambda r: r[1]["status"] != "in_progress")
+        assert record["status"] == "interrupted"
+        assert record["content"] == content_of(len(record["content"].split()))
+    finally:
+        a.program.stop()
+        b.program.stop()
+
+
+async def test_redis_going_away_breaks_no_client(
+    mock_provider: MockProvider, redis_server: RedisServer, tmp_path: Path  # noqa: F811
+) -> None:
+    proxy = _replica(mock_provider, tmp_path, redis_server.url, unique_key_prefix())
+    try:
+        assert (await _get(f"{proxy.root}/readyz"))[0] == 200
+        async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=USER_KEY, max_retries=0) as client:
+            running = await client.chat.completions.create(
+                model="mock-1",
+                messages=[{"role": "user", "content": "x"}],
+                stream=True,
+                extra_body={"mock": {"tokens": 40, "rate": 40}},
+            )
+            redis_server.stop()
+            # The stream that was running goes on to its end.
+            text = "".join([c.choices[0].delta.content or "" async for c in running if c.choices])
+            assert text == content_of(40)
+            # New streams flow, and a local cancel still works.
+            sid = f"no-redis-{uuid.uuid4().hex[:8]}"
+            tag = f"no-redis-{uuid.uuid4().hex[:8]}"
+            stream = await _start_stream(proxy, sid, tag, client)
+            await provider_request(mock_provider.root, tag, wait="started")
+            ack = await _post(f"{proxy.root}/sessions/{sid}/cancel")
+            assert ack["cancelled"] is True
+            reasons = [c.choices[0].finish_reason async for c in stream if c.choices and c.choices[0].finish_reason]
+            assert reasons == ["cancelled"]
+            assert (await _get(f"{proxy.root}/readyz"))[0] == 503
+            status, body = await _get(f"{proxy.root}/sessions/{sid}")
+            assert (status, body["error"]["code"]) == (503, "store_unavailable")
+
+            redis_server.start()  # back, on the same port
+            await _until(lambda: _get(f"{proxy.root}/readyz"), lambda r: r[0] == 200)
+            # What could not be written while it was away is written now.
+            rid = ack["request_ids"][0]
+            _, record = await _until(lambda: _get(f"{proxy.root}/requests/{rid}"), lambda r: r[0] == 200)
+            assert (record["status"], record["stop_reason"]) == ("stopped", "cancel")
+    finally:
+        proxy.program.stop()
