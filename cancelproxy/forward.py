@@ -8,6 +8,7 @@ client leaves.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -47,9 +48,10 @@ async def handle_generation(request: web.Request) -> web.StreamResponse:
         created_at=time.time(),
         holder=services.cluster.replica_id,
     )
+    target, hide_usage = _ask_for_usage(target, payload)
     active = ActiveRequest(record=record)
     services.registry.add(active)
-    relay = Relay(services, request, target, ids, active=active, request_json=payload)
+    relay = Relay(services, request, target, ids, active=active, request_json=payload, hide_usage=hide_usage)
     # Not written now: the writer flushes it, and its partial answer, with
     # the next batch (a request start is not worth a transaction of its own).
     services.writer.track(record.request_id, relay.snapshot, lambda: active.version)
@@ -66,6 +68,23 @@ async def handle_passthrough(request: web.Request) -> web.StreamResponse:
     except ProxyError as error:
         return error_response(error)
     return await Relay(services, request, target, ids).run()
+
+
+def _ask_for_usage(target: Target, payload: dict[str, Any]) -> tuple[Target, bool]:
+    """Make a stream report its exact usage, even if the client did not ask.
+
+    Without ``stream_options.include_usage`` a stream never says what it cost.
+    The proxy asks for it and the tee hides what that adds from the client.
+    Returns the target to send and whether usage must be hidden.
+    """
+    options = payload.get("stream_options")
+    if payload.get("stream") is not True or (options is not None and not isinstance(options, dict)):
+        return target, False
+    if options and options.get("include_usage"):
+        return target, False  # the client asked: it gets it
+    asked = {**payload, "stream_options": {**(options or {}), "include_usage": True}}
+    body = json.dumps(asked, ensure_ascii=False, separators=(",", ":")).encode()
+    return dataclasses.replace(target, body=body), True
 
 
 def _ids(request: web.Request) -> dict[str, str]:

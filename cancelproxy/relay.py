@@ -91,6 +91,7 @@ class Relay:
         *,
         active: ActiveRequest | None = None,
         request_json: dict[str, Any] | None = None,
+        hide_usage: bool = False,
     ) -> None:
         self._services = services
         self._limits = services.config.limits
@@ -100,6 +101,7 @@ class Relay:
         self._active = active  # None: a plain pass-through, not registered
         self._request_json = request_json or {}
         self._wants_stream = bool(self._request_json.get("stream"))
+        self._hide_usage = hide_usage
         self._upstream: aiohttp.ClientResponse | None = None
         self._response: web.StreamResponse | None = None
         self._tee: Tee | None = None
@@ -145,7 +147,9 @@ class Relay:
             return
         event_stream = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
         if self._active is not None:
-            self._tee = Tee(event_stream=event_stream, max_body_copy=self._limits.max_body_bytes)
+            self._tee = Tee(
+                event_stream=event_stream, max_body_copy=self._limits.max_body_bytes, hide_usage=self._hide_usage
+            )
         if event_stream:
             # Send the status and headers now, as the upstream did; a
             # non-streaming answer waits for its first body byte so a cancel

@@ -8,16 +8,53 @@ and lets a stopped stream end with a clean final event instead of a torn one.
 
 from __future__ import annotations
 
+import json
+import re
+
 from .accumulate import Accumulator
 from .sse import SSEFramer
 
 __all__ = ["Tee"]
 
+# What asking for usage adds to every other chunk of an OpenAI stream.
+_USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,')
+_EVENT_END = re.compile(rb"(\r?\n\r?\n)")
+
+
+def _without_injected_usage(block: bytes) -> bytes:
+    """Whole events as the client would have had them without ``include_usage``:
+    the usage-only chunk (``"choices": []``) dropped, ``"usage": null`` removed."""
+    if b'"usage"' not in block:
+        return block
+    pieces = _EVENT_END.split(block)  # [event, end, event, end, ..., tail]
+    kept: list[bytes] = []
+    for event, end in zip(pieces[0::2], [*pieces[1::2], b""]):
+        if b'"usage"' in event:
+            if _is_usage_only(event):
+                continue
+            event = _USAGE_NULL.sub(b"", event)
+        kept += (event, end)
+    return b"".join(kept)
+
+
+def _is_usage_only(event: bytes) -> bool:
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            try:
+                chunk = json.loads(line[5:])
+            except ValueError:
+                return False
+            return isinstance(chunk, dict) and chunk.get("choices") == [] and bool(chunk.get("usage"))
+    return False
+
 
 class Tee:
-    def __init__(self, *, event_stream: bool, max_body_copy: int) -> None:
+    def __init__(self, *, event_stream: bool, max_body_copy: int, hide_usage: bool = False) -> None:
         self.answer = Accumulator()
         self.event_stream = event_stream
+        # The proxy asked the upstream for usage the client did not ask for:
+        # the record gets it, the client's bytes stay what they would have been.
+        self._hide_usage = hide_usage
         self._framer = SSEFramer() if event_stream else None
         # A non-streaming answer is one JSON document: keep a copy to read it
         # once it is complete (bounded, it is only for the record).
@@ -27,7 +64,10 @@ class Tee:
     def split(self, chunk: bytes) -> tuple[bytes, list[bytes]]:
         """The bytes to forward now, and the event payloads they complete."""
         if self._framer is not None:
-            return self._framer.feed(chunk)
+            whole, payloads = self._framer.feed(chunk)
+            if self._hide_usage and whole:
+                whole = _without_injected_usage(whole)
+            return whole, payloads
         if len(self._body) < self._max_body_copy:
             self._body += chunk
         return chunk, []
@@ -35,7 +75,10 @@ class Tee:
     def tail(self) -> tuple[bytes, list[bytes]]:
         """At the upstream's end of body: whatever was held back."""
         if self._framer is not None:
-            return self._framer.flush()
+            tail, payloads = self._framer.flush()
+            if self._hide_usage and tail:
+                tail = _without_injected_usage(tail)
+            return tail, payloads
         return b"", []
 
     def commit(self, payloads: list[bytes]) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 
 import aiohttp
 import openai
+import pytest
+from multidict import CIMultiDict
 
 from .conftest import MockProvider, Proxy
 from .helpers import content_of, provider_request, sse_content
@@ -19,17 +21,18 @@ def _unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-async def _raw(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+async def _raw(
+    url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[int, CIMultiDict[str], bytes]:
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         async with session.post(url, json=body, headers=headers or {}) as response:
-            return response.status, dict(response.headers), await response.read()
+            return response.status, CIMultiDict(response.headers), await response.read()
 
 
-async def _record(proxy: Proxy, request_id: str) -> dict[str, Any]:
+async def _record(proxy: Proxy, request_id: str, key: str | None = USER_KEY) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     async with aiohttp.ClientSession() as session:
-        async with session.get(
-            f"{proxy.root}/requests/{request_id}?wait=1", headers={"Authorization": f"Bearer {USER_KEY}"}
-        ) as response:
+        async with session.get(f"{proxy.root}/requests/{request_id}?wait=1", headers=headers) as response:
             assert response.status == 200, await response.text()
             return dict(await response.json())
 
@@ -103,22 +106,30 @@ async def test_sdk_tool_call_stream_is_recorded(proxy: Proxy) -> None:
     json.loads(arguments)
 
 
-async def test_raw_stream_bytes_equal_a_direct_request(proxy: Proxy, mock_provider: MockProvider) -> None:
-    body = {
+@pytest.mark.parametrize("client_asks_usage", [True, False], ids=["client-asks-usage", "proxy-asks-usage"])
+async def test_raw_stream_bytes_equal_a_direct_request(
+    proxy: Proxy, mock_provider: MockProvider, client_asks_usage: bool
+) -> None:
+    body: dict[str, Any] = {
         "model": "mock-1",
         "messages": [{"role": "user", "content": "same bytes please"}],
         "stream": True,
-        "stream_options": {"include_usage": True},
         "mock": {"tokens": 25, "rate": 0, "reasoning": 2, "tag": _unique("bytes")},
     }
+    if client_asks_usage:
+        body["stream_options"] = {"include_usage": True}
     direct_status, direct_headers, direct = await _raw(f"{mock_provider.base_url}/chat/completions", body)
     status, headers, proxied = await _raw(f"{proxy.base_url}/chat/completions", body)
     assert (status, direct_status) == (200, 200)
     assert proxied == direct
+    assert (b'"usage"' in proxied) is client_asks_usage
     assert sse_content(proxied) == content_of(25)
     assert headers["Content-Type"] == direct_headers["Content-Type"]
     assert headers["Cache-Control"] == "no-cache"
     assert "Content-Length" not in headers
+    # Either way the record has the provider's exact usage.
+    record = await _record(proxy, headers["X-Request-Id"], key=None)  # it was made without a key
+    assert record["usage"] == {"prompt_tokens": 3, "completion_tokens": 27, "total_tokens": 30}
 
 
 async def test_non_streaming_bytes_and_status_equal_a_direct_request(proxy: Proxy, mock_provider: MockProvider) -> None:
