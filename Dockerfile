@@ -29,6 +29,10 @@ RUN pip install --no-cache-dir .
 
 COPY config.yaml /etc/cancelproxy/config.yaml
 
+# The shipped config keeps records in sqlite:///cancelproxy.db, relative to
+# the working directory: this one is the non-root user's writable place.
+WORKDIR /var/lib/cancelproxy
+
 # Numeric, so a runtime (Kubernetes runAsNonRoot) can tell it is not root.
 USER 10001:10001
 

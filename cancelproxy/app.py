@@ -17,6 +17,7 @@ from .cluster import Cluster, LocalCluster, RedisCluster
 from .config import Config
 from .errors import NotFound, ProxyError, error_response
 from .forward import handle_generation, handle_passthrough
+from .logs import setup_logging
 from .metrics import Metrics
 from .mock import start_mock
 from .registry import Registry
@@ -178,7 +179,7 @@ async def _openai_shaped_errors(
 
 
 def serve(config: Config, *, host: str | None = None, port: int | None = None) -> None:
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging(config.log_level)
     host = host or config.listen.host
     port = config.listen.port if port is None else port
     web.run_app(

@@ -8,6 +8,7 @@ and cancel anything.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from aiohttp import web
@@ -61,8 +62,22 @@ async def cancel_here(services: Services, order: CancelOrder) -> tuple[list[str]
 async def _cancel(services: Services, order: CancelOrder) -> tuple[list[str], str | None, list[str]]:
     """Stop it here and on every other replica at once; answer when all did."""
     timeout = services.config.limits.cancel_timeout_s
+    started = time.monotonic()
     (stopped, session_id), remote = await asyncio.gather(
         cancel_here(services, order), services.cluster.cancel_elsewhere(order, timeout)
+    )
+    services.log.info(
+        "cancel",
+        extra={
+            "fields": {
+                "session_id": session_id or remote.session_id,
+                "request_id": order.request_id,
+                "stopped": stopped + remote.stopped,
+                "stopped_elsewhere": remote.stopped,
+                "unanswered": remote.unanswered,
+                "ack_ms": round((time.monotonic() - started) * 1000, 3),
+            }
+        },
     )
     return stopped + remote.stopped, session_id or remote.session_id, remote.unanswered
 

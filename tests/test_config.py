@@ -24,6 +24,7 @@ def test_shipped_config_loads_without_any_environment() -> None:
     assert config.upstream("openai").api_key == ""  # type: ignore[union-attr]
     assert config.listen.port == 8080 and config.cancel_finish_reason == "cancelled"
     assert config.limits.max_body_bytes == 20971520
+    assert config.store.url == "sqlite:///cancelproxy.db" and config.store.retention_s == 7 * 86400
 
 
 def test_environment_variables_are_expanded() -> None:

@@ -101,7 +101,10 @@ def test_hadolint_does_flag_a_bad_dockerfile() -> None:
 
 def test_dockerfile_essentials() -> None:
     assert arguments("FROM") == ["python:3.11-slim"]
-    assert arguments("WORKDIR") == ["/app"]
+    # It builds in /app and runs in the non-root user's writable directory,
+    # where the shipped config's sqlite:///cancelproxy.db lands.
+    assert arguments("WORKDIR") == ["/app", "/var/lib/cancelproxy"]
+    assert "install -d -o cancelproxy -g cancelproxy /var/lib/cancelproxy" in " ".join(arguments("RUN"))
     users = arguments("USER")
     assert users, "no USER: the image would run as root"
     user = users[-1].split(":")[0]
