@@ -36,6 +36,7 @@ class Program:
     args: list[str]
     ready_marker: str
     env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = ROOT
     process: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
     _drainer: threading.Thread | None = None
@@ -45,7 +46,7 @@ class Program:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.process = subprocess.Popen(
             self.args,
-            cwd=ROOT,
+            cwd=self.cwd,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -211,9 +211,15 @@ async def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
     store = SQLiteStore(str(path))
-    with pytest.raises(SchemaVersionError, match=rf"schema version {SCHEMA_VERSION + 1} is newer"):
-        await store.open()
-    assert await store.ping() is False  # and open() left no connection behind
+    try:
+        with pytest.raises(SchemaVersionError, match=rf"schema version {SCHEMA_VERSION + 1} is newer"):
+            await store.open()
+        assert await store.ping() is False  # and open() left no connection behind
+    finally:
+        await store.close()  # should the open succeed, its thread would keep pytest from exiting
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)  # left as it was
+    db.close()
 
 
 async def test_sqlite_failed_batch_writes_nothing(tmp_path: Path) -> None:
@@ -294,6 +300,8 @@ async def test_redis_errors_while_down_and_recovers_on_restart(redis_server: Red
 async def test_redis_open_raises_when_unreachable(redis_server: RedisServer) -> None:  # noqa: F811
     redis_server.stop()
     store = RedisStore(redis_server.url, unique_key_prefix())
-    with pytest.raises(RedisError):
-        await store.open()
-    await store.close()  # closing after a failed open is harmless
+    try:
+        with pytest.raises(RedisError):
+            await store.open()
+    finally:
+        await store.close()  # closing after a failed open is harmless
