@@ -2,9 +2,10 @@
 
 A ``Relay`` sends one request upstream and streams the answer back as it
 arrives. Every way it can end goes through :meth:`Relay.run`'s single
-``finally``: the upstream connection is closed, then (for a generation
-request) the record's final state is written, shielded so a client that went
-away cannot interrupt it. Only after that is the client given its end:
+``finally``: the upstream connection is closed, the client is given its end,
+and (for a generation request) the record's final state is written, shielded
+so a client that went away cannot interrupt it; a cancel route answers only
+after that write. The client's end:
 
 ==================  =========================================================
 how it ended        what the client gets
@@ -115,20 +116,24 @@ class Relay:
 
     async def run(self) -> web.StreamResponse:
         try:
-            await self._pump()
-        except asyncio.CancelledError:
-            self._client_gone()  # aiohttp cancelled us: the client went away
-            raise
-        except DownstreamGone:
-            self._client_gone()
-        except UpstreamError as exc:
-            self._fail(exc)
+            try:
+                await self._pump()
+            except asyncio.CancelledError:
+                self._client_gone()  # aiohttp cancelled us: the client went away
+                raise
+            except DownstreamGone:
+                self._client_gone()
+            except UpstreamError as exc:
+                self._fail(exc)
+            finally:
+                self._close_upstream()
+            # The client's end first: it must not wait for the store. A cancel
+            # route waits for `finished`, which only _finish sets.
+            return await self._answer()
         finally:
-            self._close_upstream()
             if self._active is not None:
-                # Shielded: a disconnect must not cut the final write short.
+                # Shielded: a client that leaves must not cut the final write short.
                 await shield(self._request, self._finish())
-        return await self._answer()
 
     # -- the stream -------------------------------------------------------
 

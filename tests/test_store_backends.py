@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import pytest
@@ -20,18 +21,11 @@ from cancelproxy.store.sqlite import SCHEMA_VERSION, SchemaVersionError, SQLiteS
 # The fixtures must be names of this module for pytest to find them.
 from .redis_server import RedisServer, redis_key_prefix, redis_server, redis_url, unique_key_prefix  # noqa: F401
 
+StoreT = TypeVar("StoreT", bound=Store)
+
 
 def make_record(request_id: str, session_id: str = "s1", created_at: float = 1000.0, **fields: Any) -> Record:
-    return Record(
-        request_id=request_id,
-        session_id=session_id,
-        credential="fp-default",
-        upstream="mock",
-        model="mock-1",
-        stream=True,
-        created_at=created_at,
-        **fields,
-    )
+    return Record(request_id, session_id, "fp-default", "mock", "mock-1", True, created_at, **fields)
 
 
 def ended(request_id: str, ended_at: float, session_id: str = "s1", created_at: float = 1000.0) -> Record:
@@ -41,29 +35,31 @@ def ended(request_id: str, ended_at: float, session_id: str = "s1", created_at: 
 def full_record() -> Record:
     """Every field away from its default, nested values included."""
     return Record(
-        request_id="req-full",
-        session_id="sess-full",
-        credential="fp:0123abcd",
-        upstream="keyed",
-        model="mock-large",
-        stream=False,
-        created_at=1_700_000_000.125,
-        status="stopped",
-        stop_reason="cancel",
-        finish_reason="tool_calls",
-        content="partial answer ✓ with \"quotes\"\nand a newline",
-        reasoning_content="thinking…",
+        request_id="req-full", session_id="sess-full", credential="fp:0123abcd", upstream="keyed",
+        model="mock-large", stream=False, created_at=1_700_000_000.125, status="stopped", stop_reason="cancel",
+        finish_reason="tool_calls", content='partial ✓ "quoted"\nanswer', reasoning_content="thinking…",
         tool_calls=[
             {"index": 0, "id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": 1}'}},
             {"index": 1, "id": "call_2", "type": "function", "function": {"name": "noop", "arguments": ""}},
         ],
         usage={"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15, "details": {"reasoning_tokens": 2}},
-        upstream_id="chatcmpl-xyz",
-        error={"type": "upstream_error", "message": "broke off", "status": 502, "retryable": False},
-        first_token_at=1_700_000_000.5,
-        ended_at=1_700_000_001.75,
-        holder="replica-a",
-    )
+        upstream_id="chatcmpl-xyz", error={"type": "upstream_error", "message": "broke off", "status": 502},
+        first_token_at=1_700_000_000.5, ended_at=1_700_000_001.75, holder="replica-a",
+    )  # fmt: skip
+
+
+def ids(records: list[Record]) -> list[str]:
+    return [r.request_id for r in records]
+
+
+@contextlib.asynccontextmanager
+async def opened(store: StoreT) -> AsyncIterator[StoreT]:
+    """The store, open; closed however the test ends (an open one fails or hangs the run)."""
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
@@ -76,13 +72,12 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     else:
         # Only the redis case asks for a server, so the others run without one.
         backend = RedisStore(request.getfixturevalue("redis_url"), request.getfixturevalue("redis_key_prefix"))
-    await backend.open()
-    yield backend
-    if isinstance(backend, RedisStore):
-        # Leave nothing behind on a server that may be shared (REDIS_URL).
-        async for key in backend.client.scan_iter(match=f"{backend.key_prefix}*"):
-            await backend.client.delete(key)
-    await backend.close()
+    async with opened(backend):
+        yield backend
+        if isinstance(backend, RedisStore):
+            # Leave nothing behind on a server that may be shared (REDIS_URL).
+            async for key in backend.client.scan_iter(match=f"{backend.key_prefix}*"):
+                await backend.client.delete(key)
 
 
 # ---- the contract, for every backend ------------------------------------------
@@ -92,11 +87,7 @@ async def test_round_trip_keeps_every_field(store: Store) -> None:
     record = full_record()
     await store.save_many([record])
     loaded = await store.get("req-full")
-    assert loaded == record
-    assert loaded is not record
-
-
-async def test_get_unknown_is_none(store: Store) -> None:
+    assert loaded == record and loaded is not record
     assert await store.get("no-such-request") is None
 
 
@@ -116,7 +107,7 @@ async def test_upsert_keeps_one_record_in_its_final_state(store: Store) -> None:
     loaded = await store.get("r1")
     assert loaded is not None
     assert (loaded.status, loaded.stop_reason, loaded.content, loaded.ended_at) == ("stopped", "cancel", "partial", 1001.0)
-    assert [r.request_id for r in await store.session("s1")] == ["r1"]
+    assert ids(await store.session("s1")) == ["r1"]
 
 
 async def test_session_is_oldest_first_and_isolated(store: Store) -> None:
@@ -124,8 +115,8 @@ async def test_session_is_oldest_first_and_isolated(store: Store) -> None:
     await store.save_many([make_record("c", created_at=1003.0), make_record("other", "s2", created_at=1000.0)])
     await store.save_many([make_record("a", created_at=1001.0)])
     await store.save_many([make_record("b", created_at=1002.0)])
-    assert [r.request_id for r in await store.session("s1")] == ["a", "b", "c"]
-    assert [r.request_id for r in await store.session("s2")] == ["other"]
+    assert ids(await store.session("s1")) == ["a", "b", "c"]
+    assert ids(await store.session("s2")) == ["other"]
     assert await store.session("s3") == []
 
 
@@ -133,29 +124,23 @@ async def test_in_progress_lists_exactly_the_unfinished(store: Store) -> None:
     await store.save_many([make_record("r1"), make_record("r2", "s2"), ended("r3", 1001.0)])
     assert {r.request_id for r in await store.in_progress()} == {"r1", "r2"}
     await store.save_many([make_record("r1", status="failed", ended_at=1002.0)])
-    assert [r.request_id for r in await store.in_progress()] == ["r2"]
+    assert ids(await store.in_progress()) == ["r2"]
     await store.save_many([make_record("r2", "s2", status="interrupted", ended_at=1003.0)])
     assert await store.in_progress() == []
 
 
 async def test_prune_deletes_only_records_ended_before_the_cutoff(store: Store) -> None:
-    await store.save_many(
-        [
-            ended("old1", 100.0, created_at=50.0),
-            ended("old2", 200.0, "s2", created_at=60.0),
-            ended("at-cutoff", 250.0, created_at=70.0),
-            ended("new", 300.0, created_at=80.0),
-            make_record("running", created_at=90.0),
-        ]
-    )
+    old = [ended("old1", 100.0, created_at=50.0), ended("old2", 200.0, "s2", created_at=60.0)]
+    kept = [ended("at-cutoff", 250.0, created_at=70.0), ended("new", 300.0, created_at=80.0)]
+    await store.save_many([*old, *kept, make_record("running", created_at=90.0)])
     assert await store.prune(250.0) == 2
     assert await store.get("old1") is None and await store.get("old2") is None
-    assert [r.request_id for r in await store.session("s1")] == ["at-cutoff", "new", "running"]
+    assert ids(await store.session("s1")) == ["at-cutoff", "new", "running"]
     assert await store.session("s2") == []
-    assert [r.request_id for r in await store.in_progress()] == ["running"]
+    assert ids(await store.in_progress()) == ["running"]
     assert await store.prune(250.0) == 0
     assert await store.prune(1e12) == 2  # in-progress records are never pruned
-    assert [r.request_id for r in await store.session("s1")] == ["running"]
+    assert ids(await store.session("s1")) == ["running"]
 
 
 async def test_save_many_is_one_transaction(store: Store) -> None:
@@ -163,7 +148,7 @@ async def test_save_many_is_one_transaction(store: Store) -> None:
     before = getattr(store, "transactions", 0)
     await store.save_many(records)
     await store.save_many([])  # nothing to write: no transaction at all
-    assert [r.request_id for r in await store.session("s1")] == [r.request_id for r in records]
+    assert ids(await store.session("s1")) == [r.request_id for r in records]
     if isinstance(store, MemoryStore):
         return  # no transactions to count
     assert getattr(store, "transactions") == before + 1
@@ -178,25 +163,18 @@ async def test_ping(store: Store) -> None:
 
 async def test_sqlite_survives_close_and_reopen(tmp_path: Path) -> None:
     path = str(tmp_path / "records.db")
-    first = SQLiteStore(path)
-    await first.open()
-    await first.save_many([full_record(), make_record("r1", "sess-full", created_at=1.0)])
-    await first.close()
-    second = SQLiteStore(path)
-    await second.open()
-    try:
+    async with opened(SQLiteStore(path)) as first:
+        await first.save_many([full_record(), make_record("r1", "sess-full", created_at=1.0)])
+    async with opened(SQLiteStore(path)) as second:
         assert await second.get("req-full") == full_record()
-        assert [r.request_id for r in await second.session("sess-full")] == ["r1", "req-full"]
-        assert [r.request_id for r in await second.in_progress()] == ["r1"]
-    finally:
-        await second.close()
+        assert ids(await second.session("sess-full")) == ["r1", "req-full"]
+        assert ids(await second.in_progress()) == ["r1"]
 
 
 async def test_sqlite_file_is_in_wal_mode_at_the_current_version(tmp_path: Path) -> None:
     path = tmp_path / "records.db"
-    store = SQLiteStore(str(path))
-    await store.open()
-    await store.close()
+    async with opened(SQLiteStore(str(path))):
+        pass
     # Asked on a connection of its own: WAL mode and the version are in the file.
     async with aiosqlite.connect(path) as db:
         async with db.execute("PRAGMA journal_mode") as cursor:
@@ -207,9 +185,8 @@ async def test_sqlite_file_is_in_wal_mode_at_the_current_version(tmp_path: Path)
 
 async def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    db.close()
     store = SQLiteStore(str(path))
     try:
         with pytest.raises(SchemaVersionError, match=rf"schema version {SCHEMA_VERSION + 1} is newer"):
@@ -217,15 +194,12 @@ async def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
         assert await store.ping() is False  # and open() left no connection behind
     finally:
         await store.close()  # should the open succeed, its thread would keep pytest from exiting
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)  # left as it was
-    db.close()
 
 
 async def test_sqlite_failed_batch_writes_nothing(tmp_path: Path) -> None:
-    store = SQLiteStore(str(tmp_path / "records.db"))
-    await store.open()
-    try:
+    async with opened(SQLiteStore(str(tmp_path / "records.db"))) as store:
         bad = make_record("bad")
         bad.session_id = None  # type: ignore[assignment]  # violates NOT NULL
         with pytest.raises(sqlite3.IntegrityError):
@@ -234,8 +208,6 @@ async def test_sqlite_failed_batch_writes_nothing(tmp_path: Path) -> None:
         assert store.transactions == 0
         await store.save_many([make_record("good")])  # no transaction was left open
         assert await store.get("good") is not None
-    finally:
-        await store.close()
     assert await store.ping() is False
 
 
@@ -243,10 +215,8 @@ async def test_sqlite_failed_batch_writes_nothing(tmp_path: Path) -> None:
 
 
 async def test_redis_indexes_follow_the_status(redis_url: str, redis_key_prefix: str) -> None:  # noqa: F811
-    store = RedisStore(redis_url, redis_key_prefix)
-    await store.open()
-    client, p = store.client, redis_key_prefix
-    try:
+    async with opened(RedisStore(redis_url, redis_key_prefix)) as store:
+        client, p = store.client, redis_key_prefix
         await store.save_many([make_record("r1", created_at=5.0)])
         assert await client.smembers(f"{p}inprog") == {b"r1"}
         assert await client.zrange(f"{p}sess:s1", 0, -1, withscores=True) == [(b"r1", 5.0)]
@@ -257,31 +227,22 @@ async def test_redis_indexes_follow_the_status(redis_url: str, redis_key_prefix:
         assert await store.prune(10.0) == 1
         # Nothing is left of the pruned record: not its JSON, not an index entry.
         assert [key async for key in client.scan_iter(match=f"{p}*")] == []
-    finally:
-        await store.close()
 
 
 async def test_redis_key_prefixes_do_not_see_each_other(redis_url: str) -> None:  # noqa: F811
-    ours, theirs = RedisStore(redis_url, unique_key_prefix()), RedisStore(redis_url, unique_key_prefix())
-    await ours.open()
-    await theirs.open()
-    try:
-        await ours.save_many([make_record("r1")])
-        assert await theirs.get("r1") is None
-        assert await theirs.session("s1") == [] and await theirs.in_progress() == []
-        await ours.save_many([ended("r1", 1.0)])
-        assert await theirs.prune(1e12) == 0
-        assert await ours.get("r1") is not None
-        assert await ours.prune(2.0) == 1
-    finally:
-        await ours.close()
-        await theirs.close()
+    async with opened(RedisStore(redis_url, unique_key_prefix())) as ours:
+        async with opened(RedisStore(redis_url, unique_key_prefix())) as theirs:
+            await ours.save_many([make_record("r1")])
+            assert await theirs.get("r1") is None
+            assert await theirs.session("s1") == [] and await theirs.in_progress() == []
+            await ours.save_many([ended("r1", 1.0)])
+            assert await theirs.prune(1e12) == 0
+            assert await ours.get("r1") is not None
+            assert await ours.prune(2.0) == 1
 
 
 async def test_redis_errors_while_down_and_recovers_on_restart(redis_server: RedisServer) -> None:  # noqa: F811
-    store = RedisStore(redis_server.url, unique_key_prefix())
-    await store.open()
-    try:
+    async with opened(RedisStore(redis_server.url, unique_key_prefix())) as store:
         await store.save_many([make_record("r1")])
         redis_server.stop()
         assert await store.ping() is False
@@ -293,8 +254,6 @@ async def test_redis_errors_while_down_and_recovers_on_restart(redis_server: Red
         await store.save_many([make_record("r2")])
         assert await store.get("r2") is not None
         assert store.transactions == 2
-    finally:
-        await store.close()
 
 
 async def test_redis_open_raises_when_unreachable(redis_server: RedisServer) -> None:  # noqa: F811
