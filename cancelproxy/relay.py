@@ -226,6 +226,12 @@ class Relay:
             raise map_upstream_error(exc, target.upstream.name, answered=False) from exc
 
     async def _read(self, upstream: aiohttp.ClientResponse) -> bytes:
+        # When the provider resets the connection, aiohttp raises the stored
+        # error before handing over bytes it had already buffered. Those bytes
+        # are deliberately not salvaged: every public read re-raises first, and
+        # reaching into StreamReader's private buffer would break on upgrade.
+        # Nothing is lost from what the client saw: the client and the record
+        # both end at the last event relayed, and the record says "failed".
         try:
             return await upstream.content.readany()
         except (aiohttp.ClientError, OSError) as exc:

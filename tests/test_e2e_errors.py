@@ -159,7 +159,9 @@ async def test_provider_breaking_mid_stream(strict_proxy: Proxy, burst: bool) ->
                 if chunk.choices and chunk.choices[0].delta.content:
                     received.append(chunk.choices[0].delta.content)
     assert "broke off" in raised.value.message
-    assert len(received) >= 5
+    # Deltas that arrive together with the reset are not relayed (relay._read);
+    # whatever the client got, the record holds exactly that.
+    assert 1 <= len(received) <= 50
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{strict_proxy.root}/requests/{request_id}?wait=1", headers={"Authorization": f"Bearer {USER_KEY}"}) as r:
             record = await r.json()
