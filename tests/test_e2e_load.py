@@ -87,7 +87,7 @@ async def test_300_concurrent_streams(
                 async with http.get(f"{proxy.root}/requests/{result['request_id']}?wait=1", headers=AUTH) as r:
                     record = await r.json()
                 if result["fate"] == "cancelled":
-                    assert (record["status"], record["stop_reason"]) == ("stopped", "cancel")
+                    assert (record["status"], record["stop_reason"]) == ("stopped", "cancel"), proxy.program.output[-3000:]
                     assert result["reasons"] == ["cancelled"]
                     assert record["content"] == result["content"]
                     assert seen["state"] == "closed_by_client"

@@ -21,9 +21,11 @@ class CountingStore(MemoryStore):
         self.delays: list[float] = []  # per call, in order: how long the write takes
 
     async def save_many(self, records: Sequence[Record]) -> None:
-        # A real backend yields while it writes; some writes are slower.
+        # A real backend yields while it writes; some writes are slower. Whether
+        # it fails is decided when the write starts.
+        failing = self.down
         await asyncio.sleep(self.delays.pop(0) if self.delays else 0)
-        if self.down:
+        if failing:
             raise ConnectionError("store is down")
         self.batches.append([r.request_id for r in records])
         await super().save_many(records)
@@ -100,3 +102,21 @@ async def test_close_writes_what_is_left() -> None:
     writer.track("a", lambda: _record("a", content="so far"), lambda: 3)
     await writer.close()
     assert (await store.get("a")).content == "so far"  # type: ignore[union-attr]
+
+
+async def test_a_failed_partial_of_a_request_that_has_ended_is_not_retried_over_its_final() -> None:
+    store = CountingStore()
+    writer = _writer(store)
+    writer.track("a", lambda: _record("a", content="partial"), lambda: 1)
+    store.down = True
+    store.delays = [0.05]  # the batch of partials is under way, and fails
+    flushing = asyncio.create_task(writer.flush())
+    await asyncio.sleep(0)  # one loop step: the flush takes its snapshot and starts writing
+    finishing = asyncio.create_task(writer.save_final(_record("a", "stopped", "partial")))
+    await asyncio.sleep(0)
+    store.down = False  # back before the final is written
+    await flushing
+    assert await finishing is True
+    await writer.flush()  # the retry of what failed
+    stored = await store.get("a")
+    assert stored is not None and stored.status == "stopped"

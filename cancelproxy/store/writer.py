@@ -125,8 +125,10 @@ class StoreWriter:
             tracked = self._tracked.get(record.request_id)
             if tracked is not None:
                 tracked.flushed_version = -1  # a live request: the next flush re-reads it
-            else:
+            elif record.status != "in_progress":
                 self._pending[record.request_id] = record
+            # else: the partial of a request that has ended since; its final
+            # state has a write of its own and must not be overwritten by this.
         while len(self._pending) > self._max_pending:
             lost = self._pending.pop(next(iter(self._pending)))
             self._log.error("store: dropped the unwritten state of %s (%s)", lost.request_id, lost.status)
