@@ -173,9 +173,9 @@ async def _openai_shaped_errors(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        error = NotFound(f"{request.method} {request.path}: {exc.reason}", code="not_found")
-        error.status = exc.status
-        return error_response(error)
+        shaped = NotFound(f"{request.method} {request.path}: {exc.reason}", code="not_found")
+        shaped.status = exc.status
+        return error_response(shaped)
 
 
 def serve(config: Config, *, host: str | None = None, port: int | None = None) -> None:

@@ -306,7 +306,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
     out = []
     for row in [headers, *rows]:
-        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
         out.append("  ".join(cells).rstrip())
     return out
 
@@ -325,7 +325,9 @@ def render(summary: Summary) -> str:
     def iso(ts: datetime | None) -> str:
         return "-" if ts is None else ts.isoformat(timespec="seconds")
 
-    lines = [f"requests: {summary.total}" + (f"  (skipped {summary.skipped} malformed lines)" if summary.skipped else "")]
+    lines = [
+        f"requests: {summary.total}" + (f"  (skipped {summary.skipped} malformed lines)" if summary.skipped else "")
+    ]
     if summary.since is not None:
         lines.append(f"since:    {iso(summary.since)}")
     lines.append(f"from:     {iso(summary.first_ts)}  to: {iso(summary.last_ts)}")

@@ -12,7 +12,9 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cancelproxy", description="A reverse proxy for LLM APIs that makes Stop real.")
+    parser = argparse.ArgumentParser(
+        prog="cancelproxy", description="A reverse proxy for LLM APIs that makes Stop real."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve the proxy")

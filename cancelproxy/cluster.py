@@ -194,7 +194,7 @@ class RedisCluster:
                 backoff = min(backoff * 2, 5.0)
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _dispatch(self, channel: bytes | str, data: bytes | str) -> None:
         try:

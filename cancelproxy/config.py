@@ -190,7 +190,9 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     _reject_unknown(limits_raw, "limits.", set(Limits.__dataclass_fields__))
     defaults = Limits()
     limits = Limits(
-        max_body_bytes=reader.integer(limits_raw, "limits.max_body_bytes", "max_body_bytes", defaults.max_body_bytes, minimum=1),
+        max_body_bytes=reader.integer(
+            limits_raw, "limits.max_body_bytes", "max_body_bytes", defaults.max_body_bytes, minimum=1
+        ),
         **{
             name: reader.seconds(limits_raw, f"limits.{name}", name, getattr(defaults, name))
             for name in (
@@ -243,7 +245,9 @@ def _store(reader: _Reader, raw: Mapping[str, Any]) -> StoreConfig:
         retention_s = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     return StoreConfig(
         url=url,
-        flush_interval_ms=reader.integer(raw, "store.flush_interval_ms", "flush_interval_ms", defaults.flush_interval_ms, minimum=1),
+        flush_interval_ms=reader.integer(
+            raw, "store.flush_interval_ms", "flush_interval_ms", defaults.flush_interval_ms, minimum=1
+        ),
         retention_s=retention_s,
         key_prefix=reader.string(raw, "store.key_prefix", "key_prefix", defaults.key_prefix),
         heartbeat_s=reader.seconds(raw, "store.heartbeat_s", "heartbeat_s", defaults.heartbeat_s),
@@ -308,7 +312,14 @@ class _Reader:
         return value
 
     def integer(
-        self, raw: Mapping[str, Any], key: str, field_name: str, default: int, *, minimum: int, maximum: int | None = None
+        self,
+        raw: Mapping[str, Any],
+        key: str,
+        field_name: str,
+        default: int,
+        *,
+        minimum: int,
+        maximum: int | None = None,
     ) -> int:
         value = self._scalar(raw, key, field_name, default)
         if isinstance(value, str) and value.strip().isdigit():

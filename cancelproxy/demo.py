@@ -29,7 +29,10 @@ def run_demo(*, tokens: int, rate: float, stop_after: int) -> int:
 
 async def _demo(*, tokens: int, rate: float, stop_after: int) -> int:
     config = parse_config(
-        {"upstreams": [{"name": "mock", "base_url": "builtin:mock", "models": ["mock-*"]}], "store": {"url": "memory://"}},
+        {
+            "upstreams": [{"name": "mock", "base_url": "builtin:mock", "models": ["mock-*"]}],
+            "store": {"url": "memory://"},
+        },
         env={},
     )
     runner = web.AppRunner(create_app(config), **RUNNER_OPTIONS)  # type: ignore[arg-type]

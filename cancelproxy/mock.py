@@ -70,8 +70,16 @@ class _Plan:
 
 # The ``mock`` options a request may set, with their JSON types.
 _OPTIONS: dict[str, type] = {
-    "tokens": int, "rate": float, "silence_s": float, "keepalive_s": float, "reasoning": int,
-    "tool_call": bool, "fail_after": int, "burst_then_reset": bool, "status": int, "tag": str,
+    "tokens": int,
+    "rate": float,
+    "silence_s": float,
+    "keepalive_s": float,
+    "reasoning": int,
+    "tool_call": bool,
+    "fail_after": int,
+    "burst_then_reset": bool,
+    "status": int,
+    "tag": str,
     "headers_after_silence": bool,
 }
 
@@ -94,9 +102,17 @@ class _Recorder:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         # peer_port lets a test find this connection in the kernel's socket tables.
         record: Json = {
-            "tag": plan.tag or f"req-{self._seq}", "seq": self._seq, "stream": plan.stream,
-            "model": plan.model, "state": "running", "tokens_sent": 0, "started_at": time.monotonic(),
-            "ended_at": None, "peer_port": peer[1] if peer else None, "headers": dict(request.headers),
+            "tag": plan.tag or f"req-{self._seq}",
+            "seq": self._seq,
+            "stream": plan.stream,
+            "model": plan.model,
+            "state": "running",
+            "tokens_sent": 0,
+            "started_at": time.monotonic(),
+            "ended_at": None,
+            "last_token_at": None,
+            "peer_port": peer[1] if peer else None,
+            "headers": dict(request.headers),
             "body": body,
         }
         self.records.append(record)
@@ -146,7 +162,7 @@ def _option(key: str, value: Any) -> Any:
     # bool is an int subclass, but ``"tokens": true`` is a mistake, not a 1.
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         raise _BadRequest(f"mock.{key} must be {kind.__name__}")
-    if kind in (int, float) and value < 0:
+    if isinstance(value, (int, float)) and value < 0:
         raise _BadRequest(f"mock.{key} must not be negative")
     return value
 
@@ -174,14 +190,18 @@ def _parse_plan(body: Any, defaults: MockDefaults) -> _Plan:
     model = body.get("model", MODEL_ID)
     if not isinstance(model, str):
         raise _BadRequest("model must be a string")
-    return _Plan(**{
-        "model": model,
-        "stream": body.get("stream") is True,
-        "include_usage": stream_options.get("include_usage") is True,
-        "prompt_tokens": _prompt_tokens(body.get("messages")),
-        "tokens": defaults.tokens, "rate": defaults.rate, "silence_s": defaults.silence_s,
-        **options,
-    })
+    return _Plan(
+        **{
+            "model": model,
+            "stream": body.get("stream") is True,
+            "include_usage": stream_options.get("include_usage") is True,
+            "prompt_tokens": _prompt_tokens(body.get("messages")),
+            "tokens": defaults.tokens,
+            "rate": defaults.rate,
+            "silence_s": defaults.silence_s,
+            **options,
+        }
+    )
 
 
 def _split(text: str, parts: int) -> list[str]:
@@ -216,12 +236,21 @@ class _Reply:
 
     def usage(self, completion_tokens: int) -> Json:
         prompt = self.plan.prompt_tokens
-        return {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
-                "total_tokens": prompt + completion_tokens}
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt + completion_tokens,
+        }
 
     def event(self, choices: list[Json], usage: Json | None = None) -> bytes:
-        chunk: Json = {"id": self.id, "object": "chat.completion.chunk", "created": CREATED,
-                       "model": self.plan.model, "system_fingerprint": FINGERPRINT, "choices": choices}
+        chunk: Json = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": CREATED,
+            "model": self.plan.model,
+            "system_fingerprint": FINGERPRINT,
+            "choices": choices,
+        }
         if self.plan.include_usage:
             chunk["usage"] = usage
         return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
@@ -231,6 +260,7 @@ class _Reply:
 
     def completion(self, deltas: list[Json]) -> Json:
         """The non-streaming answer carrying what the stream's deltas would have."""
+
         def joined(key: str) -> str:
             return "".join(d[key] for d in deltas if key in d)
 
@@ -239,11 +269,19 @@ class _Reply:
             message["reasoning_content"] = joined("reasoning_content")
         if self.plan.tool_call:
             arguments = "".join(d["tool_calls"][0]["function"]["arguments"] for d in deltas if "tool_calls" in d)
-            message["tool_calls"] = [{"id": TOOL_CALL_ID, "type": "function",
-                                      "function": {"name": TOOL_NAME, "arguments": arguments}}]
+            message["tool_calls"] = [
+                {"id": TOOL_CALL_ID, "type": "function", "function": {"name": TOOL_NAME, "arguments": arguments}}
+            ]
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason}
-        return {"id": self.id, "object": "chat.completion", "created": CREATED, "model": self.plan.model,
-                "system_fingerprint": FINGERPRINT, "choices": [choice], "usage": self.usage(len(deltas))}
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": CREATED,
+            "model": self.plan.model,
+            "system_fingerprint": FINGERPRINT,
+            "choices": [choice],
+            "usage": self.usage(len(deltas)),
+        }
 
 
 def _error(status: int, message: str, type_: str, code: str | None) -> web.Response:
@@ -290,6 +328,7 @@ async def _stream_body(request: web.Request, resp: web.StreamResponse, plan: _Pl
             await asyncio.sleep(1 / plan.rate)
         await resp.write(reply.delta(delta))
         record["tokens_sent"] += 1
+        record["last_token_at"] = time.monotonic()
     if plan.fail_after is not None:
         if plan.burst_then_reset and cut < len(deltas):
             # One write, right before the reset: the bytes are in flight when it lands.
@@ -412,7 +451,9 @@ async def start_mock(
 ) -> tuple[web.AppRunner, str]:
     """Serve the mock in the running loop; the caller ends it with ``runner.cleanup()``."""
     runner = web.AppRunner(
-        create_mock_app(defaults), handler_cancellation=True, access_log=None,
+        create_mock_app(defaults),
+        handler_cancellation=True,
+        access_log=None,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
     await runner.setup()
@@ -435,6 +476,11 @@ def run_mock(host: str, port: int, defaults: MockDefaults) -> None:
         print(f"mock provider listening on {url}/v1", flush=True)
 
     web.run_app(
-        create_mock_app(defaults), host=host, port=port, handler_cancellation=True,
-        access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S, print=announce,
+        create_mock_app(defaults),
+        host=host,
+        port=port,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        print=announce,
     )

@@ -41,13 +41,13 @@ class ActiveRequest:
     # Bumped whenever the partial answer grows: the store writer flushes only
     # the requests whose version moved since its last batch.
     version: int = 0
-    _close_upstream: Callable[[], None] | None = None
+    _close_upstream: Callable[[], object] | None = None
 
     @property
     def request_id(self) -> str:
         return self.record.request_id
 
-    def attach_upstream(self, close: Callable[[], None]) -> None:
+    def attach_upstream(self, close: Callable[[], object]) -> None:
         """Give the relay's way to close the upstream connection right now."""
         self._close_upstream = close
         if self.stop_reason is not None:

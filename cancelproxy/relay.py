@@ -36,7 +36,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -222,7 +222,7 @@ class Relay:
                 allow_redirects=False,
                 skip_auto_headers=_SKIP_AUTO_HEADERS,
             )
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise map_upstream_error(exc, target.upstream.name, answered=False) from exc
 
     async def _read(self, upstream: aiohttp.ClientResponse) -> bytes:
@@ -388,7 +388,7 @@ class Relay:
             }
         self._services.audit.write(
             {
-                "ts": datetime.fromtimestamp(ended, timezone.utc).isoformat(timespec="milliseconds"),
+                "ts": datetime.fromtimestamp(ended, UTC).isoformat(timespec="milliseconds"),
                 "request_id": record.request_id,
                 "session_id": record.session_id,
                 "upstream": record.upstream,

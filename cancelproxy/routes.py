@@ -41,7 +41,12 @@ def _live(active: ActiveRequest) -> Record:
 
 def _cancel_answer(session_id: str | None, request_ids: list[str], unanswered: list[str]) -> web.Response:
     stopped = bool(request_ids)
-    body: dict[str, Any] = {"success": stopped, "cancelled": stopped, "session_id": session_id, "request_ids": request_ids}
+    body: dict[str, Any] = {
+        "success": stopped,
+        "cancelled": stopped,
+        "session_id": session_id,
+        "request_ids": request_ids,
+    }
     if unanswered and not stopped:
         body["reason"] = f"no answer in time from replica(s) {', '.join(unanswered)}"
     return web.json_response(body)

@@ -28,7 +28,7 @@ def _without_injected_usage(block: bytes) -> bytes:
         return block
     pieces = _EVENT_END.split(block)  # [event, end, event, end, ..., tail]
     kept: list[bytes] = []
-    for event, end in zip(pieces[0::2], [*pieces[1::2], b""]):
+    for event, end in zip(pieces[0::2], [*pieces[1::2], b""], strict=True):
         if b'"usage"' in event:
             if _is_usage_only(event):
                 continue

@@ -33,13 +33,25 @@ def interrupted(record: Record, now: float) -> Record:
     if record.usage is None:
         # Only the flushed text is known here, not the deltas: ~4 characters a token.
         completion = math.ceil(len(record.content + record.reasoning_content) / 4)
-        record.usage = {"prompt_tokens": 0, "completion_tokens": completion, "total_tokens": completion, "estimated": True}
+        record.usage = {
+            "prompt_tokens": 0,
+            "completion_tokens": completion,
+            "total_tokens": completion,
+            "estimated": True,
+        }
     return record
 
 
 class Upkeep:
     def __init__(
-        self, store: Store, writer: StoreWriter, cluster: Cluster, config: StoreConfig, log: logging.Logger, *, sweep: bool
+        self,
+        store: Store,
+        writer: StoreWriter,
+        cluster: Cluster,
+        config: StoreConfig,
+        log: logging.Logger,
+        *,
+        sweep: bool,
     ) -> None:
         self._store = store
         self._writer = writer

@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+# A real Redis for every test that asks for one (never skipped: see redis_server.py).
+from .redis_server import redis_key_prefix, redis_server, redis_url  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
 

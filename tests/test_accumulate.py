@@ -77,8 +77,9 @@ def test_deepseek_reasoning_stream() -> None:
     ]
     for d in seq:
         acc.add_event(_chunk(d, id="5f0e", model="deepseek-reasoner"))
-    acc.add_event(_chunk({"content": "", "reasoning_content": None}, "stop", id="5f0e",
-                         model="deepseek-reasoner", usage=USAGE))
+    acc.add_event(
+        _chunk({"content": "", "reasoning_content": None}, "stop", id="5f0e", model="deepseek-reasoner", usage=USAGE)
+    )
     assert acc.reasoning_content == "Let me think."
     assert acc.content == "The answer is 4."
     assert acc.finish_reason == "stop"
@@ -99,22 +100,18 @@ def test_tool_calls_by_index() -> None:
     acc = Accumulator()
     acc.add_event(_chunk({"role": "assistant", "content": None}))
     deltas = [
-        [{"index": 0, "id": "call_A", "type": "function",
-          "function": {"name": "get_weather", "arguments": ""}}],
-        [{"index": 0, "function": {"arguments": "{\"ci"}}],
-        [{"index": 0, "function": {"arguments": "ty\": \"Paris\"}"}}],
-        [{"index": 1, "id": "call_B", "type": "function",
-          "function": {"name": "get_", "arguments": "{}"}}],
+        [{"index": 0, "id": "call_A", "type": "function", "function": {"name": "get_weather", "arguments": ""}}],
+        [{"index": 0, "function": {"arguments": '{"ci'}}],
+        [{"index": 0, "function": {"arguments": 'ty": "Paris"}'}}],
+        [{"index": 1, "id": "call_B", "type": "function", "function": {"name": "get_", "arguments": "{}"}}],
         [{"index": 1, "function": {"name": "time"}}],
     ]
     for d in deltas:
         acc.add_event(_chunk({"tool_calls": d}))
     acc.add_event(_chunk({}, "tool_calls"))
     assert acc.tool_calls == [
-        {"id": "call_A", "type": "function",
-         "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}},
-        {"id": "call_B", "type": "function",
-         "function": {"name": "get_time", "arguments": "{}"}},
+        {"id": "call_A", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {"id": "call_B", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
     ]
     assert acc.finish_reason == "tool_calls"
     assert acc.content == ""
@@ -137,10 +134,14 @@ def test_tool_calls_without_index() -> None:
 
 def test_only_choice_zero_and_last_finish_reason() -> None:
     acc = Accumulator()
-    acc.add_event(_chunk(choices=[
-        {"index": 1, "delta": {"content": "other"}, "finish_reason": None},
-        {"index": 0, "delta": {"content": "mine"}, "finish_reason": None},
-    ]))
+    acc.add_event(
+        _chunk(
+            choices=[
+                {"index": 1, "delta": {"content": "other"}, "finish_reason": None},
+                {"index": 0, "delta": {"content": "mine"}, "finish_reason": None},
+            ]
+        )
+    )
     acc.add_event(_chunk(choices=[{"index": 1, "delta": {}, "finish_reason": "length"}]))
     acc.add_event(_chunk({}, "stop"))
     acc.add_event(_chunk({"content": ""}, None))
@@ -162,8 +163,7 @@ def test_refusal() -> None:
 def test_first_nonempty_id_and_model() -> None:
     acc = Accumulator()
     # Azure's first chunk: prompt filter results, empty id/model, no choices
-    acc.add_event(json.dumps({"id": "", "model": "", "choices": [],
-                              "prompt_filter_results": []}).encode())
+    acc.add_event(json.dumps({"id": "", "model": "", "choices": [], "prompt_filter_results": []}).encode())
     acc.add_event(_chunk({"content": "a"}, id="c-1", model="gpt-4o"))
     acc.add_event(_chunk({"content": "b"}, id="c-2", model="gpt-4o-x"))
     assert (acc.upstream_id, acc.model) == ("c-1", "gpt-4o")
@@ -195,10 +195,19 @@ def test_error_event() -> None:
 
 def test_junk_payloads_never_raise() -> None:
     acc = Accumulator()
-    junk = [b"", b"not json", b"[1, 2]", b'"str"', b"42", b"\xff\xfe{", b"[" * 100_000,
-            b"{\"choices\": 3}", b"{\"choices\": [7, {\"delta\": \"x\"}]}",
-            b"{\"choices\": [{\"delta\": {\"content\": 5, \"tool_calls\": [1, {\"function\": 3}]}}]}",
-            b"{\"usage\": [1], \"id\": 9, \"model\": null}"]
+    junk = [
+        b"",
+        b"not json",
+        b"[1, 2]",
+        b'"str"',
+        b"42",
+        b"\xff\xfe{",
+        b"[" * 100_000,
+        b'{"choices": 3}',
+        b'{"choices": [7, {"delta": "x"}]}',
+        b'{"choices": [{"delta": {"content": 5, "tool_calls": [1, {"function": 3}]}}]}',
+        b'{"usage": [1], "id": 9, "model": null}',
+    ]
     for j in junk:
         acc.add_event(j)
     assert acc.unparsed == 7
@@ -216,21 +225,25 @@ def test_non_streaming_completion() -> None:
         "id": "chatcmpl-xyz",
         "object": "chat.completion",
         "model": "deepseek-chat",
-        "choices": [{
-            "index": 0,
-            "message": {
-                "role": "assistant",
-                "content": "Calling a tool.",
-                "reasoning_content": "Need weather.",
-                "tool_calls": [
-                    {"id": "call_1", "type": "function",
-                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}},
-                    {"id": "call_2", "type": "function",
-                     "function": {"name": "get_time", "arguments": "{}"}},
-                ],
-            },
-            "finish_reason": "tool_calls",
-        }],
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "Calling a tool.",
+                    "reasoning_content": "Need weather.",
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'},
+                        },
+                        {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+                    ],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ],
         "usage": USAGE,
     }
     acc = Accumulator()
@@ -254,7 +267,10 @@ def test_estimated_usage() -> None:
     for piece in ["a", "b", "c"]:
         acc.add_event(_chunk({"content": piece}))
     assert acc.estimated_usage(10) == {
-        "prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13, "estimated": True,
+        "prompt_tokens": 10,
+        "completion_tokens": 3,
+        "total_tokens": 13,
+        "estimated": True,
     }
     assert Accumulator().estimated_usage(0)["total_tokens"] == 0
 
@@ -264,13 +280,20 @@ def test_estimate_prompt_tokens() -> None:
         "model": "gpt-4o",
         "messages": [
             {"role": "system", "content": "x" * 9},  # 9
-            {"role": "user", "content": [
-                {"type": "text", "text": "y" * 4},  # 4
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-            ]},
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}},  # 2
-            ]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "y" * 4},  # 4
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}},  # 2
+                ],
+            },
             {"role": "tool", "tool_call_id": "c", "content": "z"},  # 1
         ],
     }

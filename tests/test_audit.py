@@ -228,11 +228,33 @@ def test_summarise_counts_tokens_and_percentiles() -> None:
     assert s.by_stop_reason == {"none": 7, "cancel": 2, "disconnect": 1}
     assert s.by_upstream == {"openai": 7, "mock": 3}
     assert s.by_model == {"gpt-4o-mini": 7, "mock-1": 3}
-    assert (s.tokens_exact.requests, s.tokens_exact.prompt_tokens, s.tokens_exact.completion_tokens, s.tokens_exact.total_tokens) == (7, 70, 140, 210)
-    assert (s.tokens_estimated.requests, s.tokens_estimated.prompt_tokens, s.tokens_estimated.completion_tokens, s.tokens_estimated.total_tokens) == (2, 10, 14, 24)
+    assert (
+        s.tokens_exact.requests,
+        s.tokens_exact.prompt_tokens,
+        s.tokens_exact.completion_tokens,
+        s.tokens_exact.total_tokens,
+    ) == (7, 70, 140, 210)
+    assert (
+        s.tokens_estimated.requests,
+        s.tokens_estimated.prompt_tokens,
+        s.tokens_estimated.completion_tokens,
+        s.tokens_estimated.total_tokens,
+    ) == (2, 10, 14, 24)
     assert s.tokens_all.total_tokens == 234 and s.tokens_all.requests == 9
-    assert s.ttft_ms is not None and (s.ttft_ms.count, s.ttft_ms.p50, s.ttft_ms.p90, s.ttft_ms.p99, s.ttft_ms.max) == (10, 50.0, 90.0, 100.0, 100.0)
-    assert s.cancel_ms is not None and (s.cancel_ms.count, s.cancel_ms.p50, s.cancel_ms.p90, s.cancel_ms.p99, s.cancel_ms.max) == (3, 1.5, 4.0, 4.0, 4.0)
+    assert s.ttft_ms is not None and (s.ttft_ms.count, s.ttft_ms.p50, s.ttft_ms.p90, s.ttft_ms.p99, s.ttft_ms.max) == (
+        10,
+        50.0,
+        90.0,
+        100.0,
+        100.0,
+    )
+    assert s.cancel_ms is not None and (
+        s.cancel_ms.count,
+        s.cancel_ms.p50,
+        s.cancel_ms.p90,
+        s.cancel_ms.p99,
+        s.cancel_ms.max,
+    ) == (3, 1.5, 4.0, 4.0, 4.0)
     assert s.duration_ms is not None and (s.duration_ms.p50, s.duration_ms.max) == (500.0, 1000.0)
     assert s.first_ts == T0 and s.last_ts == T0 + timedelta(hours=9)
 
@@ -332,7 +354,10 @@ def test_cli_audit(tmp_path: Path) -> None:
 def test_cli_audit_relative_since(tmp_path: Path) -> None:
     now = datetime.now(UTC)
     path = tmp_path / "audit.jsonl"
-    old, recent = entry(1, ts=(now - timedelta(days=3)).isoformat()), entry(2, ts=(now - timedelta(hours=1)).isoformat())
+    old, recent = (
+        entry(1, ts=(now - timedelta(days=3)).isoformat()),
+        entry(2, ts=(now - timedelta(hours=1)).isoformat()),
+    )
     path.write_text(json.dumps(old) + "\n" + json.dumps(recent) + "\n")
     for since, total in (("2h", 1), ("7d", 2), ("30m", 0)):
         result = _audit(str(path), "--json", "--since", since)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -43,9 +44,24 @@ def test_shipped_config_streams_the_builtin_mock() -> None:
     program = Program([sys.executable, "proxy.py", "--port", str(port)], ready_marker="listening on")
     program.start()
     try:
-        body = '{"model": "mock-1", "stream": true, "messages": [{"role": "user", "content": "hi"}], "mock": {"tokens": 5, "rate": 0}}'
+        body = json.dumps(
+            {
+                "model": "mock-1",
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+                "mock": {"tokens": 5, "rate": 0},
+            }
+        )
         result = subprocess.run(
-            ["curl", "-sN", f"http://127.0.0.1:{port}/v1/chat/completions", "-H", "Content-Type: application/json", "-d", body],
+            [
+                "curl",
+                "-sN",
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                body,
+            ],
             capture_output=True,
             text=True,
             timeout=30,

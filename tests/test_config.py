@@ -34,7 +34,9 @@ def test_environment_variables_are_expanded() -> None:
 
 
 def test_keys_never_show_in_a_repr() -> None:
-    config = load_config(ROOT / "config.yaml", env={"OPENAI_API_KEY": "sk-secret-value", "CANCELPROXY_ADMIN_TOKEN": "adm-secret"})
+    config = load_config(
+        ROOT / "config.yaml", env={"OPENAI_API_KEY": "sk-secret-value", "CANCELPROXY_ADMIN_TOKEN": "adm-secret"}
+    )
     assert "sk-secret-value" not in repr(config) and "adm-secret" not in repr(config)
 
 
@@ -53,7 +55,10 @@ def test_defaults_and_model_globs() -> None:
         (_minimal(upstream=[]), "upstream: unknown key"),
         (_minimal(default_upstream="nope"), "default_upstream: 'nope' is not one of the upstreams"),
         ({"upstreams": [{"name": "a"}]}, "upstreams[0].base_url: is required"),
-        ({"upstreams": [{"name": "a", "base_url": "ftp://x"}]}, "upstreams[0].base_url: 'ftp://x' must be an http(s) URL"),
+        (
+            {"upstreams": [{"name": "a", "base_url": "ftp://x"}]},
+            "upstreams[0].base_url: 'ftp://x' must be an http(s) URL",
+        ),
         ({"upstreams": [{"name": "Bad Name", "base_url": "http://x"}]}, "upstreams[0].name: 'Bad Name' must be"),
         ({"upstreams": [{"name": "sessions", "base_url": "http://x"}]}, "upstreams[0].name: 'sessions' is reserved"),
         (

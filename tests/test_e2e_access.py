@@ -21,7 +21,9 @@ ADMIN = "admin-secret-token"
 
 
 @pytest.fixture(scope="module")
-def audited_proxy(mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proxy, Path]]:
+def audited_proxy(
+    mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Proxy, Path]]:
     workdir = tmp_path_factory.mktemp("access")
     proxy = start_proxy(workdir, proxy_config(mock_provider))
     yield proxy, workdir
@@ -84,7 +86,9 @@ async def test_keys_are_written_nowhere(audited_proxy: tuple[Proxy, Path], mock_
             raw = await client.chat.completions.with_raw_response.create(
                 model=model, messages=[{"role": "user", "content": "x"}], extra_body={"mock": {"tokens": 2, "rate": 0}}
             )
-            status, record = await _call("GET", f"{proxy.root}/requests/{raw.headers['x-request-id']}?wait=1", OWNER_KEY)
+            status, record = await _call(
+                "GET", f"{proxy.root}/requests/{raw.headers['x-request-id']}?wait=1", OWNER_KEY
+            )
             assert status == 200
             assert OWNER_KEY not in str(record) and UPSTREAM_KEY not in str(record)
         # An upstream failure is logged with its details: still no key in them.

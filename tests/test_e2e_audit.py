@@ -119,7 +119,11 @@ async def test_one_audit_line_per_request_and_metrics_that_move(mock_provider: M
     assert (completed["status"], completed["stop_reason"], completed["finish_reason"]) == ("completed", None, "stop")
     assert completed["usage"] == {"prompt_tokens": 2, "completion_tokens": 6, "total_tokens": 8, "estimated": False}
     assert completed["cancel_ms"] is None and completed["error"] is None and completed["ttft_ms"] >= 0
-    assert (cancelled["status"], cancelled["stop_reason"], cancelled["finish_reason"]) == ("stopped", "cancel", "cancelled")
+    assert (cancelled["status"], cancelled["stop_reason"], cancelled["finish_reason"]) == (
+        "stopped",
+        "cancel",
+        "cancelled",
+    )
     assert cancelled["cancel_ms"] is not None and 0 <= cancelled["cancel_ms"] < 1000
     assert cancelled["usage"]["estimated"] is True
     assert (dropped["status"], dropped["stop_reason"]) == ("stopped", "disconnect")

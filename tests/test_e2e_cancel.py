@@ -53,9 +53,7 @@ async def _record(proxy: Proxy, request_id: str, key: str = USER_KEY) -> dict[st
             return dict(await response.json())
 
 
-async def _stream(
-    client: openai.AsyncOpenAI, sid: str, mock: dict[str, Any]
-) -> openai.AsyncStream[Any]:
+async def _stream(client: openai.AsyncOpenAI, sid: str, mock: dict[str, Any]) -> openai.AsyncStream[Any]:
     return await client.chat.completions.create(
         model="mock-1",
         messages=[{"role": "user", "content": "tell me a long story"}],

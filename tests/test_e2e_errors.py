@@ -98,7 +98,10 @@ async def test_unknown_things_are_404(strict_proxy: Proxy, method: str, path: st
 
 async def test_cancel_of_an_unknown_session_is_a_harmless_no(strict_proxy: Proxy) -> None:
     status, body = await _post(f"{strict_proxy.root}/sessions/never-seen/cancel", b"")
-    assert (status, body) == (200, {"success": False, "cancelled": False, "session_id": "never-seen", "request_ids": []})
+    assert (status, body) == (
+        200,
+        {"success": False, "cancelled": False, "session_id": "never-seen", "request_ids": []},
+    )
 
 
 async def test_unreachable_upstream_is_502(strict_proxy: Proxy) -> None:
@@ -109,7 +112,9 @@ async def test_unreachable_upstream_is_502(strict_proxy: Proxy) -> None:
     assert raised.value.body["code"] == "upstream_unreachable"  # type: ignore[index]
     request_id = raised.value.response.headers["x-request-id"]
     async with aiohttp.ClientSession() as session:
-        async with session.get(f"{strict_proxy.root}/requests/{request_id}?wait=1", headers={"Authorization": f"Bearer {USER_KEY}"}) as r:
+        async with session.get(
+            f"{strict_proxy.root}/requests/{request_id}?wait=1", headers={"Authorization": f"Bearer {USER_KEY}"}
+        ) as r:
             record = await r.json()
     assert record["status"] == "failed" and record["error"]["code"] == "upstream_unreachable"
     await _assert_still_serving(strict_proxy)
@@ -163,7 +168,9 @@ async def test_provider_breaking_mid_stream(strict_proxy: Proxy, burst: bool) ->
     # whatever the client got, the record holds exactly that.
     assert 1 <= len(received) <= 50
     async with aiohttp.ClientSession() as session:
-        async with session.get(f"{strict_proxy.root}/requests/{request_id}?wait=1", headers={"Authorization": f"Bearer {USER_KEY}"}) as r:
+        async with session.get(
+            f"{strict_proxy.root}/requests/{request_id}?wait=1", headers={"Authorization": f"Bearer {USER_KEY}"}
+        ) as r:
             record = await r.json()
     assert record["status"] == "failed"
     assert record["error"]["code"] == "upstream_broken"

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import MockProvider, proxy_config, start_proxy
 from .helpers import content_of, provider_request
-from .redis_server import redis_url, unique_key_prefix  # noqa: F401 (fixture)
+from .redis_server import unique_key_prefix
 
 STREAMS = 300
 TOKENS = 40
@@ -70,7 +70,10 @@ async def _metric(root: str, name: str) -> float:
 
 @pytest.mark.parametrize("backend", ["memory", "sqlite", "redis"])
 async def test_300_concurrent_streams(
-    backend: str, mock_provider: MockProvider, redis_url: str, tmp_path: Path  # noqa: F811
+    backend: str,
+    mock_provider: MockProvider,
+    redis_url: str,
+    tmp_path: Path,
 ) -> None:
     url = {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path / 'load.db'}", "redis": redis_url}[backend]
     store = {"url": url, "key_prefix": unique_key_prefix(), "flush_interval_ms": 200}
@@ -87,7 +90,9 @@ async def test_300_concurrent_streams(
                 async with http.get(f"{proxy.root}/requests/{result['request_id']}?wait=1", headers=AUTH) as r:
                     record = await r.json()
                 if result["fate"] == "cancelled":
-                    assert (record["status"], record["stop_reason"]) == ("stopped", "cancel"), proxy.program.output[-3000:]
+                    assert (record["status"], record["stop_reason"]) == ("stopped", "cancel"), proxy.program.output[
+                        -3000:
+                    ]
                     assert result["reasons"] == ["cancelled"]
                     assert record["content"] == result["content"]
                     assert seen["state"] == "closed_by_client"

@@ -53,11 +53,15 @@ async def test_every_record_is_in_the_file(mock_provider: MockProvider, tmp_path
     try:
         async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=USER_KEY, max_retries=0) as client:
             raw = await client.chat.completions.with_raw_response.create(
-                model="mock-1", messages=[{"role": "user", "content": "x"}], extra_body={"mock": {"tokens": 4, "rate": 0}}
+                model="mock-1",
+                messages=[{"role": "user", "content": "x"}],
+                extra_body={"mock": {"tokens": 4, "rate": 0}},
             )
         request_id = raw.headers["x-request-id"]
         async with aiohttp.ClientSession() as session:
-            async with session.get(f"{proxy.root}/requests/{request_id}?wait=1", headers={"Authorization": f"Bearer {USER_KEY}"}) as r:
+            async with session.get(
+                f"{proxy.root}/requests/{request_id}?wait=1", headers={"Authorization": f"Bearer {USER_KEY}"}
+            ) as r:
                 assert r.status == 200
         stored = _stored(db, request_id)
         assert stored is not None and (stored["status"], stored["content"]) == ("completed", content_of(4))
@@ -103,7 +107,9 @@ async def test_kill_9_mid_stream_leaves_an_interrupted_record_with_its_partial(
     restarted = start_proxy(tmp_path, proxy_config(mock_provider, store={"url": f"sqlite:///{db}"}))
     try:
         async with aiohttp.ClientSession() as session:
-            async with session.get(f"{restarted.root}/requests/{request_id}", headers={"Authorization": f"Bearer {USER_KEY}"}) as r:
+            async with session.get(
+                f"{restarted.root}/requests/{request_id}", headers={"Authorization": f"Bearer {USER_KEY}"}
+            ) as r:
                 record = await r.json()
     finally:
         restarted.program.stop()
@@ -115,7 +121,9 @@ async def test_kill_9_mid_stream_leaves_an_interrupted_record_with_its_partial(
     assert record["content"] == content_of(len(record["content"].split()))
 
 
-async def test_sigterm_lets_short_streams_finish_and_stops_the_rest(mock_provider: MockProvider, tmp_path: Path) -> None:
+async def test_sigterm_lets_short_streams_finish_and_stops_the_rest(
+    mock_provider: MockProvider, tmp_path: Path
+) -> None:
     proxy, db = _sqlite_proxy(mock_provider, tmp_path, shutdown_grace_s=1.5)
     assert proxy.program.process is not None
     async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=USER_KEY, max_retries=0) as client:

@@ -14,7 +14,7 @@ import openai
 
 from .conftest import MockProvider, Proxy, proxy_config, start_proxy
 from .helpers import TCP_ESTABLISHED, content_of, provider_request, tcp_state
-from .redis_server import RedisServer, redis_server, redis_url, unique_key_prefix  # noqa: F401 (fixtures)
+from .redis_server import RedisServer, unique_key_prefix
 
 USER_KEY = "sk-user-a-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {USER_KEY}"}
@@ -62,7 +62,9 @@ async def _start_stream(proxy: Proxy, sid: str, tag: str, client: openai.AsyncOp
 
 
 async def test_a_cancel_sent_to_b_stops_the_stream_held_by_a(
-    mock_provider: MockProvider, redis_url: str, tmp_path: Path  # noqa: F811
+    mock_provider: MockProvider,
+    redis_url: str,
+    tmp_path: Path,
 ) -> None:
     prefix = unique_key_prefix()
     a, b = _replica(mock_provider, tmp_path, redis_url, prefix), _replica(mock_provider, tmp_path, redis_url, prefix)
@@ -103,7 +105,9 @@ async def test_a_cancel_sent_to_b_stops_the_stream_held_by_a(
 
 
 async def test_a_replica_killed_mid_stream_leaves_its_records_interrupted(
-    mock_provider: MockProvider, redis_url: str, tmp_path: Path  # noqa: F811
+    mock_provider: MockProvider,
+    redis_url: str,
+    tmp_path: Path,
 ) -> None:
     prefix = unique_key_prefix()
     a, b = _replica(mock_provider, tmp_path, redis_url, prefix), _replica(mock_provider, tmp_path, redis_url, prefix)
@@ -128,7 +132,9 @@ async def test_a_replica_killed_mid_stream_leaves_its_records_interrupted(
 
 
 async def test_redis_going_away_breaks_no_client(
-    mock_provider: MockProvider, redis_server: RedisServer, tmp_path: Path  # noqa: F811
+    mock_provider: MockProvider,
+    redis_server: RedisServer,
+    tmp_path: Path,
 ) -> None:
     proxy = _replica(mock_provider, tmp_path, redis_server.url, unique_key_prefix())
     try:

@@ -65,7 +65,9 @@ def test_histograms() -> None:
 
     bucket = "cancelproxy_cancel_latency_seconds_bucket"
     les = sorted(
-        float(dict(labels)["le"]) for (name, labels), _ in s.items() if name == bucket and dict(labels)["upstream"] == "openai"
+        float(dict(labels)["le"])
+        for (name, labels), _ in s.items()
+        if name == bucket and dict(labels)["upstream"] == "openai"
     )
     assert les == [*CANCEL_BUCKETS, float("inf")]
     assert les[0] == 0.0005 and les[-2] == 1.0
@@ -115,4 +117,8 @@ async def test_metrics_handler_serves_the_scrape(aiohttp_client: Any) -> None:
     assert response.status == 200
     assert response.headers["Content-Type"] == metrics.render()[1]
     families = {f.name for f in text_string_to_metric_families(await response.text())}
-    assert {"cancelproxy_requests", "cancelproxy_cancel_latency_seconds", "cancelproxy_in_progress_requests"} <= families
+    assert {
+        "cancelproxy_requests",
+        "cancelproxy_cancel_latency_seconds",
+        "cancelproxy_in_progress_requests",
+    } <= families

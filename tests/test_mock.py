@@ -37,7 +37,7 @@ def events(raw: bytes) -> list[Any]:
     out: list[Any] = []
     for block in raw.split(b"\n\n"):
         if block.startswith(b"data: "):
-            data = block[len(b"data: "):].decode()
+            data = block[len(b"data: ") :].decode()
             out.append(data if data == "[DONE]" else json.loads(data))
     return out
 
@@ -113,8 +113,11 @@ async def test_reasoning_deltas_come_first(client: TestClient) -> None:
 async def test_tool_call_arguments_are_valid_json(client: TestClient) -> None:
     chunks = events(await (await client.post(CHAT, json=body(tool_call=True, tokens=9))).read())
     ds = deltas(chunks[:-1])
-    assert ds[1] == {"tool_calls": [{"index": 0, "id": "call_mock_1", "type": "function",
-                                     "function": {"name": "get_weather", "arguments": ""}}]}
+    assert ds[1] == {
+        "tool_calls": [
+            {"index": 0, "id": "call_mock_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+        ]
+    }
     pieces = [d["tool_calls"][0]["function"]["arguments"] for d in ds[2:-1]]
     assert len(pieces) == 9
     assert json.loads("".join(pieces)) == {"city": "w0 w1 w2 w3 w4 w5 w6 w7 w8"}
@@ -127,8 +130,14 @@ async def test_non_stream_completion(client: TestClient) -> None:
     data = await resp.json()
     assert data["id"] == "chatcmpl-mock-ns" and data["object"] == "chat.completion"
     assert data["model"] == "m-test" and data["created"] == 1700000000
-    assert data["choices"] == [{"index": 0, "logprobs": None, "finish_reason": "stop", "message": {
-        "role": "assistant", "content": words(4), "reasoning_content": "r0 r1 "}}]
+    assert data["choices"] == [
+        {
+            "index": 0,
+            "logprobs": None,
+            "finish_reason": "stop",
+            "message": {"role": "assistant", "content": words(4), "reasoning_content": "r0 r1 "},
+        }
+    ]
     assert data["usage"] == {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}
     rec = await record(client, "ns")
     assert rec["state"] == "completed" and rec["stream"] is False
@@ -145,8 +154,9 @@ async def test_non_stream_tool_call(client: TestClient) -> None:
 async def test_status_override(client: TestClient) -> None:
     resp = await client.post(CHAT, json=body(status=429, tag="busy"))
     assert resp.status == 429
-    assert await resp.json() == {"error": {"message": "mock error", "type": "mock_error",
-                                           "param": None, "code": "mock_429"}}
+    assert await resp.json() == {
+        "error": {"message": "mock error", "type": "mock_error", "param": None, "code": "mock_429"}
+    }
     rec = await record(client, "busy")
     assert rec["state"] == "failed" and rec["tokens_sent"] == 0
 
@@ -187,7 +197,7 @@ async def test_burst_then_reset_writes_the_rest_first(client: TestClient) -> Non
             received += piece
     # The burst reached the client before the reset did; the end of the answer did not.
     assert "".join(d.get("content", "") for d in deltas(events(received))) == words(6)
-    assert b"finish_reason\":\"stop" not in received and b"[DONE]" not in received
+    assert b'finish_reason":"stop' not in received and b"[DONE]" not in received
     rec = await record(client, "burst")
     assert rec["state"] == "failed" and rec["tokens_sent"] == 6
 
@@ -263,8 +273,10 @@ async def test_records_headers_list_and_clear(client: TestClient) -> None:
 async def test_models(client: TestClient) -> None:
     for path in ("/v1/models", "/models"):
         data = await (await client.get(path)).json()
-        assert data == {"object": "list", "data": [
-            {"id": "mock-1", "object": "model", "created": 1700000000, "owned_by": "cancelproxy-mock"}]}
+        assert data == {
+            "object": "list",
+            "data": [{"id": "mock-1", "object": "model", "created": 1700000000, "owned_by": "cancelproxy-mock"}],
+        }
 
 
 async def test_openai_sdk_streams_from_a_real_port() -> None:
@@ -274,7 +286,9 @@ async def test_openai_sdk_streams_from_a_real_port() -> None:
         assert not base_url.endswith(":0/v1")
         async with openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0) as sdk:
             stream = await sdk.chat.completions.create(
-                model="mock-1", messages=[{"role": "user", "content": "hi"}], stream=True,
+                model="mock-1",
+                messages=[{"role": "user", "content": "hi"}],
+                stream=True,
                 stream_options={"include_usage": True},
             )
             text, usage, finish = "", None, None
@@ -286,7 +300,8 @@ async def test_openai_sdk_streams_from_a_real_port() -> None:
             assert text == words(8) and finish == "stop"
             assert usage is not None and usage.completion_tokens == 8 and usage.prompt_tokens == 1
             tool = await sdk.chat.completions.create(
-                model="mock-1", messages=[{"role": "user", "content": "weather?"}],
+                model="mock-1",
+                messages=[{"role": "user", "content": "weather?"}],
                 extra_body={"mock": {"tool_call": True, "tokens": 4}},
             )
             assert tool.choices[0].message.tool_calls[0].function.name == "get_weather"

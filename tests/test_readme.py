@@ -61,13 +61,17 @@ def test_curl_stream_cancel_read(port: int) -> None:
         assert stream.stdout is not None
         first = stream.stdout.readline()  # the stream is flowing: Stop now
         assert first.startswith("data: {")
-        cancel = subprocess.run(["bash", "-c", as_written(snippet("curl-cancel"), port)], capture_output=True, text=True, timeout=30)
+        cancel = subprocess.run(
+            ["bash", "-c", as_written(snippet("curl-cancel"), port)], capture_output=True, text=True, timeout=30
+        )
         ack = json.loads(cancel.stdout)
         assert ack["cancelled"] is True and ack["session_id"] == "chat-1"
         rest = stream.stdout.read()
         assert stream.wait(30) == 0
     assert '"finish_reason":"cancelled"' in rest and rest.endswith("data: [DONE]\n\n")
-    read = subprocess.run(["bash", "-c", as_written(snippet("curl-read"), port)], capture_output=True, text=True, timeout=30)
+    read = subprocess.run(
+        ["bash", "-c", as_written(snippet("curl-read"), port)], capture_output=True, text=True, timeout=30
+    )
     (record,) = json.loads(read.stdout)["requests"]
     assert (record["status"], record["stop_reason"]) == ("stopped", "cancel")
     assert 0 < len(record["content"].split()) < 400
@@ -88,7 +92,9 @@ def node_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.fail("node and npm are needed to run the README's JavaScript (install nodejs)")
     project = tmp_path_factory.mktemp("node")
     (project / "package.json").write_text('{"type": "module", "private": true}')
-    subprocess.run([npm, "install", "--silent", "--no-audit", "--no-fund", "openai@^7"], cwd=project, check=True, timeout=300)
+    subprocess.run(
+        [npm, "install", "--silent", "--no-audit", "--no-fund", "openai@^7"], cwd=project, check=True, timeout=300
+    )
     return project
 
 

@@ -10,7 +10,13 @@ from cancelproxy.registry import ActiveRequest, Registry
 
 def _active(request_id: str, session_id: str = "s") -> ActiveRequest:
     record = Record(
-        request_id=request_id, session_id=session_id, credential="none", upstream="u", model="m", stream=True, created_at=0.0
+        request_id=request_id,
+        session_id=session_id,
+        credential="none",
+        upstream="u",
+        model="m",
+        stream=True,
+        created_at=0.0,
     )
     return ActiveRequest(record=record)
 

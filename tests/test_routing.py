@@ -36,8 +36,14 @@ def test_upstream_choice() -> None:
 
 
 def test_upstream_url_keeps_path_and_query_as_sent() -> None:
-    assert str(upstream_url("https://api.openai.com/v1", "/chat/completions", "")) == "https://api.openai.com/v1/chat/completions"
-    assert str(upstream_url("https://api.deepseek.com", "/chat/completions", "")) == "https://api.deepseek.com/chat/completions"
+    assert (
+        str(upstream_url("https://api.openai.com/v1", "/chat/completions", ""))
+        == "https://api.openai.com/v1/chat/completions"
+    )
+    assert (
+        str(upstream_url("https://api.deepseek.com", "/chat/completions", ""))
+        == "https://api.deepseek.com/chat/completions"
+    )
     url = upstream_url("http://h/v1", "/files/a%2Fb", "limit=5&after=x%20y")
     assert str(url) == "http://h/v1/files/a%2Fb?limit=5&after=x%20y"
 
@@ -86,4 +92,9 @@ def test_response_headers() -> None:
     )
     out = response_headers(incoming)
     assert out.getall("Set-Cookie") == ["a=1", "b=2"]
-    assert sorted(k for k, _ in out.items()) == ["Content-Type", "Set-Cookie", "Set-Cookie", "x-ratelimit-remaining-tokens"]
+    assert sorted(k for k, _ in out.items()) == [
+        "Content-Type",
+        "Set-Cookie",
+        "Set-Cookie",
+        "x-ratelimit-remaining-tokens",
+    ]

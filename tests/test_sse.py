@@ -102,7 +102,7 @@ def test_random_cut_points() -> None:
     for _ in range(500):
         cuts = sorted(rng.randrange(len(STREAM) + 1) for _ in range(rng.randrange(1, 30)))
         points = [0, *cuts, len(STREAM)]
-        pieces = [STREAM[a:b] for a, b in zip(points, points[1:])]
+        pieces = [STREAM[a:b] for a, b in zip(points, points[1:], strict=False)]
         joined, payloads = _run(pieces)
         assert joined == STREAM, cuts
         assert payloads == EXPECTED, cuts
@@ -122,17 +122,17 @@ def test_fast_path_returns_same_object() -> None:
 
 def test_partial_event_is_held_then_released() -> None:
     framer = SSEFramer()
-    assert framer.feed(b"data: {\"a\"") == (b"", [])
+    assert framer.feed(b'data: {"a"') == (b"", [])
     assert framer.pending == 10
-    whole, payloads = framer.feed(b": 1}\n\ndata: {\"b")
-    assert whole == b"data: {\"a\": 1}\n\n"
-    assert payloads == [b"{\"a\": 1}"]
-    assert framer.pending == len(b"data: {\"b")
-    whole, payloads = framer.feed(b"\": 2}\n")
+    whole, payloads = framer.feed(b': 1}\n\ndata: {"b')
+    assert whole == b'data: {"a": 1}\n\n'
+    assert payloads == [b'{"a": 1}']
+    assert framer.pending == len(b'data: {"b')
+    whole, payloads = framer.feed(b'": 2}\n')
     assert (whole, payloads) == (b"", [])
     whole, payloads = framer.feed(b"\n")
-    assert whole == b"data: {\"b\": 2}\n\n"
-    assert payloads == [b"{\"b\": 2}"]
+    assert whole == b'data: {"b": 2}\n\n'
+    assert payloads == [b'{"b": 2}']
     assert framer.pending == 0
 
 
@@ -188,8 +188,8 @@ def test_flush_unterminated_tail() -> None:
 
 def test_flush_ignores_incomplete_last_line() -> None:
     framer = SSEFramer()
-    framer.feed(b"data: {\"partial")
-    assert framer.flush() == (b"data: {\"partial", [])
+    framer.feed(b'data: {"partial')
+    assert framer.flush() == (b'data: {"partial', [])
     framer.feed(b"data: ok\r\ndata: cut")
     assert framer.flush() == (b"data: ok\r\ndata: cut", [b"ok"])
     framer.feed(b": comment only\n")

@@ -19,7 +19,7 @@ from cancelproxy.store.redis import RedisStore
 from cancelproxy.store.sqlite import SCHEMA_VERSION, SchemaVersionError, SQLiteStore
 
 # The fixtures must be names of this module for pytest to find them.
-from .redis_server import RedisServer, redis_key_prefix, redis_server, redis_url, unique_key_prefix  # noqa: F401
+from .redis_server import RedisServer, unique_key_prefix
 
 StoreT = TypeVar("StoreT", bound=Store)
 
@@ -103,10 +103,17 @@ async def test_save_many_stores_a_snapshot(store: Store) -> None:
 
 async def test_upsert_keeps_one_record_in_its_final_state(store: Store) -> None:
     await store.save_many([make_record("r1", content="par")])
-    await store.save_many([make_record("r1", content="partial", status="stopped", stop_reason="cancel", ended_at=1001.0)])
+    await store.save_many(
+        [make_record("r1", content="partial", status="stopped", stop_reason="cancel", ended_at=1001.0)]
+    )
     loaded = await store.get("r1")
     assert loaded is not None
-    assert (loaded.status, loaded.stop_reason, loaded.content, loaded.ended_at) == ("stopped", "cancel", "partial", 1001.0)
+    assert (loaded.status, loaded.stop_reason, loaded.content, loaded.ended_at) == (
+        "stopped",
+        "cancel",
+        "partial",
+        1001.0,
+    )
     assert ids(await store.session("s1")) == ["r1"]
 
 
@@ -151,7 +158,7 @@ async def test_save_many_is_one_transaction(store: Store) -> None:
     assert ids(await store.session("s1")) == [r.request_id for r in records]
     if isinstance(store, MemoryStore):
         return  # no transactions to count
-    assert getattr(store, "transactions") == before + 1
+    assert store.transactions == before + 1
 
 
 async def test_ping(store: Store) -> None:
@@ -214,7 +221,7 @@ async def test_sqlite_failed_batch_writes_nothing(tmp_path: Path) -> None:
 # ---- Redis ----------------------------------------------------------------------
 
 
-async def test_redis_indexes_follow_the_status(redis_url: str, redis_key_prefix: str) -> None:  # noqa: F811
+async def test_redis_indexes_follow_the_status(redis_url: str, redis_key_prefix: str) -> None:
     async with opened(RedisStore(redis_url, redis_key_prefix)) as store:
         client, p = store.client, redis_key_prefix
         await store.save_many([make_record("r1", created_at=5.0)])
@@ -229,7 +236,7 @@ async def test_redis_indexes_follow_the_status(redis_url: str, redis_key_prefix:
         assert [key async for key in client.scan_iter(match=f"{p}*")] == []
 
 
-async def test_redis_key_prefixes_do_not_see_each_other(redis_url: str) -> None:  # noqa: F811
+async def test_redis_key_prefixes_do_not_see_each_other(redis_url: str) -> None:
     async with opened(RedisStore(redis_url, unique_key_prefix())) as ours:
         async with opened(RedisStore(redis_url, unique_key_prefix())) as theirs:
             await ours.save_many([make_record("r1")])
@@ -241,7 +248,7 @@ async def test_redis_key_prefixes_do_not_see_each_other(redis_url: str) -> None:
             assert await ours.prune(2.0) == 1
 
 
-async def test_redis_errors_while_down_and_recovers_on_restart(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_redis_errors_while_down_and_recovers_on_restart(redis_server: RedisServer) -> None:
     async with opened(RedisStore(redis_server.url, unique_key_prefix())) as store:
         await store.save_many([make_record("r1")])
         redis_server.stop()
@@ -256,7 +263,7 @@ async def test_redis_errors_while_down_and_recovers_on_restart(redis_server: Red
         assert store.transactions == 2
 
 
-async def test_redis_open_raises_when_unreachable(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_redis_open_raises_when_unreachable(redis_server: RedisServer) -> None:
     redis_server.stop()
     store = RedisStore(redis_server.url, unique_key_prefix())
     try:

@@ -12,7 +12,10 @@ def _event(chunk: dict[str, object]) -> bytes:
 
 
 def _chunk(content: str | None, with_usage_null: bool) -> dict[str, object]:
-    chunk: dict[str, object] = {"id": "c1", "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
+    chunk: dict[str, object] = {
+        "id": "c1",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
+    }
     if with_usage_null:
         chunk["usage"] = None
     return chunk
@@ -23,7 +26,12 @@ USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
 
 def test_hidden_usage_gives_the_bytes_of_a_stream_that_never_asked() -> None:
     asked = b"".join(
-        [_event(_chunk("a", True)), _event(_chunk("b", True)), _event({"id": "c1", "choices": [], "usage": USAGE}), b"data: [DONE]\n\n"]
+        [
+            _event(_chunk("a", True)),
+            _event(_chunk("b", True)),
+            _event({"id": "c1", "choices": [], "usage": USAGE}),
+            b"data: [DONE]\n\n",
+        ]
     )
     never_asked = b"".join([_event(_chunk("a", False)), _event(_chunk("b", False)), b"data: [DONE]\n\n"])
     for cut in range(1, len(asked)):
@@ -53,7 +61,9 @@ def test_a_usage_on_a_content_chunk_is_not_dropped() -> None:
 
 
 def test_non_streaming_answers_pass_whole_and_are_read_at_the_end() -> None:
-    body = json.dumps({"id": "x", "choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": "stop"}]}).encode()
+    body = json.dumps(
+        {"id": "x", "choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": "stop"}]}
+    ).encode()
     tee = Tee(event_stream=False, max_body_copy=1 << 20)
     assert tee.split(body[:5]) == (body[:5], []) and tee.split(body[5:]) == (body[5:], [])
     tee.commit_body()

@@ -49,7 +49,11 @@ async def test_partials_of_all_streams_go_in_one_transaction_and_only_when_chang
     writer = _writer(store)
     versions = {f"r{i}": 0 for i in range(50)}
     for request_id in versions:
-        writer.track(request_id, lambda rid=request_id: _record(rid, content=f"v{versions[rid]}"), lambda rid=request_id: versions[rid])
+        writer.track(
+            request_id,
+            lambda rid=request_id: _record(rid, content=f"v{versions[rid]}"),
+            lambda rid=request_id: versions[rid],
+        )
     await writer.flush()
     assert len(store.batches) == 1 and len(store.batches[0]) == 50
     versions["r7"] += 1

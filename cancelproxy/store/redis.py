@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from typing import cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -109,7 +110,8 @@ class RedisStore:
     async def session(self, session_id: str) -> list[Record]:
         # The set is ordered by created_at; ids that a concurrent prune has
         # just deleted are skipped.
-        return await self._records(await self.client.zrange(self._sess(session_id), 0, -1))
+        ids = await self.client.zrange(self._sess(session_id), 0, -1)
+        return await self._records(cast("list[bytes]", ids))
 
     async def in_progress(self) -> list[Record]:
         records = await self._records(await self.client.smembers(self._inprog))
@@ -121,7 +123,8 @@ class RedisStore:
         cutoff = f"({float(ended_before)!r}"
         while True:
             # Always from offset 0: each round removes its ids from `ended`.
-            ids = [_text(i) for i in await self.client.zrange(self._ended, "-inf", cutoff, byscore=True, offset=0, num=PRUNE_BATCH)]
+            batch = await self.client.zrange(self._ended, "-inf", cutoff, byscore=True, offset=0, num=PRUNE_BATCH)
+            ids = [_text(i) for i in cast("list[bytes]", batch)]
             if not ids:
                 return deleted
             # The session of each record is inside its JSON: read them first.
