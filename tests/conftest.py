@@ -92,32 +92,29 @@ class Program:
 
 
 @dataclass
-class MockProvider:
+class Served:
+    """A program serving HTTP on a loopback port."""
+
     program: Program
     port: int
 
     @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    @property
     def root(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.root}/v1"
 
 
 @dataclass
-class Proxy:
-    program: Program
-    port: int
+class MockProvider(Served):
+    pass
+
+
+@dataclass
+class Proxy(Served):
     config_path: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    @property
-    def root(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
 
 def start_mock() -> MockProvider:
