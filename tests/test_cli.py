@@ -37,11 +37,12 @@ def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
     assert result.returncode == 2 and "nope.yaml: cannot read" in result.stderr
 
 
-def test_shipped_config_streams_the_builtin_mock() -> None:
+def test_shipped_config_streams_the_builtin_mock(tmp_path: Path) -> None:
     from .conftest import Program, free_port
 
     port = free_port()
-    program = Program([sys.executable, "proxy.py", "--port", str(port)], ready_marker="listening on")
+    args = [sys.executable, str(ROOT / "proxy.py"), "--config", str(ROOT / "config.yaml"), "--port", str(port)]
+    program = Program(args, ready_marker="listening on", cwd=tmp_path)  # its SQLite file lands there
     program.start()
     try:
         body = json.dumps(
