@@ -62,7 +62,14 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"cancelproxy: bad config: {exc}", file=sys.stderr)
         return 2
-    from .app import serve
+    from .app import StoreOpenError, serve
 
-    serve(config, host=args.host, port=args.port)
+    try:
+        serve(config, host=args.host, port=args.port)
+    except StoreOpenError as exc:
+        print(f"cancelproxy: cannot start: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the port is taken, the audit file cannot be opened, ...
+        print(f"cancelproxy: cannot start: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -72,3 +72,22 @@ def test_shipped_config_streams_the_builtin_mock(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert result.stdout.endswith("data: [DONE]\n\n")
     assert [f'"content":"w{i} "' in result.stdout for i in range(5)] == [True] * 5
+
+
+def test_what_cannot_be_opened_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    from .conftest import free_port
+
+    port = free_port()
+    for extra, expected in (
+        (
+            "store: {url: 'sqlite:///nonexistent-dir/x.db'}",
+            "cannot start: store.url: cannot open sqlite:///nonexistent-dir/x.db",
+        ),
+        ("audit: {path: /nonexistent-dir/audit.log}", "cannot start: "),
+    ):
+        config = tmp_path / "config.yaml"
+        config.write_text(f"upstreams: [{{name: m, base_url: 'builtin:mock'}}]\n{extra}\n")
+        result = _run("proxy.py", "--config", str(config), "--port", str(port))
+        assert result.returncode == 2, result.stderr
+        (line,) = [line for line in result.stderr.splitlines() if line.startswith("cancelproxy:")]
+        assert line.startswith(f"cancelproxy: {expected}")
