@@ -10,10 +10,11 @@ requests are rare and their other choices are not kept).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 __all__ = ["Accumulator", "estimate_prompt_tokens"]
 
@@ -86,7 +87,9 @@ class Accumulator:
         """Parse; record error/id/model/usage/finish_reason; return choice 0's
         `key` object (delta or message) if there is one."""
         try:
-            obj = json.loads(raw)
+            # orjson: this parse runs for every chunk of every stream, and it
+            # is ~4x faster than json (its errors are ValueErrors too).
+            obj = orjson.loads(raw)
         except (ValueError, RecursionError):  # bad JSON/UTF-8, absurd nesting
             obj = None
         if not isinstance(obj, dict):

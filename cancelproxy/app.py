@@ -178,6 +178,16 @@ async def _openai_shaped_errors(
         return error_response(shaped)
 
 
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (a dependency on Linux and macOS): the
+    relay is loop-bound, and uvloop's transports cost less per chunk."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def serve(config: Config, *, host: str | None = None, port: int | None = None) -> None:
     setup_logging(config.log_level)
     host = host or config.listen.host
@@ -187,6 +197,7 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
         host=host,
         port=port,
         shutdown_timeout=_HANDLERS_FINISH_S,
+        loop=_event_loop(),
         print=lambda _: print(f"cancelproxy listening on http://{host}:{port}/v1", flush=True),
         **RUNNER_OPTIONS,  # type: ignore[arg-type]
     )

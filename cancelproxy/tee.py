@@ -18,6 +18,9 @@ __all__ = ["Tee"]
 
 # What asking for usage adds to every other chunk of an OpenAI stream.
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,')
+# The one chunk it adds: no choices, only usage. Found in the bytes first, so
+# the common block (no such chunk) costs one regex pass and no JSON parse.
+_NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _EVENT_END = re.compile(rb"(\r?\n\r?\n)")
 
 
@@ -26,15 +29,24 @@ def _without_injected_usage(block: bytes) -> bytes:
     the usage-only chunk (``"choices": []``) dropped, ``"usage": null`` removed."""
     if b'"usage"' not in block:
         return block
+    if _NO_CHOICES.search(block) is None:
+        return _strip_usage_null(block)
     pieces = _EVENT_END.split(block)  # [event, end, event, end, ..., tail]
     kept: list[bytes] = []
     for event, end in zip(pieces[0::2], [*pieces[1::2], b""], strict=True):
-        if b'"usage"' in event:
-            if _is_usage_only(event):
-                continue
-            event = _USAGE_NULL.sub(b"", event)
-        kept += (event, end)
+        if _NO_CHOICES.search(event) is not None and _is_usage_only(event):
+            continue
+        kept += (_strip_usage_null(event), end)
     return b"".join(kept)
+
+
+def _strip_usage_null(data: bytes) -> bytes:
+    # OpenAI's compact form is a plain replace (C speed); the regex only for
+    # providers that put spaces in their JSON.
+    data = data.replace(b',"usage":null', b"")
+    if b'"usage"' in data:
+        data = _USAGE_NULL.sub(b"", data)
+    return data
 
 
 def _is_usage_only(event: bytes) -> bool:
