@@ -54,8 +54,10 @@ def create_app(config: Config) -> web.Application:
     )
     app.cleanup_ctx.append(_services_ctx(config))
     app.on_shutdown.append(_drain)
-    # Final record writes are shielded jobs; at shutdown they get time to finish.
-    aiojobs.aiohttp.setup(app, close_timeout=config.limits.cancel_timeout_s)
+    # Final record writes run as jobs of the app; shutdown waits for them all.
+    # limit=None: every finished stream's write starts at once (the writer
+    # groups them into few transactions).
+    aiojobs.aiohttp.setup(app, limit=None, close_timeout=config.limits.cancel_timeout_s)
     add_routes(app.router)
     app.router.add_get("/metrics", _metrics)
     for prefix in ("", "/{upstream}"):

@@ -3,9 +3,9 @@
 A ``Relay`` sends one request upstream and streams the answer back as it
 arrives. Every way it can end goes through :meth:`Relay.run`'s single
 ``finally``: the upstream connection is closed, the client is given its end,
-and (for a generation request) the record's final state is written, shielded
-so a client that went away cannot interrupt it; a cancel route answers only
-after that write. The client's end:
+and (for a generation request) the record's final state is written by a job
+the app owns, so a client that went away cannot interrupt it; a cancel route
+answers only after that write. The client's end:
 
 ==================  =========================================================
 how it ended        what the client gets
@@ -41,7 +41,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from aiojobs.aiohttp import shield
+from aiojobs.aiohttp import spawn
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -132,8 +132,11 @@ class Relay:
             return await self._answer()
         finally:
             if self._active is not None:
-                # Shielded: a client that leaves must not cut the final write short.
-                await shield(self._request, self._finish())
+                # A job the app owns: a client that leaves cannot cut the final
+                # write short, shutdown waits for it, and the handler returns at
+                # once (aiohttp reads a keep-alive connection's next request only
+                # after the handler returned: it must not wait for a disk sync).
+                await spawn(self._request, self._finish())
 
     # -- the stream -------------------------------------------------------
 
