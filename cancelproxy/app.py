@@ -180,16 +180,6 @@ async def _openai_shaped_errors(
         return error_response(shaped)
 
 
-def _event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where it is installed (a dependency on Linux and macOS): the
-    relay is loop-bound, and uvloop's transports cost less per chunk."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 def serve(config: Config, *, host: str | None = None, port: int | None = None) -> None:
     setup_logging(config.log_level)
     host = host or config.listen.host
@@ -199,7 +189,9 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
         host=host,
         port=port,
         shutdown_timeout=_HANDLERS_FINISH_S,
-        loop=_event_loop(),
+        # The default 128 drops connection attempts in a burst (each then costs
+        # the client a 1 s SYN retransmit); the kernel caps it at somaxconn.
+        backlog=4096,
         print=lambda _: print(f"cancelproxy listening on http://{host}:{port}/v1", flush=True),
         **RUNNER_OPTIONS,  # type: ignore[arg-type]
     )

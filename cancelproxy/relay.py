@@ -335,8 +335,12 @@ class Relay:
         try:
             record = self._final_record(active)
             active.record = record
-            await self._services.writer.save_final(record)
-            self._report(active, record)
+            # A cancel's ack and shutdown wait for this write: it goes at once.
+            # Other final states ride the next batch; until it lands the request
+            # stays in the registry, so reads show its final state meanwhile.
+            urgent = active.stop_reason in ("cancel", "shutdown")
+            self._report(active, record)  # the outcome is known: no need to wait for the disk
+            await self._services.writer.save_final(record, at_once=urgent)
         except Exception:
             # The client is never failed for the bookkeeping's sake; the loss is logged.
             self._services.log.exception("could not finish the record of %s", active.request_id)

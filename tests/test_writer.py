@@ -124,3 +124,15 @@ async def test_a_failed_partial_of_a_request_that_has_ended_is_not_retried_over_
     await writer.flush()  # the retry of what failed
     stored = await store.get("a")
     assert stored is not None and stored.status == "stopped"
+
+
+async def test_a_final_nobody_waits_for_rides_the_next_batch() -> None:
+    store = CountingStore()
+    writer = _writer(store)
+    saving = asyncio.create_task(writer.save_final(_record("a", "completed", "done"), at_once=False))
+    await asyncio.sleep(0)
+    assert store.batches == [] and not saving.done()  # no transaction of its own
+    writer.track("b", lambda: _record("b", content="so far"), lambda: 1)
+    await writer.flush()
+    assert await saving is True
+    assert store.batches == [["b", "a"]] or store.batches == [["a", "b"]]

@@ -74,13 +74,19 @@ class StoreWriter:
         """Flush this in-progress request's snapshot whenever its version moved."""
         self._tracked[request_id] = _Tracked(snapshot, version)
 
-    async def save_final(self, record: Record) -> bool:
-        """Write a final state now; False if the store failed (it will be retried)."""
+    async def save_final(self, record: Record, *, at_once: bool = True) -> bool:
+        """Write a final state; return once it is durable (False: the store
+        failed, and it will be retried).
+
+        ``at_once`` when someone waits on it (a cancel's ack, shutdown);
+        otherwise it goes with the next batch, which spares a request its own
+        transaction (an fsync, with SQLite).
+        """
         self._tracked.pop(record.request_id, None)
         self._pending.pop(record.request_id, None)
         written: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._finals.append((record, written))
-        if self._committing is None or self._committing.done():
+        if at_once and (self._committing is None or self._committing.done()):
             self._committing = asyncio.create_task(self._commit_finals())
         return await asyncio.shield(written)
 
@@ -92,17 +98,22 @@ class StoreWriter:
                 written.set_result(ok)
 
     async def flush(self) -> None:
-        """Write the changed partials and everything that failed before, together."""
+        """Write the changed partials, the final states waiting for a batch and
+        everything that failed before, together."""
         batch = dict(self._pending)
         for request_id, tracked in self._tracked.items():
             version = tracked.version()
             if version != tracked.flushed_version:
                 tracked.flushed_version = version
                 batch[request_id] = tracked.snapshot()
+        finals, self._finals = self._finals, []
+        batch.update((record.request_id, record) for record, _ in finals)
         if not batch:
             return
         self._pending.clear()
-        await self._write(list(batch.values()))
+        written = await self._write(list(batch.values()))
+        for _, future in finals:
+            future.set_result(written)
 
     async def _write(self, records: list[Record]) -> bool:
         try:

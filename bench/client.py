@@ -1,0 +1,123 @@
+"""What every client job shares: request bodies, sessions, SSE counting, the mock's records."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+
+JSON = {"Content-Type": "application/json"}
+# Every content delta of the mock carries this; the role delta ("content":"") does not.
+CONTENT_MARK = b'"content":"w'
+
+
+# Requests waiting for their answer's headers at once, per client process: with
+# 2 processes this stays within the 128-connection listen backlog of aiohttp's
+# servers (the mock and cancelproxy), leaving room for cancels and probes. A
+# burst beyond the backlog makes the kernel drop SYNs, and clients retry after
+# 1, 3, 7, 15 s: that would measure TCP's retransmission timer, not the proxy.
+OPENING = 48
+
+
+def chat_body(*, stream: bool, **mock: Any) -> bytes:
+    body = {"model": "mock-1", "messages": [{"role": "user", "content": "bench"}], "stream": stream, "mock": mock}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class Opener:
+    """Bounds the requests of one process still waiting for their answer's headers."""
+
+    def __init__(self, limit: int = OPENING) -> None:
+        self._slots = asyncio.Semaphore(limit)
+
+    async def post(self, http: aiohttp.ClientSession, url: str, body: bytes,
+                   headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
+        async with self._slots:
+            return await http.post(url, data=body, headers=headers or JSON)
+
+
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because a listen queue was full (all sockets)."""
+    with open("/proc/net/netstat") as f:
+        lines = f.read().splitlines()
+    for names, values in zip(lines[0::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split()[1:], values.split()[1:], strict=True)).get("ListenOverflows", 0))
+    return 0
+
+
+def session(limit: int = 0, total_s: float | None = None) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit),
+        timeout=aiohttp.ClientTimeout(total=total_s, connect=30, sock_read=60),
+    )
+
+
+class ContentCounter:
+    """Counts content deltas in a byte stream, whatever the read boundaries."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._carry = b""
+
+    def feed(self, data: bytes) -> int:
+        """How many deltas this read completed."""
+        buffer = self._carry + data
+        found = buffer.count(CONTENT_MARK)
+        self.count += found
+        self._carry = buffer[-(len(CONTENT_MARK) - 1) :]
+        return found
+
+
+async def read_deltas(response: aiohttp.ClientResponse, counter: ContentCounter, until: int) -> None:
+    """Read until ``until`` content deltas arrived in total (or the stream ended)."""
+    while counter.count < until:
+        data = await response.content.readany()
+        if not data:
+            raise RuntimeError(f"the stream ended after {counter.count} deltas, {until} wanted")
+        counter.feed(data)
+
+
+async def read_to_end(response: aiohttp.ClientResponse, counter: ContentCounter | None = None) -> None:
+    while data := await response.content.readany():
+        if counter is not None:
+            counter.feed(data)
+
+
+async def sleep_until(instant: float) -> None:
+    await asyncio.sleep(max(0.0, instant - time.monotonic()))
+
+
+def check(response: aiohttp.ClientResponse, what: str) -> None:
+    if response.status != 200:
+        raise RuntimeError(f"{what}: HTTP {response.status} from {response.url}")
+
+
+async def mock_record(http: aiohttp.ClientSession, mock_root: str, tag: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """The mock's record of ``tag`` once its connection ended (long poll)."""
+    url = f"{mock_root}/_mock/requests/{tag}"
+    async with http.get(url, params={"wait": "ended", "timeout": str(timeout_s)}) as response:
+        check(response, f"mock record {tag}")
+        return dict(await response.json())
+
+
+async def mock_records(
+    http: aiohttp.ClientSession, mock_root: str, tags: set[str], timeout_s: float = 20.0
+) -> dict[str, dict[str, Any]]:
+    """The mock's records of many tags once all ended: one listing per poll, not a
+    long poll each (every change would wake them all)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        async with http.get(f"{mock_root}/_mock/requests") as response:
+            check(response, "mock records")
+            listing = (await response.json())["requests"]
+        found = {r["tag"]: r for r in listing if r["tag"] in tags and r["state"] != "running"}
+        if len(found) == len(tags) or time.monotonic() > deadline:
+            missing = tags - found.keys()
+            if missing:
+                raise RuntimeError(f"{len(missing)} provider connections still open after {timeout_s} s")
+            return found
+        await asyncio.sleep(0.1)

@@ -1,0 +1,109 @@
+"""``latency`` and ``ttft``: what a hop adds to one request, measured sequentially.
+
+One keep-alive connection per target; targets take turns in blocks of
+``BLOCK`` requests so a slow patch of the machine falls on all of them alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+
+from ..client import JSON, ContentCounter, chat_body, check, read_deltas, read_to_end, session
+from ..procstat import total_cpu
+from ..report import Table
+from ..stats import ms, percentile, signed_ms
+from ..workers import Job
+from . import Context
+
+BLOCK = 50
+
+
+async def _request(http: aiohttp.ClientSession, url: str, body: bytes, ttft: bool) -> float:
+    started = time.perf_counter()
+    async with http.post(url, data=body, headers=JSON) as response:
+        check(response, "request")
+        if not ttft:
+            await response.read()
+            return time.perf_counter() - started
+        counter = ContentCounter()
+        await read_deltas(response, counter, 1)
+        first = time.perf_counter() - started
+        await read_to_end(response, counter)
+        return first
+
+
+async def sequential_job(urls: dict[str, str], ttft: bool, count: int, warmup: int,
+                         gap_s: float = 0.0) -> dict[str, list[float]]:
+    """``gap_s``: a pause before each measured request (diagnostics: lets the
+    previous request's handler finish before the next one is sent)."""
+    body = chat_body(stream=ttft, tokens=1, rate=0)
+    sessions = {name: session(limit=1) for name in urls}  # one keep-alive connection each
+    samples: dict[str, list[float]] = {name: [] for name in urls}
+    try:
+        for name, url in urls.items():
+            for _ in range(warmup):
+                await _request(sessions[name], url, body, ttft)
+        while (done := len(next(iter(samples.values())))) < count:
+            for name, url in urls.items():
+                for _ in range(min(BLOCK, count - done)):
+                    if gap_s:
+                        await asyncio.sleep(gap_s)
+                    samples[name].append(await _request(sessions[name], url, body, ttft))
+    finally:
+        for http in sessions.values():
+            await http.close()
+    return samples
+
+
+def _run(ctx: Context, ttft: bool) -> Table:
+    settings = ctx.settings
+    count = settings.ttft_requests if ttft else settings.latency_requests
+    ctx.fleet.clear_mock()
+    urls = {t.name: t.chat_url for t in ctx.targets}
+    job = Job("bench.scenarios.latency:sequential_job",
+              {"urls": urls, "ttft": ttft, "count": count, "warmup": settings.latency_warmup})
+    servers = {t.name: t.server_pids for t in ctx.targets}
+    cpu_before = {name: total_cpu(pids()) for name, pids in servers.items()}
+    samples: dict[str, list[float]] = ctx.pool.run([job], timeout_s=60 + count * len(urls) * 0.05)[0]
+    requests = count + settings.latency_warmup
+    cpu_ms = {name: (total_cpu(pids()) - cpu_before[name]) / requests * 1000 for name, pids in servers.items()}
+    if ttft:
+        table = Table("ttft", f"time to first content token of a stream (tokens 1, rate 0), {count} sequential "
+                      "requests per target", [])
+    else:
+        table = Table("latency", f"non-streaming request (tokens 1, rate 0), {count} sequential requests per "
+                      "target", [])
+    table.columns = ["target", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "server CPU ms / request"]
+    base = {p: percentile(samples["direct"], p) for p in (50, 99)}
+    for name, values in samples.items():
+        p50, p99 = percentile(values, 50), percentile(values, 99)
+        cpu = None if name == "direct" else cpu_ms[name]
+        figures: dict[str, float | int | None] = {"p50_s": p50, "p99_s": p99, "server_cpu_ms_per_request": cpu,
+                                                  "samples": len(values)}
+        cells = [ms(p50), ms(p99)]
+        if name == "direct":
+            cells += ["—", "—", "n/a"]
+        else:
+            figures |= {"added_p50_s": p50 - base[50], "added_p99_s": p99 - base[99]}
+            cells += [signed_ms(p50 - base[50]), signed_ms(p99 - base[99]), f"{cpu_ms[name]:.3f}"]
+        table.add(name, cells, figures)
+    table.notes += [
+        f"one keep-alive client connection per target, {settings.latency_warmup} warm-up requests each; targets "
+        f"take turns in blocks of {BLOCK}; p50/p99 nearest-rank over all samples; added = target − direct",
+        "direct is the floor (client + mock round trip, same run): what a hop adds cannot be read below it; "
+        "one request at a time, so no process is saturated",
+        "server CPU / request: the server's utime+stime over the run (all its threads; nginx: master + worker) "
+        "divided by the requests it served, warm-up included",
+    ]
+    return table
+
+
+def run_latency(ctx: Context) -> Table:
+    return _run(ctx, ttft=False)
+
+
+def run_ttft(ctx: Context) -> Table:
+    return _run(ctx, ttft=True)

@@ -1,0 +1,38 @@
+"""How much load each scenario makes: ``--quick`` (under a minute) or full (under ~10 minutes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    clients: int  # client processes for the concurrent scenarios
+    latency_requests: int
+    latency_warmup: int
+    ttft_requests: int
+    throughput_streams: int
+    throughput_chunks: int
+    throughput_rounds: int  # the median round is reported
+    slow_streams: int
+    slow_rounds: int  # proxies only; direct runs one round (it has no proxy memory to watch)
+    cancel_sequential: int
+    cancel_concurrent: int
+    disconnect_repeats: int
+
+    @property
+    def mode(self) -> str:
+        return "quick" if self.quick else "full"
+
+
+QUICK = Settings(
+    quick=True, clients=2, latency_requests=300, latency_warmup=100, ttft_requests=200,
+    throughput_streams=50, throughput_chunks=200, throughput_rounds=1, slow_streams=200, slow_rounds=3,
+    cancel_sequential=30, cancel_concurrent=100, disconnect_repeats=20,
+)
+FULL = Settings(
+    quick=False, clients=2, latency_requests=3000, latency_warmup=300, ttft_requests=2000,
+    throughput_streams=200, throughput_chunks=500, throughput_rounds=3, slow_streams=2000, slow_rounds=3,
+    cancel_sequential=200, cancel_concurrent=500, disconnect_repeats=200,
+)
