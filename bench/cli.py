@@ -33,16 +33,28 @@ def _parser() -> argparse.ArgumentParser:
         description="direct (client → mock), nginx and cancelproxy side by side, on 127.0.0.1 only",
     )
     parser.add_argument("--quick", action="store_true", help="small counts: the whole run in under a minute")
-    parser.add_argument("--only", nargs="+", choices=NAMES, metavar="SCENARIO",
-                        help=f"run only these scenarios ({', '.join(NAMES)})")
+    parser.add_argument(
+        "--only", nargs="+", choices=NAMES, metavar="SCENARIO", help=f"run only these scenarios ({', '.join(NAMES)})"
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write every figure to FILE as JSON")
-    parser.add_argument("--store", metavar="URL",
-                        help="cancelproxy's store.url (default: sqlite:///<tmpdir>/bench.db, the shipped default "
-                             "backend); memory:// tells what the store costs")
-    parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="record the mock and cancelproxy with py-spy during each scenario, into DIR")
-    parser.add_argument("--slow-rounds", type=int, metavar="N",
-                        help="slow_streams rounds per proxy (default 3): more rounds tell a leak from a warm-up")
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="cancelproxy's store.url (default: sqlite:///<tmpdir>/bench.db, the shipped default "
+        "backend); memory:// tells what the store costs",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="record the mock and cancelproxy with py-spy during each scenario, into DIR",
+    )
+    parser.add_argument(
+        "--slow-rounds",
+        type=int,
+        metavar="N",
+        help="slow_streams rounds per proxy (default 3): more rounds tell a leak from a warm-up",
+    )
     parser.add_argument("--clients", type=int, default=2, help="client processes for concurrent load (default 2)")
     return parser
 
@@ -89,8 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def _run_all(ctx: Context, chosen: list[str], profile_dir: Path | None, tables: list[Table],
-             failed: list[str]) -> None:
+def _run_all(ctx: Context, chosen: list[str], profile_dir: Path | None, tables: list[Table], failed: list[str]) -> None:
     """Each scenario in turn, its table printed as soon as it is done; a failure is
     reported and the next one runs, unless a program under test is gone."""
     for name in chosen:
@@ -125,21 +136,31 @@ def _run_scenario(name: str, ctx: Context, profile_dir: Path | None) -> Table:
 def _setup(nginx_skipped: str | None, clients: int, store: str | None) -> str:
     targets = ["**direct** (client → mock provider)"]
     if nginx_skipped is None:
-        targets.append("**nginx** (1 worker process, as cancelproxy is one process; proxy_buffering off, upstream "
-                       "keepalive 512)")
-    targets.append(f"**cancelproxy** (`python proxy.py`, {f'store {store}' if store else 'SQLite store'}, audit to "
-                   "a file, log_level warning)")
-    lines = [f"Targets: {', '.join(targets[:-1])} and {targets[-1]}, all in front of one mock provider; load from "
-             f"{clients} client processes.", f"\n{CPU_NOTE}."]
+        targets.append(
+            "**nginx** (1 worker process, as cancelproxy is one process; proxy_buffering off, upstream keepalive 512)"
+        )
+    targets.append(
+        f"**cancelproxy** (`python proxy.py`, {f'store {store}' if store else 'SQLite store'}, audit to "
+        "a file, log_level warning)"
+    )
+    lines = [
+        f"Targets: {', '.join(targets[:-1])} and {targets[-1]}, all in front of one mock provider; load from "
+        f"{clients} client processes.",
+        f"\n{CPU_NOTE}.",
+    ]
     if nginx_skipped is not None:
         lines.append(f"\n{nginx_skipped}.")
     return "\n".join(lines) + "\n"
 
 
-def _write_json(path: Path, mode: str, info: dict[str, str], tables: list[Table], failed: list[str],
-                elapsed: float) -> None:
+def _write_json(
+    path: Path, mode: str, info: dict[str, str], tables: list[Table], failed: list[str], elapsed: float
+) -> None:
     document: dict[str, Any] = {
-        "mode": mode, "machine": info, "wall_s": round(elapsed, 2), "failed": failed,
+        "mode": mode,
+        "machine": info,
+        "wall_s": round(elapsed, 2),
+        "failed": failed,
         "scenarios": {t.scenario: t.as_json() for t in tables},
     }
     path.write_text(json.dumps(document, indent=2) + "\n")

@@ -15,8 +15,8 @@ CONTENT_MARK = b'"content":"w'
 
 
 # Requests waiting for their answer's headers at once, per client process: with
-# 2 processes this stays within the 128-connection listen backlog of aiohttp's
-# servers (the mock and cancelproxy), leaving room for cancels and probes. A
+# 2 processes this stays within the mock's 128-connection listen backlog
+# (aiohttp's default; cancelproxy asks for 4096), leaving room for cancels and probes. A
 # burst beyond the backlog makes the kernel drop SYNs, and clients retry after
 # 1, 3, 7, 15 s: that would measure TCP's retransmission timer, not the proxy.
 OPENING = 48
@@ -33,8 +33,9 @@ class Opener:
     def __init__(self, limit: int = OPENING) -> None:
         self._slots = asyncio.Semaphore(limit)
 
-    async def post(self, http: aiohttp.ClientSession, url: str, body: bytes,
-                   headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
+    async def post(
+        self, http: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
         async with self._slots:
             return await http.post(url, data=body, headers=headers or JSON)
 

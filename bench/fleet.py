@@ -75,8 +75,10 @@ def running_fleet(tmp: Path, with_nginx: bool = True, store: str | None = None) 
     with contextlib.ExitStack() as stack:
         mock_port = free_port()
         mock = Program(
-            "mock", [sys.executable, "-m", "cancelproxy", "mock-upstream", "--port", str(mock_port)],
-            cwd=ROOT, ready_marker="listening on",
+            "mock",
+            [sys.executable, "-m", "cancelproxy", "mock-upstream", "--port", str(mock_port)],
+            cwd=ROOT,
+            ready_marker="listening on",
         )
         stack.callback(mock.stop)
         mock.start()
@@ -102,7 +104,8 @@ def running_fleet(tmp: Path, with_nginx: bool = True, store: str | None = None) 
         proxy = Program(
             "cancelproxy",
             [sys.executable, "proxy.py", "--config", str(_proxy_config(tmp, mock_root, store)), "--port", str(port)],
-            cwd=ROOT, ready_marker="listening on",
+            cwd=ROOT,
+            ready_marker="listening on",
         )
         stack.callback(proxy.stop)
         proxy.start()

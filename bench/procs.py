@@ -54,8 +54,14 @@ class Program:
     ``ready_port`` accepts connections."""
 
     def __init__(
-        self, name: str, args: list[str], *, cwd: Path, ready_marker: str | None = None,
-        ready_port: int | None = None, env: dict[str, str] | None = None,
+        self,
+        name: str,
+        args: list[str],
+        *,
+        cwd: Path,
+        ready_marker: str | None = None,
+        ready_port: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.args = args
@@ -79,8 +85,14 @@ class Program:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            self.args, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, preexec_fn=die_with_parent,
+            self.args,
+            cwd=self.cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=die_with_parent,
         )
         self._drainer = threading.Thread(target=self._drain, name=f"drain-{self.name}", daemon=True)
         self._drainer.start()

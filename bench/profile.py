@@ -21,7 +21,8 @@ RATE_HZ = 250
 
 def find_py_spy() -> str | None:
     return shutil.which("py-spy") or next(
-        (str(p) for p in [Path(sys.executable).parent / "py-spy"] if p.is_file()), None)
+        (str(p) for p in [Path(sys.executable).parent / "py-spy"] if p.is_file()), None
+    )
 
 
 class Profiles:
@@ -39,9 +40,21 @@ class Profiles:
         for name, pid in self._pids.items():
             out = self._directory / f"{self._scenario}-{name}.txt"
             spy = subprocess.Popen(
-                [self._binary, "record", "--pid", str(pid), "--rate", str(RATE_HZ), "--format", "raw",
-                 "--nonblocking", "--output", str(out)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    self._binary,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--rate",
+                    str(RATE_HZ),
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "--output",
+                    str(out),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             self._running.append((spy, out))
         return self
@@ -78,8 +91,10 @@ def summarize(path: Path, top: int = 12) -> str:
         packages[_package(raw[-1])] += int(count)
     if samples == 0:
         return f"{path.name}: no samples"
-    lines = [f"{path.name}: {samples} samples of busy threads at {RATE_HZ} Hz (≈ {samples / RATE_HZ:.1f} s)",
-             "  self, by package (cancelproxy by module):"]
+    lines = [
+        f"{path.name}: {samples} samples of busy threads at {RATE_HZ} Hz (≈ {samples / RATE_HZ:.1f} s)",
+        "  self, by package (cancelproxy by module):",
+    ]
     lines += [f"    {n / samples:6.1%}  {package}" for package, n in packages.most_common(top)]
     lines.append("  self, by function:")
     lines += [f"    {n / samples:6.1%}  {frame}" for frame, n in own.most_common(top)]

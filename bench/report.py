@@ -45,9 +45,11 @@ def cpu_cell(window: CpuWindow) -> str:
 
 
 CPU_COLUMN = "CPU % of one core: clients / mock / server / rest"
-CPU_NOTE = ("CPU: utime+stime from /proc/PID/stat over the run, in % of one core (200 = both cores); rest = all "
-            "other busy time of the machine from /proc/stat: the kernel's loopback TCP work in softirq, and any "
-            "other process")
+CPU_NOTE = (
+    "CPU: utime+stime from /proc/PID/stat over the run, in % of one core (200 = both cores); rest = all "
+    "other busy time of the machine from /proc/stat: the kernel's loopback TCP work in softirq, and any "
+    "other process"
+)
 
 # A process using at least this share of one core is saturated: it is the limit.
 SATURATED = 0.9

@@ -27,12 +27,32 @@ class Settings:
 
 
 QUICK = Settings(
-    quick=True, clients=2, latency_requests=300, latency_warmup=100, ttft_requests=200,
-    throughput_streams=50, throughput_chunks=200, throughput_rounds=1, slow_streams=200, slow_rounds=3,
-    cancel_sequential=30, cancel_concurrent=100, disconnect_repeats=20,
+    quick=True,
+    clients=2,
+    latency_requests=300,
+    latency_warmup=100,
+    ttft_requests=200,
+    throughput_streams=50,
+    throughput_chunks=200,
+    throughput_rounds=1,
+    slow_streams=200,
+    slow_rounds=3,
+    cancel_sequential=30,
+    cancel_concurrent=100,
+    disconnect_repeats=20,
 )
 FULL = Settings(
-    quick=False, clients=2, latency_requests=3000, latency_warmup=300, ttft_requests=2000,
-    throughput_streams=200, throughput_chunks=500, throughput_rounds=3, slow_streams=2000, slow_rounds=3,
-    cancel_sequential=200, cancel_concurrent=500, disconnect_repeats=200,
+    quick=False,
+    clients=2,
+    latency_requests=3000,
+    latency_warmup=300,
+    ttft_requests=2000,
+    throughput_streams=200,
+    throughput_chunks=500,
+    throughput_rounds=3,
+    slow_streams=2000,
+    slow_rounds=3,
+    cancel_sequential=200,
+    cancel_concurrent=500,
+    disconnect_repeats=200,
 )

@@ -46,7 +46,10 @@ def test_quick_bench_runs_and_reports(tmp_path: Path) -> None:
     results = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--only", *SCENARIOS, "--json", str(results)],
-        cwd=ROOT, capture_output=True, text=True, timeout=180,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
     assert "FAILED" not in done.stdout

@@ -50,8 +50,15 @@ def tokens_after_ack(record: dict[str, Any], acked: float) -> int:
     return min(int(record["tokens_sent"]), 1 + int((last - acked) * RATE))
 
 
-async def _one(http: aiohttp.ClientSession, canceller: aiohttp.ClientSession, opener: Opener, root: str, tag: str,
-               start_at: float | None, cancel_at: float | None) -> tuple[str, float, float]:
+async def _one(
+    http: aiohttp.ClientSession,
+    canceller: aiohttp.ClientSession,
+    opener: Opener,
+    root: str,
+    tag: str,
+    start_at: float | None,
+    cancel_at: float | None,
+) -> tuple[str, float, float]:
     """One stream cancelled: (tag, cancel sent, answer received)."""
     if start_at is not None:
         await sleep_until(start_at)
@@ -87,16 +94,23 @@ async def _one(http: aiohttp.ClientSession, canceller: aiohttp.ClientSession, op
 
 
 def _sample(record: dict[str, Any], sent: float, acked: float) -> dict[str, Any]:
-    return {"cancel_s": record["ended_at"] - sent, "ack_s": acked - sent, "after": tokens_after_ack(record, acked),
-            "state": record["state"], "closed_after_ack": record["ended_at"] > acked}
+    return {
+        "cancel_s": record["ended_at"] - sent,
+        "ack_s": acked - sent,
+        "after": tokens_after_ack(record, acked),
+        "state": record["state"],
+        "closed_after_ack": record["ended_at"] > acked,
+    }
 
 
 async def _warm(http: aiohttp.ClientSession, root: str, connections: int) -> None:
     """Open up to ``connections`` keep-alive connections, so a cancel is not timed
     with a TCP connect (concurrent requests each need a connection of their own)."""
+
     async def get() -> None:
         async with http.get(f"{root}/healthz") as response:
             await response.read()
+
     await asyncio.gather(*(get() for _ in range(connections)))
 
 
@@ -112,8 +126,17 @@ async def sequential_job(root: str, mock_root: str, count: int, run_id: str) -> 
     return samples
 
 
-async def concurrent_job(root: str, mock_root: str, indices: list[int], total: int, run_id: str, start_at: float,
-                         ramp_s: float, cancel_from: float, window_s: float) -> dict[str, Any]:
+async def concurrent_job(
+    root: str,
+    mock_root: str,
+    indices: list[int],
+    total: int,
+    run_id: str,
+    start_at: float,
+    ramp_s: float,
+    cancel_from: float,
+    window_s: float,
+) -> dict[str, Any]:
     """Streams ``indices`` of ``total``: started over ``ramp_s``, cancelled one by one
     over ``window_s`` from ``cancel_from``, while the others stream on."""
     opener = Opener()
@@ -125,40 +148,82 @@ async def concurrent_job(root: str, mock_root: str, indices: list[int], total: i
         await sleep_until(start_at)
         overflows = listen_overflows()
         async with asyncio.timeout(cancel_from - time.monotonic() + window_s + 60):
-            done = await asyncio.gather(*(
-                _one(http, canceller, opener, root, f"{run_id}-cancelN-{i}", start_at + ramp_s * i / total,
-                     cancel_from + window_s * i / total) for i in indices), return_exceptions=True)
+            done = await asyncio.gather(
+                *(
+                    _one(
+                        http,
+                        canceller,
+                        opener,
+                        root,
+                        f"{run_id}-cancelN-{i}",
+                        start_at + ramp_s * i / total,
+                        cancel_from + window_s * i / total,
+                    )
+                    for i in indices
+                ),
+                return_exceptions=True,
+            )
         ok = [d for d in done if isinstance(d, tuple)]
-        errors = [str(d) if isinstance(d, RuntimeError) else f"{type(d).__name__}: {d}"
-                  for d in done if not isinstance(d, tuple)]
+        errors = [
+            str(d) if isinstance(d, RuntimeError) else f"{type(d).__name__}: {d}"
+            for d in done
+            if not isinstance(d, tuple)
+        ]
         # Every provider connection must end, cancelled or not: wait for all of them.
         overflows = listen_overflows() - overflows
         records = await mock_records(observer, mock_root, {f"{run_id}-cancelN-{i}" for i in indices}, 60)
-    return {"samples": [_sample(records[tag], sent, acked) for tag, sent, acked in ok], "errors": errors,
-            "overflows": overflows}
+    return {
+        "samples": [_sample(records[tag], sent, acked) for tag, sent, acked in ok],
+        "errors": errors,
+        "overflows": overflows,
+    }
 
 
 def run(ctx: Context) -> Table:
     settings = ctx.settings
     n = settings.cancel_concurrent
-    table = Table("cancel", f"cancel → provider connection closed (streams at rate {RATE:g}, {READ_FIRST} deltas "
-                  "read, then POST /requests/{id}/cancel)",
-                  ["target", "streams", "cancel → provider closed p50 / p99 ms", "ack p50 / p99 ms",
-                   "tokens after ack: total / streams", CPU_COLUMN, "SYN drops", "errors"])
+    table = Table(
+        "cancel",
+        f"cancel → provider connection closed (streams at rate {RATE:g}, {READ_FIRST} deltas "
+        "read, then POST /requests/{id}/cancel)",
+        [
+            "target",
+            "streams",
+            "cancel → provider closed p50 / p99 ms",
+            "ack p50 / p99 ms",
+            "tokens after ack: total / streams",
+            CPU_COLUMN,
+            "SYN drops",
+            "errors",
+        ],
+    )
     for target in ctx.targets:
         if target.name != "cancelproxy":
             table.add(target.name, ["n/a", "n/a (no cancel route)", "n/a", "n/a", "n/a", "n/a", "n/a"], {})
     proxy = ctx.fleet.target("cancelproxy")
     assert proxy is not None
     ctx.fleet.clear_mock()
-    job = Job("bench.scenarios.cancel:sequential_job", {"root": proxy.root, "mock_root": ctx.fleet.mock_root,
-              "count": settings.cancel_sequential, "run_id": ctx.run_id})
+    job = Job(
+        "bench.scenarios.cancel:sequential_job",
+        {
+            "root": proxy.root,
+            "mock_root": ctx.fleet.mock_root,
+            "count": settings.cancel_sequential,
+            "run_id": ctx.run_id,
+        },
+    )
     meter = ctx.cpu_meter(proxy)
     meter.start()
     overflows = listen_overflows()
     one_at_a_time = ctx.pool.run([job], timeout_s=60 + settings.cancel_sequential)[0]
-    _add(table, f"cancelproxy, 1 at a time × {settings.cancel_sequential}", one_at_a_time, meter.stop(), [],
-         listen_overflows() - overflows)
+    _add(
+        table,
+        f"cancelproxy, 1 at a time × {settings.cancel_sequential}",
+        one_at_a_time,
+        meter.stop(),
+        [],
+        listen_overflows() - overflows,
+    )
 
     ctx.fleet.clear_mock()
     ramp_s = n / 500  # asked for at 500 new streams a second (the Opener bounds those still connecting)
@@ -166,10 +231,23 @@ def run(ctx: Context) -> Table:
     cancel_from = start_at + ramp_s + 1.0
     window_s = n / 250
     per_worker = [list(range(w, n, ctx.pool.size)) for w in range(ctx.pool.size)]
-    jobs = [Job("bench.scenarios.cancel:concurrent_job", {
-        "root": proxy.root, "mock_root": ctx.fleet.mock_root, "indices": indices, "total": n, "run_id": ctx.run_id,
-        "start_at": start_at, "ramp_s": ramp_s, "cancel_from": cancel_from, "window_s": window_s,
-    }) for indices in per_worker]
+    jobs = [
+        Job(
+            "bench.scenarios.cancel:concurrent_job",
+            {
+                "root": proxy.root,
+                "mock_root": ctx.fleet.mock_root,
+                "indices": indices,
+                "total": n,
+                "run_id": ctx.run_id,
+                "start_at": start_at,
+                "ramp_s": ramp_s,
+                "cancel_from": cancel_from,
+                "window_s": window_s,
+            },
+        )
+        for indices in per_worker
+    ]
     meter = ctx.cpu_meter(proxy)
     meter.start()
     results = ctx.pool.run(jobs, timeout_s=150 + window_s)
@@ -192,26 +270,40 @@ def run(ctx: Context) -> Table:
     return table
 
 
-def _add(table: Table, label: str, samples: list[dict[str, Any]], window: CpuWindow, errors: list[str],
-         overflows: int) -> None:
+def _add(
+    table: Table, label: str, samples: list[dict[str, Any]], window: CpuWindow, errors: list[str], overflows: int
+) -> None:
     cancel = [s["cancel_s"] for s in samples]
     ack = [s["ack_s"] for s in samples]
     after = [s["after"] for s in samples]
     not_closed = sum(1 for s in samples if s["state"] != "closed_by_client")
     figures: dict[str, Any] = {f"cancel_p{p}_s": percentile(cancel, p) for p in (50, 99)}
     figures |= {f"ack_p{p}_s": percentile(ack, p) for p in (50, 99)}
-    figures |= {"tokens_after_ack": sum(after), "streams_with_tokens_after_ack": sum(1 for a in after if a),
-                "samples": len(samples), "provider_not_closed_by_client": not_closed,
-                "cancel_max_s": max(cancel), "cpu_s": window.seconds, "errors": len(errors),
-                "listen_overflows": overflows,
-                "provider_noticed_close_after_ack": sum(1 for s in samples if s["closed_after_ack"]),
-                "error_samples": errors[:5]}
-    table.add(label, [
-        str(len(samples)), f"{ms(figures['cancel_p50_s'])} / {ms(figures['cancel_p99_s'])}",
-        f"{ms(figures['ack_p50_s'])} / {ms(figures['ack_p99_s'])}",
-        f"{figures['tokens_after_ack']} / {figures['streams_with_tokens_after_ack']}", cpu_cell(window),
-        str(overflows), str(len(errors)),
-    ], figures)
+    figures |= {
+        "tokens_after_ack": sum(after),
+        "streams_with_tokens_after_ack": sum(1 for a in after if a),
+        "samples": len(samples),
+        "provider_not_closed_by_client": not_closed,
+        "cancel_max_s": max(cancel),
+        "cpu_s": window.seconds,
+        "errors": len(errors),
+        "listen_overflows": overflows,
+        "provider_noticed_close_after_ack": sum(1 for s in samples if s["closed_after_ack"]),
+        "error_samples": errors[:5],
+    }
+    table.add(
+        label,
+        [
+            str(len(samples)),
+            f"{ms(figures['cancel_p50_s'])} / {ms(figures['cancel_p99_s'])}",
+            f"{ms(figures['ack_p50_s'])} / {ms(figures['ack_p99_s'])}",
+            f"{figures['tokens_after_ack']} / {figures['streams_with_tokens_after_ack']}",
+            cpu_cell(window),
+            str(overflows),
+            str(len(errors)),
+        ],
+        figures,
+    )
     if errors:
         kinds = collections.Counter(": ".join(e.split(": ")[:2]) for e in errors)
         failures = ", ".join(f"{n} × {k}" for k, n in kinds.items())
@@ -222,6 +314,7 @@ def _add(table: Table, label: str, samples: list[dict[str, Any]], window: CpuWin
             f"{label}: for {len(late)} streams the mock recorded its connection's end only after the client had the "
             f"ack (mock at {window.share('mock'):.0%} of a core, machine {window.machine_busy:.0%} busy); "
             f"{sum(1 for s in late if s['after'])} of the {figures['streams_with_tokens_after_ack']} streams with "
-            "tokens after the ack are among them")
+            "tokens after the ack are among them"
+        )
     if not_closed:
         table.notes.append(f"{label}: {not_closed} provider connections ended otherwise than closed by the client")

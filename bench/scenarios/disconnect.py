@@ -27,8 +27,9 @@ WARMUP = 3
 KINDS = {"stream": "mid-stream (rate 50)", "silent": "silent provider (headers sent, silence_s 60)"}
 
 
-async def _one(http: aiohttp.ClientSession, observer: aiohttp.ClientSession, url: str, mock_root: str, tag: str,
-               kind: str) -> dict[str, Any]:
+async def _one(
+    http: aiohttp.ClientSession, observer: aiohttp.ClientSession, url: str, mock_root: str, tag: str, kind: str
+) -> dict[str, Any]:
     if kind == "stream":
         body = chat_body(stream=True, tokens=TOKENS, rate=RATE, tag=tag)
     else:
@@ -43,8 +44,9 @@ async def _one(http: aiohttp.ClientSession, observer: aiohttp.ClientSession, url
     return {"close_s": record["ended_at"] - closed, "state": record["state"]}
 
 
-async def disconnect_job(urls: dict[str, str], mock_root: str, kind: str, count: int,
-                         run_id: str) -> dict[str, list[dict[str, Any]]]:
+async def disconnect_job(
+    urls: dict[str, str], mock_root: str, kind: str, count: int, run_id: str
+) -> dict[str, list[dict[str, Any]]]:
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
     async with session() as http, session() as observer:
         for i in range(WARMUP + count):
@@ -57,29 +59,42 @@ async def disconnect_job(urls: dict[str, str], mock_root: str, kind: str, count:
 
 def run(ctx: Context) -> Table:
     count = ctx.settings.disconnect_repeats
-    table = Table("disconnect", f"client closes its connection → provider connection closed, {count} times per "
-                  "target and case", ["target", "case", "p50 ms", "p99 ms", "max ms"], text_columns=2)
+    table = Table(
+        "disconnect",
+        f"client closes its connection → provider connection closed, {count} times per target and case",
+        ["target", "case", "p50 ms", "p99 ms", "max ms"],
+        text_columns=2,
+    )
     urls = {t.name: t.chat_url for t in ctx.targets}
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for kind in KINDS:
         ctx.fleet.clear_mock()
-        job = Job("bench.scenarios.disconnect:disconnect_job", {"urls": urls, "mock_root": ctx.fleet.mock_root,
-                  "kind": kind, "count": count, "run_id": ctx.run_id})
+        job = Job(
+            "bench.scenarios.disconnect:disconnect_job",
+            {"urls": urls, "mock_root": ctx.fleet.mock_root, "kind": kind, "count": count, "run_id": ctx.run_id},
+        )
         results[kind] = ctx.pool.run([job], timeout_s=60 + count * len(urls))[0]
     for name in urls:
         figures: dict[str, Any] = {}
         for kind, label in KINDS.items():
             samples = results[kind][name]
             values = [s["close_s"] for s in samples]
-            stats = {"p50_s": percentile(values, 50), "p99_s": percentile(values, 99), "max_s": max(values),
-                     "samples": len(values), "not_closed_by_client": sum(s["state"] != "closed_by_client"
-                                                                          for s in samples)}
+            stats = {
+                "p50_s": percentile(values, 50),
+                "p99_s": percentile(values, 99),
+                "max_s": max(values),
+                "samples": len(values),
+                "not_closed_by_client": sum(s["state"] != "closed_by_client" for s in samples),
+            }
             figures[kind] = stats
             table.rows.append([name, label, ms(stats["p50_s"]), ms(stats["p99_s"]), ms(stats["max_s"])])
             if stats["not_closed_by_client"]:
-                table.notes.append(f"{name}, {kind}: {stats['not_closed_by_client']} provider connections ended "
-                                   "otherwise than closed by the client")
+                table.notes.append(
+                    f"{name}, {kind}: {stats['not_closed_by_client']} provider connections ended "
+                    "otherwise than closed by the client"
+                )
         table.data[name] = figures
-    table.notes.append("direct is the floor: the mock noticing its own client's FIN; one request at a time, "
-                       "so no process is saturated")
+    table.notes.append(
+        "direct is the floor: the mock noticing its own client's FIN; one request at a time, so no process is saturated"
+    )
     return table

@@ -35,8 +35,9 @@ async def _request(http: aiohttp.ClientSession, url: str, body: bytes, ttft: boo
         return first
 
 
-async def sequential_job(urls: dict[str, str], ttft: bool, count: int, warmup: int,
-                         gap_s: float = 0.0) -> dict[str, list[float]]:
+async def sequential_job(
+    urls: dict[str, str], ttft: bool, count: int, warmup: int, gap_s: float = 0.0
+) -> dict[str, list[float]]:
     """``gap_s``: a pause before each measured request (diagnostics: lets the
     previous request's handler finish before the next one is sent)."""
     body = chat_body(stream=ttft, tokens=1, rate=0)
@@ -63,26 +64,36 @@ def _run(ctx: Context, ttft: bool) -> Table:
     count = settings.ttft_requests if ttft else settings.latency_requests
     ctx.fleet.clear_mock()
     urls = {t.name: t.chat_url for t in ctx.targets}
-    job = Job("bench.scenarios.latency:sequential_job",
-              {"urls": urls, "ttft": ttft, "count": count, "warmup": settings.latency_warmup})
+    job = Job(
+        "bench.scenarios.latency:sequential_job",
+        {"urls": urls, "ttft": ttft, "count": count, "warmup": settings.latency_warmup},
+    )
     servers = {t.name: t.server_pids for t in ctx.targets}
     cpu_before = {name: total_cpu(pids()) for name, pids in servers.items()}
     samples: dict[str, list[float]] = ctx.pool.run([job], timeout_s=60 + count * len(urls) * 0.05)[0]
     requests = count + settings.latency_warmup
     cpu_ms = {name: (total_cpu(pids()) - cpu_before[name]) / requests * 1000 for name, pids in servers.items()}
     if ttft:
-        table = Table("ttft", f"time to first content token of a stream (tokens 1, rate 0), {count} sequential "
-                      "requests per target", [])
+        table = Table(
+            "ttft",
+            f"time to first content token of a stream (tokens 1, rate 0), {count} sequential requests per target",
+            [],
+        )
     else:
-        table = Table("latency", f"non-streaming request (tokens 1, rate 0), {count} sequential requests per "
-                      "target", [])
+        table = Table(
+            "latency", f"non-streaming request (tokens 1, rate 0), {count} sequential requests per target", []
+        )
     table.columns = ["target", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "server CPU ms / request"]
     base = {p: percentile(samples["direct"], p) for p in (50, 99)}
     for name, values in samples.items():
         p50, p99 = percentile(values, 50), percentile(values, 99)
         cpu = None if name == "direct" else cpu_ms[name]
-        figures: dict[str, float | int | None] = {"p50_s": p50, "p99_s": p99, "server_cpu_ms_per_request": cpu,
-                                                  "samples": len(values)}
+        figures: dict[str, float | int | None] = {
+            "p50_s": p50,
+            "p99_s": p99,
+            "server_cpu_ms_per_request": cpu,
+            "samples": len(values),
+        }
         cells = [ms(p50), ms(p99)]
         if name == "direct":
             cells += ["—", "—", "n/a"]

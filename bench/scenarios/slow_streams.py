@@ -52,14 +52,19 @@ async def slow_job(url: str, streams: int, start_at: float, timeout_s: float) ->
     async with session(limit=0) as http:
         await sleep_until(start_at)
         async with asyncio.timeout(timeout_s):
-            done = await asyncio.gather(*(_stream(http, opener, url, body) for _ in range(streams)),
-                                        return_exceptions=True)
+            done = await asyncio.gather(
+                *(_stream(http, opener, url, body) for _ in range(streams)), return_exceptions=True
+            )
     ok = [d for d in done if isinstance(d, tuple)]
     errors = [repr(d) for d in done if not isinstance(d, tuple)]
     return {
-        "started": start_at, "ended": max((d[2] for d in ok), default=start_at),
-        "durations": [d[2] - d[0] for d in ok], "gaps": [g for d in ok for g in d[3]],
-        "intervals": [(d[1], d[2]) for d in ok], "errors": errors[:3], "error_count": len(errors),
+        "started": start_at,
+        "ended": max((d[2] for d in ok), default=start_at),
+        "durations": [d[2] - d[0] for d in ok],
+        "gaps": [g for d in ok for g in d[3]],
+        "intervals": [(d[1], d[2]) for d in ok],
+        "errors": errors[:3],
+        "error_count": len(errors),
     }
 
 
@@ -84,9 +89,20 @@ def run(ctx: Context) -> Table:
         "slow_streams",
         f"{n} concurrent streams at {RATE:g} chunks/s × {TOKENS} chunks (ideal {IDEAL_S:.1f} s), all started at once; "
         f"round 1 measured, then RSS after each of {rounds} rounds",
-        ["target", "wall s", "stream p99 s", "last headers s", "peak in flight", "added gap p50 / p99 ms",
-         "server CPU s",
-         "RSS KB / stream", f"RSS MB before → after rounds 1..{rounds}", CPU_COLUMN, "SYN drops", "errors"],
+        [
+            "target",
+            "wall s",
+            "stream p99 s",
+            "last headers s",
+            "peak in flight",
+            "added gap p50 / p99 ms",
+            "server CPU s",
+            "RSS KB / stream",
+            f"RSS MB before → after rounds 1..{rounds}",
+            CPU_COLUMN,
+            "SYN drops",
+            "errors",
+        ],
     )
     for target in ctx.targets:
         pids = target.server_pids
@@ -97,9 +113,13 @@ def run(ctx: Context) -> Table:
         first: dict[str, Any] = {}
         for round_no in range(1 if not proxied else rounds):
             start_at = ctx.start_at()
-            jobs = [Job("bench.scenarios.slow_streams:slow_job",
-                        {"url": target.chat_url, "streams": share, "start_at": start_at, "timeout_s": 60.0})
-                    for share in ctx.split(n)]
+            jobs = [
+                Job(
+                    "bench.scenarios.slow_streams:slow_job",
+                    {"url": target.chat_url, "streams": share, "start_at": start_at, "timeout_s": 60.0},
+                )
+                for share in ctx.split(n)
+            ]
             meter = ctx.cpu_meter(target)
             overflows = listen_overflows()
             cpu_before = total_cpu(pids())
@@ -110,8 +130,11 @@ def run(ctx: Context) -> Table:
             window = meter.stop(wall_s=wall)
             if round_no == 0:
                 first = {
-                    "wall": wall, "window": window, "peak_kb": sampler.peak_kb,
-                    "cpu_s": total_cpu(pids()) - cpu_before, "overflows": listen_overflows() - overflows,
+                    "wall": wall,
+                    "window": window,
+                    "peak_kb": sampler.peak_kb,
+                    "cpu_s": total_cpu(pids()) - cpu_before,
+                    "overflows": listen_overflows() - overflows,
                     "in_flight": peak_in_flight([i for r in results for i in r["intervals"]]),
                     "last_headers": max((h for r in results for h, _ in r["intervals"]), default=start_at) - start_at,
                     "durations": [d for r in results for d in r["durations"]],
@@ -125,7 +148,8 @@ def run(ctx: Context) -> Table:
         if first["in_flight"] < n:
             table.notes.append(
                 f"{target.name}: only {first['in_flight']} of {n} streams were ever in flight at once: the last one "
-                f"got its headers {first['last_headers']:.1f} s after the start, and a stream lasts {IDEAL_S:.0f} s")
+                f"got its headers {first['last_headers']:.1f} s after the start, and a stream lasts {IDEAL_S:.0f} s"
+            )
         limit = bottleneck(first["window"], ctx.fleet_cores, ctx.settings.clients)
         who = "direct is the ceiling (clients + mock alone)" if not proxied else target.name
         table.notes.append(f"{who}: limited by {limit}" if limit else f"{who}: no process saturated")
@@ -136,14 +160,16 @@ def run(ctx: Context) -> Table:
         f"deltas − {GAP_S * 1000:.0f} ms; server CPU = utime+stime from /proc (nginx: master + worker); RSS/stream = "
         "(peak VmRSS, sampled every 100 ms − VmRSS before) / peak in flight",
         f"each client process opens at most {OPENING} connections at a time (held until the answer's headers), so "
-        "the servers' 128-connection listen backlog (aiohttp's default) is not overflowed; SYN drops = the kernel's "
+        "the mock's 128-connection listen backlog (aiohttp's default; cancelproxy's is 4096) is not overflowed; "
+        "SYN drops = the kernel's "
         "ListenOverflows during the round (a dropped SYN costs the client a 1 s retransmit)",
     ]
     return table
 
 
-def _row(name: str, proxied: bool, n: int, before_kb: int, after_kb: list[int],
-         first: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+def _row(
+    name: str, proxied: bool, n: int, before_kb: int, after_kb: list[int], first: dict[str, Any]
+) -> tuple[list[str], dict[str, Any]]:
     durations, gaps = first["durations"], first["gaps"]
     stream_p99 = percentile(durations, 99) if durations else None
     added = {p: percentile(gaps, p) - GAP_S for p in (50, 99)} if gaps else {}
@@ -162,13 +188,22 @@ def _row(name: str, proxied: bool, n: int, before_kb: int, after_kb: list[int],
         str(first["errors"]),
     ]
     figures = {
-        "wall_s": first["wall"], "ideal_s": IDEAL_S, "stream_p50_s": percentile(durations, 50) if durations else None,
-        "stream_p99_s": stream_p99, "added_gap_p50_s": added.get(50), "added_gap_p99_s": added.get(99),
-        "server_cpu_s": first["cpu_s"] if proxied else None, "rss_before_kb": before_kb if proxied else None,
-        "rss_peak_kb": first["peak_kb"] if proxied else None, "rss_kb_per_stream": per_stream,
-        "rss_after_rounds_kb": after_kb if proxied else None, "cpu_s": first["window"].seconds,
-        "machine_busy": first["window"].machine_busy, "errors": first["errors"],
-        "peak_in_flight": first["in_flight"], "listen_overflows": first["overflows"],
+        "wall_s": first["wall"],
+        "ideal_s": IDEAL_S,
+        "stream_p50_s": percentile(durations, 50) if durations else None,
+        "stream_p99_s": stream_p99,
+        "added_gap_p50_s": added.get(50),
+        "added_gap_p99_s": added.get(99),
+        "server_cpu_s": first["cpu_s"] if proxied else None,
+        "rss_before_kb": before_kb if proxied else None,
+        "rss_peak_kb": first["peak_kb"] if proxied else None,
+        "rss_kb_per_stream": per_stream,
+        "rss_after_rounds_kb": after_kb if proxied else None,
+        "cpu_s": first["window"].seconds,
+        "machine_busy": first["window"].machine_busy,
+        "errors": first["errors"],
+        "peak_in_flight": first["in_flight"],
+        "listen_overflows": first["overflows"],
         "last_headers_s": first["last_headers"],
         "error_samples": first["error_samples"],
     }

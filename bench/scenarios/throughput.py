@@ -23,36 +23,57 @@ async def _stream(http: aiohttp.ClientSession, opener: Opener, url: str, body: b
     return counter.count, time.monotonic()
 
 
-async def streams_job(url: str, streams: int, chunks: int, start_at: float, timeout_s: float,
-                      rate: float = 0.0) -> dict[str, Any]:
+async def streams_job(
+    url: str, streams: int, chunks: int, start_at: float, timeout_s: float, rate: float = 0.0
+) -> dict[str, Any]:
     body = chat_body(stream=True, tokens=chunks, rate=rate)
     opener = Opener()
     async with session(limit=0) as http:
         await sleep_until(start_at)
         started = time.monotonic()
         async with asyncio.timeout(timeout_s):
-            done = await asyncio.gather(*(_stream(http, opener, url, body) for _ in range(streams)),
-                                        return_exceptions=True)
+            done = await asyncio.gather(
+                *(_stream(http, opener, url, body) for _ in range(streams)), return_exceptions=True
+            )
     ok = [d for d in done if isinstance(d, tuple)]
     errors = [repr(d) for d in done if not isinstance(d, tuple)]
-    return {"started": started, "ended": max((e for _, e in ok), default=started),
-            "chunks": sum(c for c, _ in ok), "errors": errors[:3], "error_count": len(errors)}
+    return {
+        "started": started,
+        "ended": max((e for _, e in ok), default=started),
+        "chunks": sum(c for c, _ in ok),
+        "errors": errors[:3],
+        "error_count": len(errors),
+    }
 
 
 def run(ctx: Context) -> Table:
     settings = ctx.settings
     streams, chunks, rounds = settings.throughput_streams, settings.throughput_chunks, settings.throughput_rounds
-    table = Table("throughput", f"{streams} concurrent streams × {chunks} chunks at rate 0 (as fast as the mock "
-                  f"sends), content chunks received per second by all clients; median of {rounds} round(s)",
-                  ["target", "chunks/s", "ratio to direct", "wall s", CPU_COLUMN, "errors"])
+    table = Table(
+        "throughput",
+        f"{streams} concurrent streams × {chunks} chunks at rate 0 (as fast as the mock "
+        f"sends), content chunks received per second by all clients; median of {rounds} round(s)",
+        ["target", "chunks/s", "ratio to direct", "wall s", CPU_COLUMN, "errors"],
+    )
     direct_rate: float | None = None
     for target in ctx.targets:
         measured = []
         for _ in range(rounds):
             ctx.fleet.clear_mock()
             start_at = ctx.start_at()
-            jobs = [Job("bench.scenarios.throughput:streams_job", {"url": target.chat_url, "streams": share,
-                        "chunks": chunks, "start_at": start_at, "timeout_s": 120.0}) for share in ctx.split(streams)]
+            jobs = [
+                Job(
+                    "bench.scenarios.throughput:streams_job",
+                    {
+                        "url": target.chat_url,
+                        "streams": share,
+                        "chunks": chunks,
+                        "start_at": start_at,
+                        "timeout_s": 120.0,
+                    },
+                )
+                for share in ctx.split(streams)
+            ]
             meter = ctx.cpu_meter(target)
             meter.start()
             results = ctx.pool.run(jobs, timeout_s=150)
@@ -65,10 +86,25 @@ def run(ctx: Context) -> Table:
         rate, wall, window, errors, messages = next(m for m in measured if m[0] == rate)
         direct_rate = rate if target.name == "direct" else direct_rate
         ratio = rate / direct_rate if direct_rate else None
-        table.add(target.name, [f"{rate:,.0f}", "1.00" if target.name == "direct" else f"{ratio:.2f}",
-                                f"{wall:.2f}", cpu_cell(window), str(errors)],
-                  {"chunks_per_s": rate, "ratio_to_direct": ratio, "wall_s": wall, "cpu_s": window.seconds,
-                   "errors": errors, "error_samples": messages, "rounds": [m[0] for m in measured]})
+        table.add(
+            target.name,
+            [
+                f"{rate:,.0f}",
+                "1.00" if target.name == "direct" else f"{ratio:.2f}",
+                f"{wall:.2f}",
+                cpu_cell(window),
+                str(errors),
+            ],
+            {
+                "chunks_per_s": rate,
+                "ratio_to_direct": ratio,
+                "wall_s": wall,
+                "cpu_s": window.seconds,
+                "errors": errors,
+                "error_samples": messages,
+                "rounds": [m[0] for m in measured],
+            },
+        )
         limit = bottleneck(window, ctx.fleet_cores, settings.clients)
         who = "direct is the ceiling here (clients + mock alone)" if target.name == "direct" else target.name
         table.notes.append(f"{who}: limited by {limit}" if limit else f"{who}: no process saturated")
