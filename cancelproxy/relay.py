@@ -36,7 +36,6 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -53,11 +52,11 @@ from .errors import (
     RequestCancelled,
     UpstreamError,
     UpstreamTimeout,
-    error_body,
     error_response,
     map_upstream_error,
     sse_error_event,
 )
+from .outcome import Ending, audit_entry, final_record
 from .records import Record
 from .registry import ActiveRequest
 from .routing import response_headers
@@ -349,71 +348,24 @@ class Relay:
             self._services.registry.remove(active)
 
     def _final_record(self, active: ActiveRequest) -> Record:
-        record = self.snapshot()
-        answer = self._tee.answer if self._tee is not None else None
-        status = self._upstream.status if self._upstream is not None else None
-        record.ended_at = time.time()
-        if active.stop_reason == "shutdown":
-            record.status = "interrupted"
-            record.finish_reason = self._services.config.cancel_finish_reason
-        elif active.stop_reason is not None:
-            record.status = "stopped"
-            record.stop_reason = active.stop_reason
-            if active.stop_reason == "cancel":
-                record.finish_reason = self._services.config.cancel_finish_reason
-        elif self._failure is not None:
-            record.status = "failed"
-            record.error = error_body(self._failure)["error"]
-        elif status is not None and status >= 400:
-            record.status = "failed"
-            provider_error = answer.error if answer is not None and answer.error else {}
-            record.error = {"message": f"upstream answered {status}", **provider_error, "status": status}
-        elif answer is not None and answer.error is not None:
-            record.status = "failed"  # an error event mid-stream
-            record.error = answer.error
-        else:
-            record.status = "completed"
-        if answer is not None:
-            record.finish_reason = record.finish_reason or answer.finish_reason
-            if answer.usage is not None and record.status == "completed":
-                record.usage = answer.usage
-            else:
-                record.usage = answer.estimated_usage(estimate_prompt_tokens(self._request_json))
-        return record
+        ending = Ending(
+            stop=active.stop_reason,
+            failure=self._failure,
+            upstream_status=self._upstream.status if self._upstream is not None else None,
+            answer=self._tee.answer if self._tee is not None else None,
+            cancel_finish_reason=self._services.config.cancel_finish_reason,
+            prompt_tokens=estimate_prompt_tokens(self._request_json),
+            ended_at=time.time(),
+        )
+        return final_record(self.snapshot(), ending)
 
     def _report(self, active: ActiveRequest, record: Record) -> None:
         """The audit line and the metrics of a finished request."""
-        ended = record.ended_at or time.time()
         cancel_s = None
         if active.stop_requested_at is not None and active.upstream_closed_at is not None:
             cancel_s = max(0.0, active.upstream_closed_at - active.stop_requested_at)
-        ttft_s = record.first_token_at - record.created_at if record.first_token_at is not None else None
-        usage = dict(record.usage) if record.usage is not None else None
-        if usage is not None:
-            usage = {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")} | {
-                "estimated": bool(usage.get("estimated", False))
-            }
-        self._services.audit.write(
-            {
-                "ts": datetime.fromtimestamp(ended, UTC).isoformat(timespec="milliseconds"),
-                "request_id": record.request_id,
-                "session_id": record.session_id,
-                "upstream": record.upstream,
-                "model": record.model,
-                "stream": record.stream,
-                "status": record.status,
-                "stop_reason": record.stop_reason,
-                "finish_reason": record.finish_reason,
-                "ttft_ms": _ms(ttft_s),
-                "duration_ms": _ms(ended - record.created_at),
-                "cancel_ms": _ms(cancel_s),
-                "usage": usage,
-                "bytes_out": self.bytes_out,
-                "client": self._request.remote,
-                "credential": record.credential,
-                "error": record.error,
-            }
-        )
+        entry, ttft_s = audit_entry(record, cancel_s=cancel_s, bytes_out=self.bytes_out, client=self._request.remote)
+        self._services.audit.write(entry)
         self._services.metrics.request_finished(record.upstream, record.status, record.stop_reason, ttft_s, cancel_s)
 
     async def _answer(self) -> web.StreamResponse:
@@ -498,6 +450,3 @@ class Relay:
             transport.abort()
         return self._response or web.Response(status=499)
 
-
-def _ms(seconds: float | None) -> float | None:
-    return round(seconds * 1000, 3) if seconds is not None else None

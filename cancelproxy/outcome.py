@@ -1,0 +1,102 @@
+"""How a generation request ended, as the record and the audit trail tell it (pure).
+
+The relay gathers the facts (was it stopped and why, did the upstream fail,
+what was relayed); these functions turn them into the final record and its
+audit line. No I/O here: the relay writes both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .accumulate import Accumulator
+from .errors import ProxyError, error_body
+from .records import Record
+from .registry import StopCause
+
+__all__ = ["Ending", "audit_entry", "final_record"]
+
+
+@dataclass(frozen=True)
+class Ending:
+    """The facts of how a request ended."""
+
+    stop: StopCause | None  # a cancel route, the client leaving, or shutdown
+    failure: ProxyError | None  # the proxy's own verdict on the upstream (unreachable, broke off, timed out)
+    upstream_status: int | None  # None: the upstream never answered
+    answer: Accumulator | None  # what was relayed, read back; None: nothing was teed
+    cancel_finish_reason: str
+    prompt_tokens: int  # an estimate, for usage the upstream never sent
+    ended_at: float
+
+
+def final_record(snapshot: Record, ending: Ending) -> Record:
+    """The record's final state; ``snapshot`` is its state at the end (not changed)."""
+    record = snapshot.copy()
+    record.ended_at = ending.ended_at
+    answer, status = ending.answer, ending.upstream_status
+    if ending.stop == "shutdown":
+        record.status = "interrupted"
+        record.finish_reason = ending.cancel_finish_reason  # what the client was sent
+    elif ending.stop is not None:
+        record.status = "stopped"
+        record.stop_reason = ending.stop
+        if ending.stop == "cancel":
+            record.finish_reason = ending.cancel_finish_reason
+    elif ending.failure is not None:
+        record.status = "failed"
+        record.error = error_body(ending.failure)["error"]
+    elif status is not None and status >= 400:
+        record.status = "failed"
+        provider_error = answer.error if answer is not None and answer.error else {}
+        record.error = {"message": f"upstream answered {status}", **provider_error, "status": status}
+    elif answer is not None and answer.error is not None:
+        record.status = "failed"  # an error event mid-stream
+        record.error = answer.error
+    else:
+        record.status = "completed"
+    if answer is not None:
+        record.finish_reason = record.finish_reason or answer.finish_reason
+        if answer.usage is not None and record.status == "completed":
+            record.usage = answer.usage
+        else:
+            record.usage = answer.estimated_usage(ending.prompt_tokens)
+    return record
+
+
+def audit_entry(
+    record: Record, *, cancel_s: float | None, bytes_out: int, client: str | None
+) -> tuple[dict[str, Any], float | None]:
+    """The audit line of a final record, and its time to first token (seconds)."""
+    ended = record.ended_at if record.ended_at is not None else record.created_at
+    ttft_s = record.first_token_at - record.created_at if record.first_token_at is not None else None
+    usage = None
+    if record.usage is not None:
+        usage = {k: record.usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+        usage["estimated"] = bool(record.usage.get("estimated", False))
+    entry = {
+        "ts": datetime.fromtimestamp(ended, UTC).isoformat(timespec="milliseconds"),
+        "request_id": record.request_id,
+        "session_id": record.session_id,
+        "upstream": record.upstream,
+        "model": record.model,
+        "stream": record.stream,
+        "status": record.status,
+        "stop_reason": record.stop_reason,
+        "finish_reason": record.finish_reason,
+        "ttft_ms": _ms(ttft_s),
+        "duration_ms": _ms(ended - record.created_at),
+        "cancel_ms": _ms(cancel_s),
+        "usage": usage,
+        "bytes_out": bytes_out,
+        "client": client,
+        "credential": record.credential,
+        "error": record.error,
+    }
+    return entry, ttft_s
+
+
+def _ms(seconds: float | None) -> float | None:
+    return round(seconds * 1000, 3) if seconds is not None else None
