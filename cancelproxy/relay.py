@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,7 +153,7 @@ class Relay:
             self._active.attach_upstream(upstream.close)
         if self._stopping:
             return
-        event_stream = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
+        event_stream = _is_event_stream(upstream.headers)
         if self._active is not None:
             self._tee = Tee(
                 event_stream=event_stream, max_body_copy=self._limits.max_body_bytes, hide_usage=self._hide_usage
@@ -274,7 +275,7 @@ class Relay:
         assert upstream is not None
         headers = response_headers(upstream.headers)
         headers.update(self._ids)
-        if headers.get("Content-Type", "").startswith("text/event-stream"):
+        if _is_event_stream(headers):
             # Tell a buffering proxy in front of us (nginx) not to hold events.
             headers.setdefault("X-Accel-Buffering", "no")
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
@@ -286,7 +287,8 @@ class Relay:
         return response
 
     async def _write(self, data: bytes) -> None:
-        response = await self._prepare()
+        # Per chunk: only the first write prepares the response.
+        response = self._response or await self._prepare()
         try:
             await response.write(data)
         except ConnectionError as exc:
@@ -381,9 +383,7 @@ class Relay:
             response = await self._prepare()
             await response.write_eof()
             return response
-        except DownstreamGone:
-            return self._gone()
-        except ConnectionError:
+        except (DownstreamGone, ConnectionError):
             return self._gone()
 
     async def _answer_cancelled(self) -> web.StreamResponse:
@@ -432,16 +432,12 @@ class Relay:
         response = self._response
         if response is None:
             return error_response(failure, headers=self._ids)
-        if self._tee is not None and self._tee.event_stream or self._is_event_stream(response):
+        if _is_event_stream(response.headers):
             # An explicit error event: no client may take a torn stream for a whole one.
             await response.write(sse_error_event(failure))
             await response.write_eof()
             return response
         return self._gone()
-
-    @staticmethod
-    def _is_event_stream(response: web.StreamResponse) -> bool:
-        return response.headers.get("Content-Type", "").startswith("text/event-stream")
 
     def _gone(self) -> web.StreamResponse:
         """No clean end is possible or wanted: drop the client connection."""
@@ -450,3 +446,6 @@ class Relay:
             transport.abort()
         return self._response or web.Response(status=499)
 
+
+def _is_event_stream(headers: Mapping[str, str]) -> bool:
+    return headers.get("Content-Type", "").startswith("text/event-stream")

@@ -18,21 +18,13 @@ from .errors import NotFound, StoreUnavailable, error_response
 from .records import Record
 from .registry import ActiveRequest
 from .services import SERVICES, Services
-from .sessions import credential_fingerprint, token_matches
+from .sessions import Caller
 
 __all__ = ["add_routes", "cancel_here"]
 
 
-class _Caller:
-    """Who is asking: a credential fingerprint, or the admin."""
-
-    def __init__(self, request: web.Request, services: Services) -> None:
-        authorization = request.headers.get("Authorization")
-        self.is_admin = token_matches(authorization, services.config.admin_token)
-        self.credential = credential_fingerprint(authorization)
-
-    def owns(self, record: Record) -> bool:
-        return self.is_admin or record.credential == self.credential
+def _caller(request: web.Request, services: Services) -> Caller:
+    return Caller.of(request.headers.get("Authorization"), services.config.admin_token)
 
 
 def _live(active: ActiveRequest) -> Record:
@@ -59,7 +51,8 @@ async def cancel_here(services: Services, order: CancelOrder) -> tuple[list[str]
         candidates = [a for a in [registry.get(order.request_id)] if a is not None]
     else:
         candidates = registry.of_session(order.session_id or "")
-    owned = [a for a in candidates if order.admin or a.record.credential == order.credential]
+    caller = Caller(order.credential, order.admin)
+    owned = [a for a in candidates if caller.owns(a.record.credential)]
     stopped = await registry.cancel(owned, "cancel", services.config.limits.cancel_timeout_s)
     return stopped, owned[0].record.session_id if owned else order.session_id
 
@@ -89,23 +82,23 @@ async def _cancel(services: Services, order: CancelOrder) -> tuple[list[str], st
 
 async def cancel_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    caller = _Caller(request, services)
+    caller = _caller(request, services)
     session_id = request.match_info["session_id"]
-    order = CancelOrder(credential=caller.credential, admin=caller.is_admin, session_id=session_id)
+    order = CancelOrder(credential=caller.credential, admin=caller.admin, session_id=session_id)
     stopped, _, unanswered = await _cancel(services, order)
     return _cancel_answer(session_id, stopped, unanswered)
 
 
 async def cancel_request(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    caller = _Caller(request, services)
+    caller = _caller(request, services)
     request_id = request.match_info["request_id"]
-    order = CancelOrder(credential=caller.credential, admin=caller.is_admin, request_id=request_id)
+    order = CancelOrder(credential=caller.credential, admin=caller.admin, request_id=request_id)
     stopped, session_id, unanswered = await _cancel(services, order)
     if stopped:
         return _cancel_answer(session_id, stopped, unanswered)
     record = await _stored(services, request_id)
-    if record is not None and caller.owns(record):
+    if record is not None and caller.owns(record.credential):
         return _cancel_answer(record.session_id, [], unanswered)  # it already ended
     if unanswered:
         return _cancel_answer(None, [], unanswered)  # it may run on a replica that did not answer
@@ -123,33 +116,37 @@ async def read_request(request: web.Request) -> web.Response:
     """One record. ``?wait=1`` first waits (at most cancel_timeout_s) for its final
     state: a frontend that aborted a fetch reads the partial answer it keeps."""
     services = request.app[SERVICES]
-    caller = _Caller(request, services)
+    caller = _caller(request, services)
     request_id = request.match_info["request_id"]
     active = services.registry.get(request_id)
-    if active is not None and caller.owns(active.record) and request.query.get("wait") not in (None, "", "0"):
+    if (
+        active is not None
+        and caller.owns(active.record.credential)
+        and request.query.get("wait") not in (None, "", "0")
+    ):
         try:
             await asyncio.wait_for(active.finished.wait(), services.config.limits.cancel_timeout_s)
         except TimeoutError:
             pass  # answer with the state as it stands
         active = services.registry.get(request_id)
     record = _live(active) if active is not None else await _stored(services, request_id)
-    if record is None or not caller.owns(record):
+    if record is None or not caller.owns(record.credential):
         return error_response(NotFound(f"no request '{request_id}'", code="request_not_found"))
     return web.json_response(record.public())
 
 
 async def read_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    caller = _Caller(request, services)
+    caller = _caller(request, services)
     session_id = request.match_info["session_id"]
     try:
         stored = await services.store.session(session_id)
     except Exception as exc:
         raise StoreUnavailable(f"the record store is unavailable: {exc}") from exc
-    records = {r.request_id: r for r in stored if caller.owns(r)}
+    records = {r.request_id: r for r in stored if caller.owns(r.credential)}
     # Requests still running here: show their partial answer as it stands.
     for active in services.registry.of_session(session_id):
-        if caller.owns(active.record):
+        if caller.owns(active.record.credential):
             records[active.request_id] = _live(active)
     if not records:
         return error_response(NotFound(f"no session '{session_id}'", code="session_not_found"))

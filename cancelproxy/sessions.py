@@ -6,9 +6,11 @@ import hashlib
 import hmac
 import re
 import secrets
+from dataclasses import dataclass
 
 __all__ = [
     "ANONYMOUS",
+    "Caller",
     "credential_fingerprint",
     "is_valid_session_id",
     "new_request_id",
@@ -55,3 +57,22 @@ def token_matches(authorization: str | None, token: str) -> bool:
     if scheme.lower() != "bearer":
         return False
     return hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks to read or cancel: a credential fingerprint, perhaps the admin.
+
+    The one access rule: a record belongs to the credential that made it,
+    and the admin may touch anything.
+    """
+
+    credential: str
+    admin: bool = False
+
+    @classmethod
+    def of(cls, authorization: str | None, admin_token: str) -> Caller:
+        return cls(credential_fingerprint(authorization), token_matches(authorization, admin_token))
+
+    def owns(self, credential: str) -> bool:
+        return self.admin or credential == self.credential

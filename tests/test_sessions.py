@@ -42,3 +42,14 @@ def test_admin_token_match() -> None:
     assert not token_matches("Bearer other", "tok")
     assert not token_matches("Basic tok", "tok")
     assert not token_matches(None, "tok")
+
+
+def test_the_access_rule() -> None:
+    from cancelproxy.sessions import Caller
+
+    owner = Caller.of("Bearer sk-owner", admin_token="adm")
+    assert owner.owns(credential_fingerprint("Bearer sk-owner"))
+    assert not owner.owns(credential_fingerprint("Bearer sk-other")) and not owner.admin
+    admin = Caller.of("Bearer adm", admin_token="adm")
+    assert admin.admin and admin.owns(credential_fingerprint("Bearer sk-other"))
+    assert not Caller.of(None, admin_token="").owns(credential_fingerprint("Bearer sk-owner"))
