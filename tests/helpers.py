@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openai
 
 # /proc/net/tcp states (include/net/tcp_states.h)
 TCP_ESTABLISHED = "01"
@@ -26,6 +27,28 @@ async def provider_request(root: str, tag: str, wait: str | None = None, timeout
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{root}/_mock/requests/{tag}", params=params) as response:
             assert response.status == 200, f"provider has no request '{tag}' ({wait}): {await response.text()}"
+            return dict(await response.json())
+
+
+async def open_stream(
+    client: openai.AsyncOpenAI, mock: dict[str, Any], *, session_id: str | None = None, prompt: str = "x"
+) -> openai.AsyncStream[Any]:
+    """A stream of model mock-1 through ``client``, steered by the mock options."""
+    return await client.chat.completions.create(
+        model="mock-1",
+        messages=[{"role": "user", "content": prompt}],
+        stream=True,
+        extra_body={"mock": mock},
+        extra_headers={"X-Session-Id": session_id} if session_id else {},
+    )
+
+
+async def read_record(root: str, request_id: str, key: str | None) -> dict[str, Any]:
+    """A request's record once it is final (``?wait=1``), read with ``key``'s credential."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{root}/requests/{request_id}?wait=1", headers=headers) as response:
+            assert response.status == 200, await response.text()
             return dict(await response.json())
 
 

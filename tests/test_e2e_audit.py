@@ -15,7 +15,7 @@ import openai
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import ROOT, MockProvider, proxy_config, start_proxy
-from .helpers import content_of, provider_request
+from .helpers import content_of, open_stream, provider_request
 
 KEY = "sk-audit-SECRET-9f8e7d6c5b4a"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -42,12 +42,6 @@ def _requests_total(metrics: dict[Any, float], status: str, stop_reason: str = "
     return metrics.get(key, 0.0)
 
 
-async def _stream(client: openai.AsyncOpenAI, mock: dict[str, Any]) -> openai.AsyncStream[Any]:
-    return await client.chat.completions.create(
-        model="mock-1", messages=[{"role": "user", "content": "audit me"}], stream=True, extra_body={"mock": mock}
-    )
-
-
 async def test_one_audit_line_per_request_and_metrics_that_move(mock_provider: MockProvider, tmp_path: Path) -> None:
     audit_path = tmp_path / "audit.log"
     proxy = start_proxy(tmp_path, proxy_config(mock_provider, audit={"path": str(audit_path)}))
@@ -56,13 +50,13 @@ async def test_one_audit_line_per_request_and_metrics_that_move(mock_provider: M
         ids: dict[str, str] = {}
         async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=KEY, max_retries=0) as client:
             # completed
-            stream = await _stream(client, {"tokens": 6, "rate": 0})
+            stream = await open_stream(client, prompt="audit me", mock={"tokens": 6, "rate": 0})
             ids["completed"] = stream.response.headers["x-request-id"]
             assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]) == content_of(6)
 
             # cancelled, and while it runs the in-progress gauge shows it
             tag = f"audit-{uuid.uuid4().hex[:8]}"
-            stream = await _stream(client, {"tokens": 500, "rate": 50, "tag": tag})
+            stream = await open_stream(client, prompt="audit me", mock={"tokens": 500, "rate": 50, "tag": tag})
             ids["cancelled"] = stream.response.headers["x-request-id"]
             await provider_request(mock_provider.root, tag, wait="started")
             during = await _metrics(proxy.root)
@@ -75,7 +69,7 @@ async def test_one_audit_line_per_request_and_metrics_that_move(mock_provider: M
 
             # dropped by the client
             tag = f"audit-{uuid.uuid4().hex[:8]}"
-            stream = await _stream(client, {"tokens": 500, "rate": 50, "tag": tag})
+            stream = await open_stream(client, prompt="audit me", mock={"tokens": 500, "rate": 50, "tag": tag})
             ids["dropped"] = stream.response.headers["x-request-id"]
             async for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
@@ -84,7 +78,7 @@ async def test_one_audit_line_per_request_and_metrics_that_move(mock_provider: M
             await provider_request(mock_provider.root, tag, wait="ended")
 
             # failed mid-stream
-            stream = await _stream(client, {"tokens": 50, "rate": 100, "fail_after": 3})
+            stream = await open_stream(client, prompt="audit me", mock={"tokens": 50, "rate": 100, "fail_after": 3})
             ids["failed"] = stream.response.headers["x-request-id"]
             failed_deltas = 0
             try:

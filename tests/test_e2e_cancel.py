@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from .conftest import MockProvider, Proxy
-from .helpers import TCP_ESTABLISHED, content_of, provider_request, tcp_state
+from .helpers import TCP_ESTABLISHED, content_of, open_stream, provider_request, read_record, tcp_state
 
 USER_KEY = "sk-user-a-0123456789abcdef"
 # A generous bound, far below the provider's silence: the proxy must see the
@@ -44,30 +44,13 @@ async def _post(url: str, key: str = USER_KEY) -> tuple[int, dict[str, Any]]:
             return response.status, await response.json()
 
 
-async def _record(proxy: Proxy, request_id: str, key: str = USER_KEY) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(
-            f"{proxy.root}/requests/{request_id}?wait=1", headers={"Authorization": f"Bearer {key}"}
-        ) as response:
-            assert response.status == 200, await response.text()
-            return dict(await response.json())
-
-
-async def _stream(client: openai.AsyncOpenAI, sid: str, mock: dict[str, Any]) -> openai.AsyncStream[Any]:
-    return await client.chat.completions.create(
-        model="mock-1",
-        messages=[{"role": "user", "content": "tell me a long story"}],
-        stream=True,
-        extra_body={"mock": mock},
-        extra_headers={"X-Session-Id": sid},
-    )
-
-
 @pytest.mark.parametrize("route", sorted(CANCEL_ROUTES))
 async def test_cancel_mid_stream(proxy: Proxy, mock_provider: MockProvider, route: str) -> None:
     sid, tag = _unique("sess"), _unique(f"cancel-{route}")
     async with _client(proxy) as client:
-        stream = await _stream(client, sid, {"tokens": 500, "rate": 50, "tag": tag})
+        stream = await open_stream(
+            client, session_id=sid, prompt="tell me a long story", mock={"tokens": 500, "rate": 50, "tag": tag}
+        )
         request_id = stream.response.headers["x-request-id"]
         assert stream.response.headers["x-session-id"] == sid
         upstream = await provider_request(mock_provider.root, tag, wait="started")
@@ -99,7 +82,7 @@ async def test_cancel_mid_stream(proxy: Proxy, mock_provider: MockProvider, rout
     seen = await provider_request(mock_provider.root, tag, wait="ended")
     assert seen["state"] == "closed_by_client"
 
-    record = await _record(proxy, request_id)
+    record = await read_record(proxy.root, request_id, USER_KEY)
     assert record["status"] == "stopped"
     assert record["stop_reason"] == "cancel"
     assert record["finish_reason"] == "cancelled"
@@ -125,8 +108,8 @@ async def test_cancel_mid_stream(proxy: Proxy, mock_provider: MockProvider, rout
         next_id = follow.response.headers["x-request-id"]
         next_content = "".join([c.choices[0].delta.content or "" async for c in follow if c.choices])
     assert next_content == content_of(8)
-    assert (await _record(proxy, next_id))["content"] == content_of(8)
-    assert (await _record(proxy, request_id))["content"] == content  # never changes again
+    assert (await read_record(proxy.root, next_id, USER_KEY))["content"] == content_of(8)
+    assert (await read_record(proxy.root, request_id, USER_KEY))["content"] == content  # never changes again
 
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{proxy.root}/sessions/{sid}", headers={"Authorization": f"Bearer {USER_KEY}"}) as r:
@@ -139,7 +122,12 @@ async def test_cancel_while_provider_is_silent(proxy: Proxy, mock_provider: Mock
     """A reasoning model thinking, or a queued request: no token yet, only keep-alives."""
     sid, tag = _unique("sess"), _unique("cancel-silent")
     async with _client(proxy) as client:
-        stream = await _stream(client, sid, {"silence_s": 60, "keepalive_s": 0.2, "tag": tag})
+        stream = await open_stream(
+            client,
+            session_id=sid,
+            prompt="tell me a long story",
+            mock={"silence_s": 60, "keepalive_s": 0.2, "tag": tag},
+        )
         request_id = stream.response.headers["x-request-id"]
         upstream = await provider_request(mock_provider.root, tag, wait="started")
         status, ack = await _post(f"{proxy.root}/sessions/{sid}/cancel")
@@ -148,7 +136,7 @@ async def test_cancel_while_provider_is_silent(proxy: Proxy, mock_provider: Mock
     assert status == 200 and ack["request_ids"] == [request_id]
     assert socket_at_ack != TCP_ESTABLISHED
     assert [c.choices[0].finish_reason for c in chunks if c.choices] == ["cancelled"]
-    record = await _record(proxy, request_id)
+    record = await read_record(proxy.root, request_id, USER_KEY)
     assert (record["status"], record["stop_reason"], record["content"]) == ("stopped", "cancel", "")
 
 
@@ -157,7 +145,12 @@ async def test_cancel_before_the_provider_answers(proxy: Proxy, mock_provider: M
     sid, tag = _unique("sess"), _unique("cancel-queued")
     async with _client(proxy) as client:
         creating = asyncio.create_task(
-            _stream(client, sid, {"silence_s": 60, "headers_after_silence": True, "tag": tag})
+            open_stream(
+                client,
+                session_id=sid,
+                prompt="tell me a long story",
+                mock={"silence_s": 60, "headers_after_silence": True, "tag": tag},
+            )
         )
         upstream = await provider_request(mock_provider.root, tag, wait="started")
         status, ack = await _post(f"{proxy.root}/sessions/{sid}/cancel")
@@ -191,14 +184,16 @@ async def test_cancel_non_streaming_answers_499(proxy: Proxy, mock_provider: Moc
     assert raised.value.body["code"] == "request_cancelled"  # type: ignore[index]
     (request_id,) = ack["request_ids"]
     assert raised.value.response.headers["x-request-id"] == request_id
-    record = await _record(proxy, request_id)
+    record = await read_record(proxy.root, request_id, USER_KEY)
     assert (record["status"], record["stop_reason"], record["stream"]) == ("stopped", "cancel", False)
 
 
 async def test_client_closes_mid_stream(proxy: Proxy, mock_provider: MockProvider) -> None:
     sid, tag = _unique("sess"), _unique("disconnect")
     async with _client(proxy) as client:
-        stream = await _stream(client, sid, {"tokens": 500, "rate": 50, "tag": tag})
+        stream = await open_stream(
+            client, session_id=sid, prompt="tell me a long story", mock={"tokens": 500, "rate": 50, "tag": tag}
+        )
         request_id = stream.response.headers["x-request-id"]
         received: list[str] = []
         async for chunk in stream:
@@ -211,7 +206,7 @@ async def test_client_closes_mid_stream(proxy: Proxy, mock_provider: MockProvide
         seen = await provider_request(mock_provider.root, tag, wait="ended")
     assert seen["state"] == "closed_by_client"
     assert seen["ended_at"] - closed_at < CLOSE_BOUND_S
-    record = await _record(proxy, request_id)
+    record = await read_record(proxy.root, request_id, USER_KEY)
     assert (record["status"], record["stop_reason"]) == ("stopped", "disconnect")
     # The client may have had more in its buffers than it read: the record
     # holds what was sent, which starts with what was read.
@@ -228,7 +223,7 @@ async def test_client_closes_while_provider_is_silent(
     if keepalive:
         mock["keepalive_s"] = keepalive
     async with _client(proxy) as client:
-        stream = await _stream(client, sid, mock)
+        stream = await open_stream(client, session_id=sid, prompt="tell me a long story", mock=mock)
         request_id = stream.response.headers["x-request-id"]
         await provider_request(mock_provider.root, tag, wait="started")
         closed_at = time.monotonic()
@@ -236,7 +231,7 @@ async def test_client_closes_while_provider_is_silent(
         seen = await provider_request(mock_provider.root, tag, wait="ended")
     assert seen["state"] == "closed_by_client"
     assert seen["ended_at"] - closed_at < CLOSE_BOUND_S
-    record = await _record(proxy, request_id)
+    record = await read_record(proxy.root, request_id, USER_KEY)
     assert (record["status"], record["stop_reason"], record["content"]) == ("stopped", "disconnect", "")
 
 
@@ -262,5 +257,5 @@ async def test_client_gives_up_on_a_non_streaming_request(proxy: Proxy, mock_pro
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{proxy.root}/sessions/{sid}", headers={"Authorization": f"Bearer {USER_KEY}"}) as r:
             (record,) = (await r.json())["requests"]
-    record = await _record(proxy, record["request_id"])
+    record = await read_record(proxy.root, record["request_id"], USER_KEY)
     assert (record["status"], record["stop_reason"]) == ("stopped", "disconnect")

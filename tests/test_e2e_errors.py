@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from .conftest import MockProvider, Proxy, free_port, proxy_config, start_proxy
-from .helpers import content_of, sse_payloads
+from .helpers import content_of, read_record, sse_payloads
 
 USER_KEY = "sk-user-a-0123456789abcdef"
 
@@ -111,11 +111,7 @@ async def test_unreachable_upstream_is_502(strict_proxy: Proxy) -> None:
     assert raised.value.status_code == 502
     assert raised.value.body["code"] == "upstream_unreachable"  # type: ignore[index]
     request_id = raised.value.response.headers["x-request-id"]
-    async with aiohttp.ClientSession() as session:
-        async with session.get(
-            f"{strict_proxy.root}/requests/{request_id}?wait=1", headers={"Authorization": f"Bearer {USER_KEY}"}
-        ) as r:
-            record = await r.json()
+    record = await read_record(strict_proxy.root, request_id, USER_KEY)
     assert record["status"] == "failed" and record["error"]["code"] == "upstream_unreachable"
     await _assert_still_serving(strict_proxy)
 
@@ -141,9 +137,7 @@ async def test_provider_silent_mid_stream_ends_with_an_error_event(strict_proxy:
             request_id = response.headers["X-Request-Id"]
     (event,) = sse_payloads(raw)
     assert '"code":"upstream_timeout"' in event
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{strict_proxy.root}/requests/{request_id}?wait=1") as r:
-            record = await r.json()
+    record = await read_record(strict_proxy.root, request_id, None)  # it was made without a key
     assert record["status"] == "failed" and record["error"]["code"] == "upstream_timeout"
 
 
@@ -167,11 +161,7 @@ async def test_provider_breaking_mid_stream(strict_proxy: Proxy, burst: bool) ->
     # Deltas that arrive together with the reset are not relayed (relay._read);
     # whatever the client got, the record holds exactly that.
     assert 1 <= len(received) <= 50
-    async with aiohttp.ClientSession() as session:
-        async with session.get(
-            f"{strict_proxy.root}/requests/{request_id}?wait=1", headers={"Authorization": f"Bearer {USER_KEY}"}
-        ) as r:
-            record = await r.json()
+    record = await read_record(strict_proxy.root, request_id, USER_KEY)
     assert record["status"] == "failed"
     assert record["error"]["code"] == "upstream_broken"
     assert record["content"] == "".join(received)  # the partial is kept, as the client saw it

@@ -15,7 +15,7 @@ import aiohttp
 import openai
 
 from .conftest import MockProvider, Proxy, proxy_config, start_proxy
-from .helpers import content_of, provider_request
+from .helpers import content_of, provider_request, read_record
 
 USER_KEY = "sk-user-a-0123456789abcdef"
 
@@ -58,11 +58,7 @@ async def test_every_record_is_in_the_file(mock_provider: MockProvider, tmp_path
                 extra_body={"mock": {"tokens": 4, "rate": 0}},
             )
         request_id = raw.headers["x-request-id"]
-        async with aiohttp.ClientSession() as session:
-            async with session.get(
-                f"{proxy.root}/requests/{request_id}?wait=1", headers={"Authorization": f"Bearer {USER_KEY}"}
-            ) as r:
-                assert r.status == 200
+        await read_record(proxy.root, request_id, USER_KEY)  # once final, it is in the file
         stored = _stored(db, request_id)
         assert stored is not None and (stored["status"], stored["content"]) == ("completed", content_of(4))
         with sqlite3.connect(db) as connection:

@@ -12,7 +12,7 @@ import pytest
 from multidict import CIMultiDict
 
 from .conftest import MockProvider, Proxy
-from .helpers import content_of, provider_request, sse_content
+from .helpers import content_of, provider_request, read_record, sse_content
 
 USER_KEY = "sk-user-a-0123456789abcdef"
 
@@ -27,14 +27,6 @@ async def _raw(
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         async with session.post(url, json=body, headers=headers or {}) as response:
             return response.status, CIMultiDict(response.headers), await response.read()
-
-
-async def _record(proxy: Proxy, request_id: str, key: str | None = USER_KEY) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{proxy.root}/requests/{request_id}?wait=1", headers=headers) as response:
-            assert response.status == 200, await response.text()
-            return dict(await response.json())
 
 
 async def test_sdk_stream_through_the_proxy(proxy: Proxy) -> None:
@@ -54,7 +46,7 @@ async def test_sdk_stream_through_the_proxy(proxy: Proxy) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 33
     assert request_id.startswith("req_") and session_id.startswith("sess_")
 
-    record = await _record(proxy, request_id)
+    record = await read_record(proxy.root, request_id, USER_KEY)
     assert record["status"] == "completed"
     assert record["stop_reason"] is None
     assert record["content"] == content
@@ -75,7 +67,7 @@ async def test_sdk_non_streaming_through_the_proxy(proxy: Proxy) -> None:
         )
         completion = raw.parse()
     assert completion.choices[0].message.content == content_of(12)
-    record = await _record(proxy, raw.headers["x-request-id"])
+    record = await read_record(proxy.root, raw.headers["x-request-id"], USER_KEY)
     assert (record["status"], record["stream"], record["content"]) == ("completed", False, content_of(12))
     assert record["usage"]["completion_tokens"] == 12 and "estimated" not in record["usage"]
 
@@ -98,7 +90,7 @@ async def test_sdk_tool_call_stream_is_recorded(proxy: Proxy) -> None:
                 if call.function
             ]
         )
-    record = await _record(proxy, request_id)
+    record = await read_record(proxy.root, request_id, USER_KEY)
     assert record["finish_reason"] == "tool_calls"
     (call,) = record["tool_calls"]
     assert call["id"] == "call_mock_1" and call["function"]["name"] == "get_weather"
@@ -128,7 +120,7 @@ async def test_raw_stream_bytes_equal_a_direct_request(
     assert headers["Cache-Control"] == "no-cache"
     assert "Content-Length" not in headers
     # Either way the record has the provider's exact usage.
-    record = await _record(proxy, headers["X-Request-Id"], key=None)  # it was made without a key
+    record = await read_record(proxy.root, headers["X-Request-Id"], None)  # it was made without a key
     assert record["usage"] == {"prompt_tokens": 3, "completion_tokens": 27, "total_tokens": 30}
 
 
@@ -159,7 +151,7 @@ async def test_upstream_errors_pass_through_to_the_sdk(proxy: Proxy) -> None:
             assert exc.body["code"] == "mock_429"  # type: ignore[index]
         else:
             raise AssertionError("a 429 from the provider must reach the client")
-    record = await _record(proxy, request_id)
+    record = await read_record(proxy.root, request_id, USER_KEY)
     assert record["status"] == "failed"
     assert record["error"]["status"] == 429
 

@@ -13,7 +13,7 @@ import aiohttp
 import openai
 
 from .conftest import MockProvider, Proxy, proxy_config, start_proxy
-from .helpers import TCP_ESTABLISHED, content_of, provider_request, tcp_state
+from .helpers import TCP_ESTABLISHED, content_of, open_stream, provider_request, tcp_state
 from .redis_server import RedisServer, unique_key_prefix
 
 USER_KEY = "sk-user-a-0123456789abcdef"
@@ -51,16 +51,6 @@ async def _until(read: Any, done: Any, bound_s: float = 15.0) -> Any:
         await asyncio.sleep(0.05)
 
 
-async def _start_stream(proxy: Proxy, sid: str, tag: str, client: openai.AsyncOpenAI) -> openai.AsyncStream[Any]:
-    return await client.chat.completions.create(
-        model="mock-1",
-        messages=[{"role": "user", "content": "x"}],
-        stream=True,
-        extra_body={"mock": {"tokens": 500, "rate": 50, "tag": tag}},
-        extra_headers={"X-Session-Id": sid},
-    )
-
-
 async def test_a_cancel_sent_to_b_stops_the_stream_held_by_a(
     mock_provider: MockProvider,
     redis_url: str,
@@ -73,7 +63,7 @@ async def test_a_cancel_sent_to_b_stops_the_stream_held_by_a(
         async with openai.AsyncOpenAI(base_url=a.base_url, api_key=USER_KEY, max_retries=0) as client:
             for route in ("/sessions/{sid}/cancel", "/requests/{rid}/cancel"):
                 tag = f"cross-{uuid.uuid4().hex[:8]}"
-                stream = await _start_stream(a, sid, tag, client)
+                stream = await open_stream(client, {"tokens": 500, "rate": 50, "tag": tag}, session_id=sid)
                 rid = stream.response.headers["x-request-id"]
                 upstream = await provider_request(mock_provider.root, tag, wait="started")
                 received: list[str] = []
@@ -113,7 +103,11 @@ async def test_a_replica_killed_mid_stream_leaves_its_records_interrupted(
     a, b = _replica(mock_provider, tmp_path, redis_url, prefix), _replica(mock_provider, tmp_path, redis_url, prefix)
     try:
         async with openai.AsyncOpenAI(base_url=a.base_url, api_key=USER_KEY, max_retries=0) as client:
-            stream = await _start_stream(a, f"doomed-{uuid.uuid4().hex[:8]}", f"kill-{uuid.uuid4().hex[:8]}", client)
+            stream = await open_stream(
+                client,
+                {"tokens": 500, "rate": 50, "tag": f"kill-{uuid.uuid4().hex[:8]}"},
+                session_id=f"doomed-{uuid.uuid4().hex[:8]}",
+            )
             rid = stream.response.headers["x-request-id"]
             async for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content == "w5 ":
@@ -153,7 +147,7 @@ async def test_redis_going_away_breaks_no_client(
             # New streams flow, and a local cancel still works.
             sid = f"no-redis-{uuid.uuid4().hex[:8]}"
             tag = f"no-redis-{uuid.uuid4().hex[:8]}"
-            stream = await _start_stream(proxy, sid, tag, client)
+            stream = await open_stream(client, {"tokens": 500, "rate": 50, "tag": tag}, session_id=sid)
             await provider_request(mock_provider.root, tag, wait="started")
             ack = await _post(f"{proxy.root}/sessions/{sid}/cancel")
             assert ack["cancelled"] is True
