@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from .conftest import MockProvider, Proxy, free_port, proxy_config, start_proxy
-from .helpers import content_of, read_record, sse_payloads
+from .helpers import content_of, open_stream, read_record, sse_payloads
 
 USER_KEY = "sk-user-a-0123456789abcdef"
 
@@ -145,12 +145,10 @@ async def test_provider_silent_mid_stream_ends_with_an_error_event(strict_proxy:
 async def test_provider_breaking_mid_stream(strict_proxy: Proxy, burst: bool) -> None:
     received: list[str] = []
     async with openai.AsyncOpenAI(base_url=strict_proxy.base_url, api_key=USER_KEY, max_retries=0) as client:
-        stream = await client.chat.completions.create(
-            model="mock-1",
-            messages=[{"role": "user", "content": "x"}],
-            stream=True,
-            extra_body={"mock": {"tokens": 50, "rate": 100, "fail_after": 5, "burst_then_reset": burst}},
-            extra_headers={"X-Session-Id": f"broken-{uuid.uuid4().hex[:8]}"},
+        stream = await open_stream(
+            client,
+            {"tokens": 50, "rate": 100, "fail_after": 5, "burst_then_reset": burst},
+            session_id=f"broken-{uuid.uuid4().hex[:8]}",
         )
         request_id = stream.response.headers["x-request-id"]
         with pytest.raises(openai.APIError) as raised:

@@ -15,7 +15,7 @@ import aiohttp
 import openai
 
 from .conftest import MockProvider, Proxy, proxy_config, start_proxy
-from .helpers import content_of, provider_request, read_record
+from .helpers import content_of, open_stream, provider_request, read_record
 
 USER_KEY = "sk-user-a-0123456789abcdef"
 
@@ -74,12 +74,7 @@ async def test_kill_9_mid_stream_leaves_an_interrupted_record_with_its_partial(
     tag = f"kill9-{uuid.uuid4().hex[:8]}"
     received: list[str] = []
     async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=USER_KEY, max_retries=0) as client:
-        stream = await client.chat.completions.create(
-            model="mock-1",
-            messages=[{"role": "user", "content": "x"}],
-            stream=True,
-            extra_body={"mock": {"tokens": 500, "rate": 50, "tag": tag}},
-        )
+        stream = await open_stream(client, {"tokens": 500, "rate": 50, "tag": tag})
         request_id = stream.response.headers["x-request-id"]
         async for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
@@ -123,12 +118,7 @@ async def test_sigterm_lets_short_streams_finish_and_stops_the_rest(
     proxy, db = _sqlite_proxy(mock_provider, tmp_path, shutdown_grace_s=1.5)
     assert proxy.program.process is not None
     async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=USER_KEY, max_retries=0) as client:
-        long = await client.chat.completions.create(
-            model="mock-1",
-            messages=[{"role": "user", "content": "x"}],
-            stream=True,
-            extra_body={"mock": {"tokens": 1000, "rate": 20}},
-        )
+        long = await open_stream(client, {"tokens": 1000, "rate": 20})
         short = await client.chat.completions.create(
             model="mock-1",
             messages=[{"role": "user", "content": "x"}],

@@ -134,12 +134,7 @@ async def test_redis_going_away_breaks_no_client(
     try:
         assert (await _get(f"{proxy.root}/readyz"))[0] == 200
         async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=USER_KEY, max_retries=0) as client:
-            running = await client.chat.completions.create(
-                model="mock-1",
-                messages=[{"role": "user", "content": "x"}],
-                stream=True,
-                extra_body={"mock": {"tokens": 40, "rate": 40}},
-            )
+            running = await open_stream(client, {"tokens": 40, "rate": 40})
             redis_server.stop()
             # The stream that was running goes on to its end.
             text = "".join([c.choices[0].delta.content or "" async for c in running if c.choices])
