@@ -24,7 +24,7 @@ __all__ = ["add_routes", "cancel_here"]
 
 
 def _caller(request: web.Request, services: Services) -> Caller:
-    return Caller.of(request.headers.get("Authorization"), services.config.admin_token)
+    return Caller.of(request.headers, services.config.admin_token)
 
 
 def _live(active: ActiveRequest) -> Record:

@@ -6,10 +6,12 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = [
     "ANONYMOUS",
+    "CREDENTIAL_HEADERS",
     "Caller",
     "credential_fingerprint",
     "is_valid_session_id",
@@ -20,7 +22,10 @@ __all__ = [
 
 _SESSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
-# The fingerprint of a request that carried no Authorization header.
+# The headers a client may authenticate with: OpenAI's, Anthropic's, Azure's.
+CREDENTIAL_HEADERS = ("Authorization", "x-api-key", "api-key")
+
+# The fingerprint of a request that carried none of them.
 ANONYMOUS = "none"
 
 
@@ -36,16 +41,26 @@ def new_request_id() -> str:
     return f"req_{secrets.token_hex(16)}"
 
 
-def credential_fingerprint(authorization: str | None) -> str:
-    """A stable, one-way name for a credential: it is what records and logs hold.
+def credential_fingerprint(headers: Mapping[str, str]) -> str:
+    """A stable, one-way name for the credential a request carries: it is what
+    records and logs hold.
 
-    SHA-256 of a high-entropy API key cannot be reversed, and the same key gives
-    the same fingerprint in every replica and after a restart, so a user can
-    still read and cancel their records.
+    Every credential header counts: a request authenticated only by
+    ``x-api-key`` or ``api-key`` must not share the anonymous fingerprint with
+    every other such request. SHA-256 of a high-entropy API key cannot be
+    reversed, and the same key gives the same fingerprint in every replica and
+    after a restart, so a user can still read and cancel their records.
     """
-    if not authorization:
+    present = [(name, value.strip()) for name in CREDENTIAL_HEADERS if (value := headers.get(name, "").strip())]
+    if not present:
         return ANONYMOUS
-    digest = hashlib.sha256(authorization.strip().encode("utf-8")).hexdigest()
+    if len(present) == 1 and present[0][0] == "Authorization":
+        # The form records made before the other headers counted: their
+        # owners keep access to them.
+        material = present[0][1]
+    else:
+        material = "\n".join(f"{name.lower()}:{value}" for name, value in present)
+    digest = hashlib.sha256(material.encode("utf-8")).hexdigest()
     return f"sha256:{digest[:32]}"
 
 
@@ -71,8 +86,9 @@ class Caller:
     admin: bool = False
 
     @classmethod
-    def of(cls, authorization: str | None, admin_token: str) -> Caller:
-        return cls(credential_fingerprint(authorization), token_matches(authorization, admin_token))
+    def of(cls, headers: Mapping[str, str], admin_token: str) -> Caller:
+        """The caller of a request; the admin token is only ever read from ``Authorization: Bearer``."""
+        return cls(credential_fingerprint(headers), token_matches(headers.get("Authorization"), admin_token))
 
     def owns(self, credential: str) -> bool:
         return self.admin or credential == self.credential

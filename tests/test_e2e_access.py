@@ -79,6 +79,32 @@ async def test_another_credential_can_neither_read_nor_cancel(
     assert status == 200 and [r["request_id"] for r in admin_view["requests"]] == [rid]
 
 
+@pytest.mark.parametrize("header", ["x-api-key", "api-key"])
+async def test_every_credential_header_owns_its_records(
+    audited_proxy: tuple[Proxy, Path], mock_provider: MockProvider, header: str
+) -> None:
+    """Only Authorization counted: key B read and cancelled key A's request as "none"."""
+    proxy, _ = audited_proxy
+    tag = f"cred-{header}-{uuid.uuid4().hex[:8]}"
+    body = {"model": "mock-1", "stream": True, "messages": [], "mock": {"tokens": 300, "rate": 50, "tag": tag}}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{proxy.base_url}/chat/completions", json=body, headers={header: OWNER_KEY}) as r:
+            rid, sid = r.headers["X-Request-Id"], r.headers["X-Session-Id"]
+            await provider_request(mock_provider.root, tag, wait="started")
+            for other in ({header: OTHER_KEY}, {}, {"Authorization": f"Bearer {OWNER_KEY}"}):
+                for method, path in (("GET", f"/requests/{rid}"), ("POST", f"/requests/{rid}/cancel")):
+                    async with session.request(method, proxy.root + path, headers=other) as answer:
+                        assert answer.status == 404, (other, path)
+                async with session.post(f"{proxy.root}/sessions/{sid}/cancel", headers=other) as answer:
+                    assert (await answer.json())["cancelled"] is False
+            async with session.post(f"{proxy.root}/requests/{rid}/cancel", headers={header: OWNER_KEY}) as answer:
+                assert (await answer.json())["request_ids"] == [rid]
+            await r.read()
+        async with session.get(f"{proxy.root}/requests/{rid}?wait=1", headers={header: OWNER_KEY}) as answer:
+            record = await answer.json()
+    assert (record["status"], record["stop_reason"]) == ("stopped", "cancel")
+
+
 async def test_keys_are_written_nowhere(audited_proxy: tuple[Proxy, Path], mock_provider: MockProvider) -> None:
     proxy, workdir = audited_proxy
     async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=OWNER_KEY, max_retries=0) as client:
