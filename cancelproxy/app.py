@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import aiojobs.aiohttp
 from aiohttp import web
+from yarl import URL
 
 from .audit import AuditSink, install_sighup
 from .cluster import Cluster, LocalCluster, RedisCluster
@@ -70,11 +71,11 @@ def _services_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         log = logging.getLogger("cancelproxy")
         async with contextlib.AsyncExitStack() as teardown:
-            base_urls = {u.name: u.base_url for u in config.upstreams}
+            base_urls = {u.name: URL(u.base_url) for u in config.upstreams if not u.is_builtin_mock}
             if any(u.is_builtin_mock for u in config.upstreams):
                 mock_runner, mock_url = await start_mock()
                 teardown.push_async_callback(mock_runner.cleanup)
-                base_urls.update({u.name: mock_url for u in config.upstreams if u.is_builtin_mock})
+                base_urls.update({u.name: URL(mock_url) for u in config.upstreams if u.is_builtin_mock})
 
             client = aiohttp.ClientSession(
                 # limit=0: the default of 100 connections would make stream 101 wait.

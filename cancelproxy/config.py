@@ -61,6 +61,10 @@ class Upstream:
     # repr=False: a key must never reach a log line through a repr().
     api_key: str = field(default="", repr=False)
     models: tuple[str, ...] = ()
+    # "user:password" from a base_url's userinfo, sent as HTTP Basic auth. It
+    # is taken out of base_url: aiohttp's client refuses a URL with credentials
+    # beside an Authorization header, and a client's must never win over it.
+    basic_auth: str = field(default="", repr=False)
 
     def serves(self, model: str) -> bool:
         return any(fnmatchcase(model, pattern) for pattern in self.models)
@@ -263,21 +267,24 @@ def _upstream(reader: _Reader, raw: Any, key: str) -> Upstream:
     if name in _RESERVED_NAMES:
         raise ConfigError(f"{key}.name: '{name}' is reserved for the proxy's own routes")
     base_url = reader.string(item, f"{key}.base_url", "base_url", None).rstrip("/")
+    api_key = reader.string(item, f"{key}.api_key", "api_key", "")
+    basic_auth = ""
     if base_url != BUILTIN_MOCK:
         url = URL(base_url)
+        shown = str(url.with_password("***")) if url.password is not None else base_url
         if url.scheme not in ("http", "https") or not url.host:
-            raise ConfigError(f"{key}.base_url: '{base_url}' must be an http(s) URL or '{BUILTIN_MOCK}'")
+            raise ConfigError(f"{key}.base_url: '{shown}' must be an http(s) URL or '{BUILTIN_MOCK}'")
         if url.query_string or url.fragment:
-            raise ConfigError(f"{key}.base_url: '{base_url}' must not have a query or fragment")
+            raise ConfigError(f"{key}.base_url: '{shown}' must not have a query or fragment")
+        if url.user is not None:
+            if api_key:
+                raise ConfigError(f"{key}.base_url: has a user:password and api_key is set too; keep one credential")
+            basic_auth = f"{url.user}:{url.password or ''}"
+            base_url = str(url.with_user(None)).rstrip("/")
     models_raw = item.get("models", [])
     if not isinstance(models_raw, list) or not all(isinstance(m, str) for m in models_raw):
         raise ConfigError(f"{key}.models: must be a list of glob patterns")
-    return Upstream(
-        name=name,
-        base_url=base_url,
-        api_key=reader.string(item, f"{key}.api_key", "api_key", ""),
-        models=tuple(models_raw),
-    )
+    return Upstream(name=name, base_url=base_url, api_key=api_key, models=tuple(models_raw), basic_auth=basic_auth)
 
 
 class _Reader:

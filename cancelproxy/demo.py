@@ -41,7 +41,7 @@ async def _demo(*, tokens: int, rate: float, stop_after: int) -> int:
     await site.start()
     port = runner.addresses[0][1]
     root = f"http://127.0.0.1:{port}"
-    provider = runner.app[SERVICES].base_urls["mock"].removesuffix("/v1")
+    provider = str(runner.app[SERVICES].base_urls["mock"].origin())
     session_id = f"demo-{secrets.token_hex(4)}"
     try:
         print(f"cancelproxy demo: proxy on {root}/v1, the built-in mock provider behind it\n")

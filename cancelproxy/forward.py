@@ -19,7 +19,7 @@ from .errors import BadRequest, BodyTooLarge, NotFound, ProxyError, error_respon
 from .records import Record
 from .registry import ActiveRequest
 from .relay import Relay, Target
-from .routing import choose_upstream, request_headers, upstream_url
+from .routing import UnsafePath, choose_upstream, request_headers, upstream_url
 from .services import SERVICES, Services
 from .sessions import credential_fingerprint, is_valid_session_id, new_request_id, new_session_id
 
@@ -41,7 +41,7 @@ async def handle_generation(request: web.Request) -> web.StreamResponse:
     record = Record(
         request_id=ids["X-Request-Id"],
         session_id=ids["X-Session-Id"],
-        credential=credential_fingerprint(request.headers.get("Authorization")),
+        credential=credential_fingerprint(request.headers),
         upstream=target.upstream.name,
         model=payload.get("model") if isinstance(payload.get("model"), str) else None,
         stream=bool(payload.get("stream")),
@@ -145,11 +145,15 @@ def _target(services: Services, request: web.Request, body: bytes, model: object
         raise NotFound(f"no upstream named '{explicit}'", code="unknown_upstream")
     # The raw path and query keep the client's percent-encoding exactly.
     raw_path, _, raw_query = request.raw_path.partition("?")
-    prefix = f"/{explicit}/v1" if explicit is not None else "/v1"
+    prefix = (explicit, "v1") if explicit is not None else ("v1",)
+    try:
+        url = upstream_url(services.base_urls[upstream.name], raw_path, prefix, raw_query)
+    except UnsafePath as exc:
+        raise BadRequest(f"{request.path}: {exc}", code="invalid_path") from None
     return Target(
         upstream=upstream,
         method=request.method,
-        url=upstream_url(services.base_urls[upstream.name], raw_path[len(prefix) :], raw_query),
+        url=url,
         headers=request_headers(request.headers, upstream),
         body=body,
     )

@@ -1,16 +1,26 @@
-"""Which upstream a request goes to, its URL there, and which headers cross."""
+"""Which upstream a request goes to, its URL there, and which headers cross.
+
+Nothing a client sends may change where the proxy connects or which
+credential it sends there: the upstream URL keeps the configured scheme,
+host, port and base path whatever the client's path, and a configured
+credential replaces every credential header the client sent.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import base64
+from collections.abc import Mapping, Sequence
+from urllib.parse import unquote
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .config import Config, Upstream
+from .sessions import CREDENTIAL_HEADERS
 
 __all__ = [
     "PROXY_ONLY_HEADERS",
+    "UnsafePath",
     "choose_upstream",
     "request_headers",
     "response_headers",
@@ -32,10 +42,13 @@ _HOP_BY_HOP = frozenset(
     }
 )
 # Headers the proxy itself reads; the provider never sees them.
-PROXY_ONLY_HEADERS = frozenset({"x-session-id"})
+PROXY_ONLY_HEADERS = frozenset({"x-session-id", "x-disconnect-grace"})
 # The body is re-sent as the bytes aiohttp's server handed us: its length is
-# recomputed, and the server already decoded any Content-Encoding.
-_REQUEST_DROP = _HOP_BY_HOP | PROXY_ONLY_HEADERS | {"host", "content-length", "content-encoding"}
+# recomputed, and the server already decoded any Content-Encoding. Expect is
+# answered by the proxy's own server: forwarded, it would make aiohttp's client
+# hold the body back until the provider sends a 100, which most never do.
+_REQUEST_DROP = _HOP_BY_HOP | PROXY_ONLY_HEADERS | {"host", "content-length", "content-encoding", "expect"}
+_CLIENT_CREDENTIALS = frozenset(name.lower() for name in CREDENTIAL_HEADERS)
 # aiohttp chunks the response itself; a copied Content-Length could truncate.
 _RESPONSE_DROP = _HOP_BY_HOP | {"content-length"}
 
@@ -54,12 +67,56 @@ def choose_upstream(config: Config, explicit: str | None, model: object) -> Upst
     return config.upstream(config.default_upstream)
 
 
-def upstream_url(base_url: str, raw_tail: str, raw_query: str) -> URL:
-    """``base_url`` + the path after ``/v1``, query kept, without re-encoding either."""
-    url = base_url + raw_tail
-    if raw_query:
-        url += "?" + raw_query
-    return URL(url, encoded=True)
+class UnsafePath(ValueError):
+    """A request path that could reach outside the upstream's base path."""
+
+
+def upstream_url(base_url: URL, raw_path: str, prefix: Sequence[str], raw_query: str) -> URL:
+    """``base_url`` + the request's path after ``prefix`` (its decoded segments,
+    such as ``("v1",)``), query kept, the client's percent-encoding untouched.
+
+    aiohttp routes on the decoded path while ``raw_path`` keeps the encoding,
+    so the prefix is cut by segments, never by a length measured on the other
+    form (``/%761/x`` decodes to ``/v1/x``). A tail segment that decodes to a
+    dot segment (``..``, ``%2e%2e``, ``%2E%2E%2F``, ``..;``) is refused: an
+    upstream that normalises its path after decoding would otherwise be reached
+    outside ``base_url``, with the configured key.
+    """
+    segments = raw_path.split("/")
+    if segments[0] != "" or [unquote(s) for s in segments[1 : 1 + len(prefix)]] != list(prefix):
+        raise UnsafePath(f"the path must start with /{'/'.join(prefix)}/")
+    tail = segments[1 + len(prefix) :]
+    for segment in tail:
+        _check_segment(segment)
+    base_path = base_url.raw_path.rstrip("/")
+    url = URL.build(
+        scheme=base_url.scheme,
+        authority=base_url.raw_authority,
+        path="/".join([base_path, *tail]) if tail else base_path,
+        query_string=raw_query,
+        encoded=True,
+    )
+    # Belt and braces: whatever the path held, the origin is the configured one.
+    if url.origin() != base_url.origin() or not url.raw_path.startswith(base_path):
+        raise UnsafePath("the path does not stay under the upstream's base URL")
+    return url
+
+
+def _check_segment(segment: str) -> None:
+    decoded = segment
+    # Decoded until stable (bounded): an upstream behind another proxy may
+    # decode twice, so %252e%252e is as much a dot segment as %2e%2e.
+    for _ in range(3):
+        once = unquote(decoded)
+        if once == decoded:
+            break
+        decoded = once
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in decoded):
+        raise UnsafePath("the path must not contain control characters")
+    for part in decoded.replace("\\", "/").split("/"):
+        # "..;" is ".." to servers that strip path parameters (Tomcat, Jetty).
+        if part.split(";", 1)[0] in (".", ".."):
+            raise UnsafePath("the path must not contain dot segments ('.' or '..', encoded or not)")
 
 
 def _connection_named(headers: Mapping[str, str]) -> set[str]:
@@ -68,12 +125,31 @@ def _connection_named(headers: Mapping[str, str]) -> set[str]:
     return {token.strip().lower() for token in named.split(",") if token.strip()}
 
 
-def request_headers(incoming: CIMultiDictProxy[str], upstream: Upstream) -> CIMultiDict[str]:
+def request_headers(
+    incoming: CIMultiDictProxy[str], upstream: Upstream, key_header: str = "Authorization"
+) -> CIMultiDict[str]:
+    """The headers sent upstream. ``key_header`` is where the protocol carries
+    an API key (``Authorization`` as a Bearer token, or ``x-api-key``)."""
     drop = _REQUEST_DROP | _connection_named(incoming)
+    configured = _configured_credential(upstream, key_header)
+    if configured is not None:
+        # Every client credential goes: the provider must see only ours, and
+        # could otherwise prefer a header the client added beside it.
+        drop = drop | _CLIENT_CREDENTIALS
     headers = CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in drop)
-    if upstream.api_key:
-        headers["Authorization"] = f"Bearer {upstream.api_key}"
+    if configured is not None:
+        headers[configured[0]] = configured[1]
     return headers
+
+
+def _configured_credential(upstream: Upstream, key_header: str) -> tuple[str, str] | None:
+    if upstream.api_key:
+        if key_header.lower() == "authorization":
+            return "Authorization", f"Bearer {upstream.api_key}"
+        return key_header, upstream.api_key
+    if upstream.basic_auth:
+        return "Authorization", "Basic " + base64.b64encode(upstream.basic_auth.encode()).decode("ascii")
+    return None
 
 
 def response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from .audit import AuditSink
 from .cluster import Cluster
@@ -34,7 +35,7 @@ class Services:
     audit: AuditSink
     metrics: Metrics
     # Upstream name -> base URL to send to (``builtin:mock`` resolved to its port).
-    base_urls: dict[str, str]
+    base_urls: dict[str, URL]
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("cancelproxy"))
 
 

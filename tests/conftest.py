@@ -117,8 +117,8 @@ class Proxy(Served):
     config_path: Path
 
 
-def start_mock() -> MockProvider:
-    port = free_port()
+def start_mock(port: int | None = None) -> MockProvider:
+    port = free_port() if port is None else port
     program = Program(
         [sys.executable, "-m", "cancelproxy", "mock-upstream", "--port", str(port)],
         ready_marker="listening on",

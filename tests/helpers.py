@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -90,3 +91,19 @@ def sse_content(raw: bytes) -> str:
         for choice in chunk.get("choices") or []:
             parts.append((choice.get("delta") or {}).get("content") or "")
     return "".join(parts)
+
+
+async def raw_request(port: int, head: bytes, body: bytes = b"", timeout: float = 10.0) -> tuple[int, bytes]:
+    """Send exactly these bytes (no client library normalises the path) and read
+    the answer's status and body (``Connection: close`` framing)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head + body)
+        await writer.drain()
+        async with asyncio.timeout(timeout):
+            raw = await reader.read(-1)
+    finally:
+        writer.close()
+    status_line, _, rest = raw.partition(b"\r\n")
+    _, _, body_out = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), body_out

@@ -73,6 +73,10 @@ def test_defaults_and_model_globs() -> None:
         (_minimal(admin_token="${NOT_SET}"), "admin_token: environment variable NOT_SET is not set"),
         (_minimal(cancel_finish_reason=""), "cancel_finish_reason: must not be empty"),
         ("just a string", "config: must be a mapping"),
+        (
+            {"upstreams": [{"name": "a", "base_url": "http://u:p@x", "api_key": "k"}]},
+            "upstreams[0].base_url: has a user:password and api_key is set too",
+        ),
     ],
 )
 def test_bad_config_names_the_key(raw: Any, message: str) -> None:
@@ -88,3 +92,14 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("upstreams: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad, env={})
+
+
+def test_userinfo_leaves_the_base_url_for_basic_auth() -> None:
+    config = parse_config({"upstreams": [{"name": "a", "base_url": "http://bob:pa%3Ass@x:81/v1/"}]}, env={})
+    upstream = config.upstream("a")
+    assert upstream is not None
+    assert (upstream.base_url, upstream.basic_auth) == ("http://x:81/v1", "bob:pa:ss")
+    assert "pa:ss" not in repr(config)
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"upstreams": [{"name": "a", "base_url": "ftp://bob:secret@x"}]}, env={})
+    assert "secret" not in str(raised.value)

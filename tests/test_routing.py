@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
-from cancelproxy.config import parse_config
-from cancelproxy.routing import choose_upstream, request_headers, response_headers, upstream_url
+from cancelproxy.config import Upstream, parse_config
+from cancelproxy.routing import UnsafePath, choose_upstream, request_headers, response_headers, upstream_url
 
 CONFIG = parse_config(
     {
@@ -35,17 +37,55 @@ def test_upstream_choice() -> None:
     assert _name("nope", "gpt-4o") is None
 
 
+def _url(base: str, raw_path: str, prefix: tuple[str, ...] = ("v1",), query: str = "") -> str:
+    return str(upstream_url(URL(base), raw_path, prefix, query))
+
+
 def test_upstream_url_keeps_path_and_query_as_sent() -> None:
+    assert _url("https://api.openai.com/v1", "/v1/chat/completions") == "https://api.openai.com/v1/chat/completions"
+    assert _url("https://api.deepseek.com", "/v1/chat/completions") == "https://api.deepseek.com/chat/completions"
     assert (
-        str(upstream_url("https://api.openai.com/v1", "/chat/completions", ""))
-        == "https://api.openai.com/v1/chat/completions"
+        _url("http://h/v1", "/v1/files/a%2Fb", query="limit=5&after=x%20y")
+        == "http://h/v1/files/a%2Fb?limit=5&after=x%20y"
     )
-    assert (
-        str(upstream_url("https://api.deepseek.com", "/chat/completions", ""))
-        == "https://api.deepseek.com/chat/completions"
-    )
-    url = upstream_url("http://h/v1", "/files/a%2Fb", "limit=5&after=x%20y")
-    assert str(url) == "http://h/v1/files/a%2Fb?limit=5&after=x%20y"
+    assert _url("http://h:81/base", "/deepseek/v1/models", ("deepseek", "v1")) == "http://h:81/base/models"
+
+
+def test_an_encoded_prefix_is_cut_by_segments_not_by_length() -> None:
+    # /%761 decodes to /v1: cut by the decoded prefix's length, the tail was "61/..."
+    # and with base_url http://127.0.0.1:300 the proxy connected to port 30061.
+    assert _url("http://127.0.0.1:300", "/%761/chat/completions") == "http://127.0.0.1:300/chat/completions"
+    assert _url("http://h/v1", "/%64eepseek/%76%31/models", ("deepseek", "v1")) == "http://h/v1/models"
+
+
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        "/v1/../admin",
+        "/v1/./models",
+        "/v1/chat/../../admin",
+        "/v1/%2e%2e/admin",
+        "/v1/%2E%2E/admin",
+        "/v1/%2E%2E%2Fadmin",
+        "/v1/.%2e/admin",
+        "/v1/%252e%252e/admin",
+        "/v1/..;/admin",
+        "/v1/..%5cadmin",
+        "/v1/x%00y",
+        "/v2/models",
+        "/%2F/v1/models",
+    ],
+)
+def test_no_path_reaches_outside_the_base_url(raw_path: str) -> None:
+    with pytest.raises(UnsafePath):
+        upstream_url(URL("http://127.0.0.1:300/base/v1"), raw_path, ("v1",), "")
+
+
+def test_the_origin_never_moves() -> None:
+    for tail in ("@evil.example/x", ":8080/x", "%40evil/x", "//evil.example/x", "%2F%2Fevil/x"):
+        url = upstream_url(URL("http://127.0.0.1:300/base"), "/v1/" + tail, ("v1",), "")
+        assert (url.scheme, url.host, url.port) == ("http", "127.0.0.1", 300), tail
+        assert url.raw_path.startswith("/base/"), tail
 
 
 def test_request_headers() -> None:
@@ -74,6 +114,25 @@ def test_request_headers() -> None:
         "Accept": "text/event-stream",
     }
     assert request_headers(incoming, deepseek)["Authorization"] == "Bearer sk-ds"
+
+
+def test_a_configured_credential_replaces_every_client_credential() -> None:
+    incoming = CIMultiDictProxy(
+        CIMultiDict({"Authorization": "Bearer client", "x-api-key": "client", "api-key": "client", "X-Other": "1"})
+    )
+    deepseek = CONFIG.upstream("deepseek")
+    assert deepseek is not None
+    assert dict(request_headers(incoming, deepseek)) == {"X-Other": "1", "Authorization": "Bearer sk-ds"}
+    assert dict(request_headers(incoming, deepseek, key_header="x-api-key")) == {"X-Other": "1", "x-api-key": "sk-ds"}
+    basic = Upstream(name="b", base_url="http://h", basic_auth="user:pa:ss")
+    assert dict(request_headers(incoming, basic)) == {"X-Other": "1", "Authorization": "Basic dXNlcjpwYTpzcw=="}
+
+
+def test_expect_and_proxy_headers_are_not_forwarded() -> None:
+    incoming = CIMultiDictProxy(CIMultiDict({"Expect": "100-continue", "X-Disconnect-Grace": "5", "X-Ok": "1"}))
+    openai = CONFIG.upstream("openai")
+    assert openai is not None
+    assert dict(request_headers(incoming, openai)) == {"X-Ok": "1"}
 
 
 def test_response_headers() -> None:
