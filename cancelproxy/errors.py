@@ -8,6 +8,7 @@ The two sides of a proxy fail differently and must never be confused::
     ├── NotFound                404: unknown route, session or request (or not yours)
     ├── RequestCancelled        499: a non-streaming request stopped by a cancel route
     ├── StoreUnavailable        503: a read while the record store is down
+    ├── InternalError           500: something unexpected inside the proxy (a bug)
     └── UpstreamError           the provider side (aiohttp *client* errors map here)
         ├── UpstreamUnreachable 502: could not connect, or it hung up before answering
         ├── UpstreamBroken      502: the answer broke off mid-body
@@ -34,6 +35,7 @@ __all__ = [
     "BadRequest",
     "BodyTooLarge",
     "DownstreamGone",
+    "InternalError",
     "NotFound",
     "ProxyError",
     "RequestCancelled",
@@ -90,6 +92,12 @@ class StoreUnavailable(ProxyError):
     status = 503
     type = "store_unavailable"
     code = "store_unavailable"
+
+
+class InternalError(ProxyError):
+    status = 500
+    type = "proxy_error"
+    code = "internal_error"
 
 
 class UpstreamError(ProxyError):

@@ -49,6 +49,7 @@ from .accumulate import estimate_prompt_tokens
 from .config import Upstream
 from .errors import (
     DownstreamGone,
+    InternalError,
     ProxyError,
     RequestCancelled,
     UpstreamError,
@@ -125,6 +126,11 @@ class Relay:
                 self._client_gone()
             except UpstreamError as exc:
                 self._fail(exc)
+            except Exception as exc:
+                # A bug must still end as an error the client can read and a
+                # record that says "failed", never as a torn answer "completed".
+                self._services.log.exception("relay of %s failed unexpectedly", self._ids["X-Request-Id"])
+                self._fail(InternalError(f"the proxy failed while relaying: {type(exc).__name__}"))
             finally:
                 self._close_upstream()
             # The client's end first: it must not wait for the store. A cancel
@@ -302,12 +308,13 @@ class Relay:
         if self._active is not None:
             self._active.request_stop("disconnect")  # keeps "cancel" if a cancel came first
 
-    def _fail(self, error: UpstreamError) -> None:
+    def _fail(self, error: ProxyError) -> None:
         # A stop closes the upstream, which the reader sees as an error: that
         # is the stop working, not the upstream failing.
         if not self._stopping:
             self._failure = error
-            self._services.metrics.upstream_error(self._target.upstream.name, error.code)
+            if isinstance(error, UpstreamError):
+                self._services.metrics.upstream_error(self._target.upstream.name, error.code)
             if self._active is not None:
                 self._active.settled = True
 
