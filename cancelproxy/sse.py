@@ -3,7 +3,13 @@
 The proxy forwards upstream bytes untouched, but only in whole events: a
 client that is cancelled (or a record that is cut) then never holds half an
 event. `SSEFramer` finds the event boundaries and pulls out the `data`
-payloads so the accumulator can parse them, without re-encoding anything.
+payloads so a protocol's transcript can parse them, without re-encoding
+anything. Each payload comes with the offset where its event ends, so a
+caller can cut the bytes after any event (a stream's last one, a resume).
+
+An event is what an SSE client dispatches: a block that ends at a blank line
+and has a data field. Blocks of comments (``: keep-alive``) or other fields
+only are forwarded but yield nothing.
 
 Line terminators handled: LF and CRLF (and mixtures such as ``\\r\\n\\n``).
 A line therefore always ends at a ``\\n``; a trailing ``\\r`` is stripped
@@ -14,7 +20,10 @@ LLM provider) are not recognised: such a stream would stay pending until
 
 from __future__ import annotations
 
-__all__ = ["SSEFramer"]
+__all__ = ["Event", "EventTooLarge", "SSEFramer"]
+
+# (offset just past the event's blank line in the bytes handed back, data payload)
+Event = tuple[int, bytes]
 
 # A blank line is a "\n" that directly follows the "\n" ending the previous
 # line, optionally with the blank line's own "\r" in between.
@@ -45,12 +54,15 @@ def _last_boundary(buf: bytes | bytearray, start: int) -> int:
     return end
 
 
-def _extract(buf: bytes, end: int, out: list[bytes], final: bool = False) -> None:
-    """Append the data payloads of the events in buf[:end] to `out`.
+class EventTooLarge(ValueError):
+    """An event grew past the framer's bound without ending."""
+
+
+def _extract(buf: bytes, end: int, out: list[Event]) -> None:
+    """Append the events of buf[:end] to `out`.
 
     buf[:end] must consist of whole lines. Events are dispatched at blank
-    lines; with `final` the last event is dispatched even without one (the
-    end-of-stream case in `flush`).
+    lines.
     """
     data: list[bytes] | None = None  # data lines of the current event
     pos = 0
@@ -62,7 +74,7 @@ def _extract(buf: bytes, end: int, out: list[bytes], final: bool = False) -> Non
         if stop == pos:  # blank line: dispatch the event, if it had data
             if data is not None:
                 # join of a single item returns it as is (no copy) in CPython
-                out.append(b"\n".join(data))
+                out.append((nl + 1, b"\n".join(data)))
                 data = None
         elif buf.startswith(b"data:", pos, stop):
             vstart = pos + 5
@@ -79,37 +91,40 @@ def _extract(buf: bytes, end: int, out: list[bytes], final: bool = False) -> Non
         # Anything else: comments (":..."), event:, id:, retry:, unknown
         # fields. The proxy forwards them; the accumulator does not need them.
         pos = nl + 1
-    if final and data is not None:
-        out.append(b"\n".join(data))
 
 
 class SSEFramer:
     """Cuts an upstream byte stream at SSE event boundaries."""
 
-    __slots__ = ("_buf",)
+    __slots__ = ("_buf", "_max_pending")
 
-    def __init__(self) -> None:
+    def __init__(self, max_pending: int | None = None) -> None:
         # Bytes after the last boundary seen. Invariant: holds no boundary
         # (no "\n\n" / "\n\r\n"), so new searches may start near its end.
         self._buf = bytearray()
+        # A line that never ends must not grow the buffer without bound.
+        self._max_pending = max_pending
 
     @property
     def pending(self) -> int:
         """Bytes held back, waiting for the end of their event."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> tuple[bytes, list[bytes]]:
-        """Return (whole, payloads).
+    def feed(self, data: bytes) -> tuple[bytes, list[Event]]:
+        """Return (whole, events).
 
         `whole` is the longest prefix of (pending + data) that ends at an
         event boundary: the bytes the proxy may forward now, identical to the
-        input; the rest stays pending. `payloads` are the `data` field values
-        of the whole events in it, in order (multi-line data joined with
-        b"\\n"; the one optional space after "data:" removed). Events without
-        a data field (comments such as b": keep-alive", lone event:/id:
-        lines) yield no payload.
+        input; the rest stays pending. `events` are the whole events in it, in
+        order: where each ends in `whole`, and its `data` field value
+        (multi-line data joined with b"\\n"; the one optional space after
+        "data:" removed). Blocks without a data field (comments such as
+        b": keep-alive", lone event:/id: lines) yield no event.
+
+        Raises EventTooLarge when more than `max_pending` bytes wait for the
+        end of one event.
         """
-        payloads: list[bytes] = []
+        payloads: list[Event] = []
         buf = self._buf
         if not buf:
             # Hot path: nothing pending, so `data` can be searched and sliced
@@ -120,6 +135,7 @@ class SSEFramer:
             end = _last_boundary(data, 0)
             if end < 0:
                 buf += data
+                self._check_pending()
                 return b"", payloads
             whole = data[:end]
             buf += memoryview(data)[end:]  # one copy of the tail only
@@ -132,6 +148,7 @@ class SSEFramer:
         buf += data
         end = _last_boundary(buf, start)
         if end < 0:
+            self._check_pending()
             return b"", payloads
         # One copy out of the buffer (bytes(buf[:end]) would make two). The
         # view must be released before the bytearray is resized below.
@@ -140,23 +157,21 @@ class SSEFramer:
         # Deleting a prefix of a bytearray is cheap in CPython (it moves the
         # start pointer), so the tail is not copied again.
         del buf[:end]
+        self._check_pending()
         _extract(whole, end, payloads)
         return whole, payloads
 
-    def flush(self) -> tuple[bytes, list[bytes]]:
-        """End of stream: return (tail, payloads) and reset.
+    def _check_pending(self) -> None:
+        if self._max_pending is not None and len(self._buf) > self._max_pending:
+            raise EventTooLarge(f"an event grew past {self._max_pending} bytes without ending")
 
-        `tail` is everything still pending, to forward as-is. `payloads` holds
-        the payload of a final event that lacked its blank line, if that event
-        had at least one complete (newline-terminated) data line; a last line
-        with no terminator is incomplete and ignored, as the SSE spec says.
+    def flush(self) -> bytes:
+        """End of stream: return everything still pending (to forward as is) and reset.
+
+        An event that lacked its blank line is not an event: SSE clients (the
+        OpenAI SDKs among them) drop it at the end of the stream, so it
+        yields nothing here either.
         """
-        payloads: list[bytes] = []
-        if not self._buf:
-            return b"", payloads
         tail = bytes(self._buf)
         self._buf = bytearray()
-        last_nl = tail.rfind(b"\n")
-        if last_nl >= 0:
-            _extract(tail, last_nl + 1, payloads, final=True)
-        return tail, payloads
+        return tail

@@ -76,7 +76,8 @@ class Tee:
     def split(self, chunk: bytes) -> tuple[bytes, list[bytes]]:
         """The bytes to forward now, and the event payloads they complete."""
         if self._framer is not None:
-            whole, payloads = self._framer.feed(chunk)
+            whole, events = self._framer.feed(chunk)
+            payloads = [payload for _, payload in events]
             if self._hide_usage and whole:
                 whole = _without_injected_usage(whole)
             return whole, payloads
@@ -87,10 +88,12 @@ class Tee:
     def tail(self) -> tuple[bytes, list[bytes]]:
         """At the upstream's end of body: whatever was held back."""
         if self._framer is not None:
-            tail, payloads = self._framer.flush()
+            # An event without its blank line is no event to any SSE client
+            # (the OpenAI SDKs drop it at the end), so not to the record either.
+            tail = self._framer.flush()
             if self._hide_usage and tail:
                 tail = _without_injected_usage(tail)
-            return tail, payloads
+            return tail, []
         return b"", []
 
     def commit(self, payloads: list[bytes]) -> None:

@@ -3,7 +3,9 @@ from __future__ import annotations
 import json
 import random
 
-from cancelproxy.sse import SSEFramer
+import pytest
+
+from cancelproxy.sse import EventTooLarge, SSEFramer
 
 
 def _chunk(i: int, content: str) -> bytes:
@@ -36,13 +38,27 @@ ENDS = [sum(len(e) for e in EVENTS[: k + 1]) for k in range(len(EVENTS))]
 EXPECTED = PAYLOADS[:4] + [b"line one\nline two", PAYLOADS[4], b"[DONE]"]
 
 
+def _feed(framer: SSEFramer, data: bytes) -> tuple[bytes, list[bytes]]:
+    """``framer.feed`` with its events' offsets checked: each ends an event of ``whole``."""
+    whole, events = framer.feed(data)
+    ends = [end for end, _ in events]
+    assert ends == sorted(ends) and all(0 < end <= len(whole) for end in ends)
+    for end in ends:
+        assert whole[:end].endswith(b"\n\n") or whole[:end].endswith(b"\n\r\n")
+    return whole, [payload for _, payload in events]
+
+
+def _flush(framer: SSEFramer) -> tuple[bytes, list[bytes]]:
+    return framer.flush(), []
+
+
 def _run(pieces: list[bytes]) -> tuple[bytes, list[bytes]]:
     framer = SSEFramer()
     out: list[bytes] = []
     payloads: list[bytes] = []
     fed = sent = 0
     for piece in pieces:
-        whole, got = framer.feed(piece)
+        whole, got = _feed(framer, piece)
         _check_whole(whole)
         out.append(whole)
         payloads += got
@@ -50,7 +66,7 @@ def _run(pieces: list[bytes]) -> tuple[bytes, list[bytes]]:
         sent += len(whole)
         assert framer.pending == fed - sent
         assert sent == max([0, *(e for e in ENDS if e <= fed)])  # no undue delay
-    tail, got = framer.flush()
+    tail, got = _flush(framer)
     assert framer.pending == 0
     return b"".join(out) + tail, payloads + got
 
@@ -62,23 +78,23 @@ def _check_whole(whole: bytes) -> None:
 
 def test_unsplit_stream() -> None:
     framer = SSEFramer()
-    whole, payloads = framer.feed(STREAM)
+    whole, payloads = _feed(framer, STREAM)
     assert whole == STREAM
     assert payloads == EXPECTED
     assert framer.pending == 0
-    assert framer.flush() == (b"", [])
+    assert _flush(framer) == (b"", [])
 
 
 def test_every_single_split_point() -> None:
     for i in range(len(STREAM) + 1):
         framer = SSEFramer()
-        w1, p1 = framer.feed(STREAM[:i])
+        w1, p1 = _feed(framer, STREAM[:i])
         _check_whole(w1)
         assert len(w1) == max([0, *(e for e in ENDS if e <= i)]), i
         assert framer.pending == i - len(w1)
-        w2, p2 = framer.feed(STREAM[i:])
+        w2, p2 = _feed(framer, STREAM[i:])
         _check_whole(w2)
-        tail, p3 = framer.flush()
+        tail, p3 = _flush(framer)
         assert w1 + w2 + tail == STREAM, i
         assert tail == b""
         assert p1 + p2 + p3 == EXPECTED, i
@@ -111,26 +127,26 @@ def test_random_cut_points() -> None:
 def test_fast_path_returns_same_object() -> None:
     framer = SSEFramer()
     chunk = b"data: " + PAYLOADS[0] + b"\n\ndata: " + PAYLOADS[1] + b"\n\n"
-    whole, payloads = framer.feed(chunk)
+    whole, payloads = _feed(framer, chunk)
     assert whole is chunk
     assert payloads == PAYLOADS[:2]
     crlf = b"data: x\r\n\r\n"
-    whole, payloads = framer.feed(crlf)
+    whole, payloads = _feed(framer, crlf)
     assert whole is crlf
     assert payloads == [b"x"]
 
 
 def test_partial_event_is_held_then_released() -> None:
     framer = SSEFramer()
-    assert framer.feed(b'data: {"a"') == (b"", [])
+    assert _feed(framer, b'data: {"a"') == (b"", [])
     assert framer.pending == 10
-    whole, payloads = framer.feed(b': 1}\n\ndata: {"b')
+    whole, payloads = _feed(framer, b': 1}\n\ndata: {"b')
     assert whole == b'data: {"a": 1}\n\n'
     assert payloads == [b'{"a": 1}']
     assert framer.pending == len(b'data: {"b')
-    whole, payloads = framer.feed(b'": 2}\n')
+    whole, payloads = _feed(framer, b'": 2}\n')
     assert (whole, payloads) == (b"", [])
-    whole, payloads = framer.feed(b"\n")
+    whole, payloads = _feed(framer, b"\n")
     assert whole == b'data: {"b": 2}\n\n'
     assert payloads == [b'{"b": 2}']
     assert framer.pending == 0
@@ -139,19 +155,19 @@ def test_partial_event_is_held_then_released() -> None:
 def test_crlf_events() -> None:
     framer = SSEFramer()
     data = b"data: a\r\n\r\ndata: b\r\ndata:  c\r\n\r\ndata: d\r"
-    whole, payloads = framer.feed(data)
+    whole, payloads = _feed(framer, data)
     assert whole == b"data: a\r\n\r\ndata: b\r\ndata:  c\r\n\r\n"
     # only one space is stripped after the colon
     assert payloads == [b"a", b"b\n c"]
     assert framer.pending == len(b"data: d\r")
-    whole, payloads = framer.feed(b"\n\r\n")
+    whole, payloads = _feed(framer, b"\n\r\n")
     assert (whole, payloads) == (b"data: d\r\n\r\n", [b"d"])
 
 
 def test_comment_and_field_only_events_have_no_payload() -> None:
     framer = SSEFramer()
     data = b": keep-alive\n\nevent: ping\nid: 3\n\nretry: 5\r\n\r\n"
-    whole, payloads = framer.feed(data)
+    whole, payloads = _feed(framer, data)
     assert whole is data
     assert payloads == []
 
@@ -159,7 +175,7 @@ def test_comment_and_field_only_events_have_no_payload() -> None:
 def test_data_field_edge_cases() -> None:
     framer = SSEFramer()
     data = b"data\n\ndata:\n\ndata:x\ndata\n\ndatax: no\n\n: data: no\n\n"
-    whole, payloads = framer.feed(data)
+    whole, payloads = _feed(framer, data)
     assert whole == data
     # a bare "data" and an empty "data:" are empty values; "datax" is another field
     assert payloads == [b"", b"", b"x\n"]
@@ -167,42 +183,51 @@ def test_data_field_edge_cases() -> None:
 
 def test_done_and_stray_blank_lines() -> None:
     framer = SSEFramer()
-    whole, payloads = framer.feed(b"data: [DONE]\n\n")
+    whole, payloads = _feed(framer, b"data: [DONE]\n\n")
     assert payloads == [b"[DONE]"]
     # an extra blank line between events is released at once, without payload
-    assert framer.feed(b"\n") == (b"\n", [])
-    assert framer.feed(b"\r\ndata: y") == (b"\r\n", [])
+    assert _feed(framer, b"\n") == (b"\n", [])
+    assert _feed(framer, b"\r\ndata: y") == (b"\r\n", [])
     assert framer.pending == len(b"data: y")
 
 
-def test_flush_unterminated_tail() -> None:
+def test_an_unterminated_last_event_is_forwarded_but_not_an_event() -> None:
+    # SSE clients (openai-python's decoder among them) drop an event that
+    # lacks its blank line at the end of the stream: it was never shown.
     framer = SSEFramer()
-    whole, payloads = framer.feed(b"data: a\n\ndata: b1\ndata: b2\n")
+    whole, payloads = _feed(framer, b"data: a\n\ndata: b1\ndata: b2\n")
     assert (whole, payloads) == (b"data: a\n\n", [b"a"])
-    tail, payloads = framer.flush()
-    assert tail == b"data: b1\ndata: b2\n"
-    assert payloads == [b"b1\nb2"]
+    assert framer.flush() == b"data: b1\ndata: b2\n"
     assert framer.pending == 0
-    assert framer.flush() == (b"", [])
-
-
-def test_flush_ignores_incomplete_last_line() -> None:
-    framer = SSEFramer()
+    assert framer.flush() == b""
     framer.feed(b'data: {"partial')
-    assert framer.flush() == (b'data: {"partial', [])
-    framer.feed(b"data: ok\r\ndata: cut")
-    assert framer.flush() == (b"data: ok\r\ndata: cut", [b"ok"])
-    framer.feed(b": comment only\n")
-    assert framer.flush() == (b": comment only\n", [])
+    assert framer.flush() == b'data: {"partial'
+
+
+def test_event_offsets() -> None:
+    framer = SSEFramer()
+    data = b": hi\n\ndata: a\n\nevent: x\r\ndata: b\r\n\r\n: tail\n\n"
+    whole, events = framer.feed(data)
+    assert whole is data
+    assert events == [(len(b": hi\n\ndata: a\n\n"), b"a"), (len(data) - len(b": tail\n\n"), b"b")]
+
+
+def test_an_event_that_never_ends_is_bounded() -> None:
+    framer = SSEFramer(max_pending=1000)
+    framer.feed(b"data: ok\n\ndata: " + b"x" * 900)
+    with pytest.raises(EventTooLarge):
+        framer.feed(b"x" * 200)
+    with pytest.raises(EventTooLarge):
+        SSEFramer(max_pending=10).feed(b"data: " + b"y" * 20)
 
 
 def test_large_event_in_many_chunks() -> None:
     framer = SSEFramer()
     body = b"x" * 100_000
-    framer.feed(b"data: ")
+    _feed(framer, b"data: ")
     for k in range(0, len(body), 1000):
-        assert framer.feed(body[k : k + 1000]) == (b"", [])
+        assert _feed(framer, body[k : k + 1000]) == (b"", [])
     assert framer.pending == 6 + len(body)
-    whole, payloads = framer.feed(b"\n\n")
+    whole, payloads = _feed(framer, b"\n\n")
     assert whole == b"data: " + body + b"\n\n"
     assert payloads == [body]

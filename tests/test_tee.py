@@ -68,3 +68,13 @@ def test_non_streaming_answers_pass_whole_and_are_read_at_the_end() -> None:
     assert tee.split(body[:5]) == (body[:5], []) and tee.split(body[5:]) == (body[5:], [])
     tee.commit_body()
     assert tee.answer.content == "hi" and tee.answer.finish_reason == "stop"
+
+
+def test_an_unterminated_last_event_is_forwarded_but_not_recorded() -> None:
+    tee = Tee(event_stream=True, max_body_copy=1 << 20)
+    first = _event(_chunk("a", False))
+    cut = b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"b"}}]}\n'
+    whole, payloads = tee.split(first + cut)
+    tee.commit(payloads)
+    assert whole == first and tee.tail() == (cut, [])
+    assert tee.answer.content == "a"
