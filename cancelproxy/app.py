@@ -17,10 +17,11 @@ from .audit import AuditSink, install_sighup
 from .cluster import Cluster, LocalCluster, RedisCluster
 from .config import Config
 from .errors import NotFound, ProxyError, error_response
-from .forward import handle_generation, handle_passthrough
+from .forward import generation_handler, handle_passthrough
 from .logs import setup_logging
 from .metrics import Metrics
 from .mock import start_mock
+from .protocols import PROTOCOLS
 from .registry import Registry
 from .routes import add_routes, cancel_here
 from .services import SERVICES, Services
@@ -62,7 +63,8 @@ def create_app(config: Config) -> web.Application:
     add_routes(app.router)
     app.router.add_get("/metrics", _metrics)
     for prefix in ("", "/{upstream}"):
-        app.router.add_post(prefix + "/v1/chat/completions", handle_generation)
+        for protocol in PROTOCOLS:
+            app.router.add_post(f"{prefix}/v1/{protocol.path}", generation_handler(protocol))
         app.router.add_route("*", prefix + "/v1/{tail:.*}", handle_passthrough)
     return app
 

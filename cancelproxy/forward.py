@@ -1,9 +1,9 @@
 """The ``/v1/*`` handlers: from a client's request to a running ``Relay``.
 
-``POST .../chat/completions`` is the generation route: it gets a record, is
-registered so a cancel route can stop it, and its answer is teed. Every other
-``/v1/*`` request is a plain pass-through, still closed upstream when the
-client leaves.
+Each generation protocol's route (``protocols/``) gets a record, is
+registered so a cancel route can stop it, and its answer is teed. Every
+other ``/v1/*`` request is a plain pass-through, still closed upstream when
+the client leaves.
 """
 
 from __future__ import annotations
@@ -11,52 +11,68 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from .errors import BadRequest, BodyTooLarge, NotFound, ProxyError, error_response
+from .exchange import PassThrough
+from .generation import Generation
+from .live import LiveRequest
+from .protocols.base import RequestFacts, WireProtocol
 from .records import Record
-from .registry import ActiveRequest
 from .relay import Relay, Target
 from .routing import UnsafePath, choose_upstream, request_headers, upstream_url
 from .services import SERVICES, Services
 from .sessions import credential_fingerprint, is_valid_session_id, new_request_id, new_session_id
 
-__all__ = ["handle_generation", "handle_passthrough"]
+__all__ = ["generation_handler", "handle_passthrough"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-async def handle_generation(request: web.Request) -> web.StreamResponse:
-    services = request.app[SERVICES]
-    try:
-        ids = _ids(request)
-        body = await _read_body(request, services.config.limits.max_body_bytes)
-        payload = _parse_json(body)
-        target = _target(services, request, body, payload.get("model"))
-    except ProxyError as error:
-        return error_response(error)
-    # The record must be able to read a non-streaming answer, so ask for it
-    # uncompressed (event streams are never compressed anyway).
-    target.headers["Accept-Encoding"] = "identity"
-    record = Record(
-        request_id=ids["X-Request-Id"],
-        session_id=ids["X-Session-Id"],
-        credential=credential_fingerprint(request.headers),
-        upstream=target.upstream.name,
-        model=payload.get("model") if isinstance(payload.get("model"), str) else None,
-        stream=bool(payload.get("stream")),
-        created_at=time.time(),
-        holder=services.cluster.replica_id,
-    )
-    target, hide_usage = _ask_for_usage(target, payload)
-    active = ActiveRequest(record=record)
-    services.registry.add(active)
-    relay = Relay(services, request, target, ids, active=active, request_json=payload, hide_usage=hide_usage)
-    # Not written now: the writer flushes it, and its partial answer, with
-    # the next batch (a request start is not worth a transaction of its own).
-    services.writer.track(record.request_id, relay.snapshot, lambda: active.version)
-    services.metrics.request_started(target.upstream.name)
-    return await relay.run()
+def generation_handler(protocol: WireProtocol) -> Handler:
+    """The handler of ``protocol``'s route."""
+
+    async def handle_generation(request: web.Request) -> web.StreamResponse:
+        services = request.app[SERVICES]
+        try:
+            ids = _ids(request)
+            body = await _read_body(request, services.config.limits.max_body_bytes)
+            payload = _parse_json(body)
+            target = _target(services, request, body, payload.get("model"), protocol.key_header)
+        except ProxyError as error:
+            return web.json_response(protocol.error_body(error), status=error.status)
+        # The record must be able to read a non-streaming answer, so ask for it
+        # uncompressed (event streams are never compressed anyway).
+        target.headers["Accept-Encoding"] = "identity"
+        model = payload.get("model") if isinstance(payload.get("model"), str) else None
+        stream = payload.get("stream") is True
+        record = Record(
+            request_id=ids["X-Request-Id"],
+            session_id=ids["X-Session-Id"],
+            credential=credential_fingerprint(request.headers),
+            upstream=target.upstream.name,
+            model=model,
+            stream=stream,
+            created_at=time.time(),
+            protocol=protocol.name,
+            holder=services.cluster.replica_id,
+        )
+        prepared = protocol.prepare(payload)
+        if prepared.body is not None:
+            target = dataclasses.replace(target, body=prepared.body)
+        live = LiveRequest(record, protocol.transcript(RequestFacts(record.request_id, model, stream)))
+        services.registry.add(live)
+        # Not written now: the writer flushes it, and its partial answer, with
+        # the next batch (a request start is not worth a transaction of its own).
+        services.writer.track(live)
+        services.metrics.request_started(target.upstream.name)
+        generation = Generation(services, protocol, live, payload, rewrite=prepared.rewrite, client=request.remote)
+        return await Relay(services, request, target, ids, generation).run()
+
+    return handle_generation
 
 
 async def handle_passthrough(request: web.Request) -> web.StreamResponse:
@@ -64,27 +80,10 @@ async def handle_passthrough(request: web.Request) -> web.StreamResponse:
     try:
         ids = _ids(request)
         body = await _read_body(request, services.config.limits.max_body_bytes)
-        target = _target(services, request, body, _model_of(request, body))
+        target = _target(services, request, body, _model_of(request, body), "Authorization")
     except ProxyError as error:
         return error_response(error)
-    return await Relay(services, request, target, ids).run()
-
-
-def _ask_for_usage(target: Target, payload: dict[str, Any]) -> tuple[Target, bool]:
-    """Make a stream report its exact usage, even if the client did not ask.
-
-    Without ``stream_options.include_usage`` a stream never says what it cost.
-    The proxy asks for it and the tee hides what that adds from the client.
-    Returns the target to send and whether usage must be hidden.
-    """
-    options = payload.get("stream_options")
-    if payload.get("stream") is not True or (options is not None and not isinstance(options, dict)):
-        return target, False
-    if options and options.get("include_usage"):
-        return target, False  # the client asked: it gets it
-    asked = {**payload, "stream_options": {**(options or {}), "include_usage": True}}
-    body = json.dumps(asked, ensure_ascii=False, separators=(",", ":")).encode()
-    return dataclasses.replace(target, body=body), True
+    return await Relay(services, request, target, ids, PassThrough()).run()
 
 
 def _ids(request: web.Request) -> dict[str, str]:
@@ -138,7 +137,7 @@ def _model_of(request: web.Request, body: bytes) -> object:
     return payload.get("model") if isinstance(payload, dict) else None
 
 
-def _target(services: Services, request: web.Request, body: bytes, model: object) -> Target:
+def _target(services: Services, request: web.Request, body: bytes, model: object, key_header: str) -> Target:
     explicit = request.match_info.get("upstream")
     upstream = choose_upstream(services.config, explicit, model)
     if upstream is None:
@@ -154,6 +153,6 @@ def _target(services: Services, request: web.Request, body: bytes, model: object
         upstream=upstream,
         method=request.method,
         url=url,
-        headers=request_headers(request.headers, upstream),
+        headers=request_headers(request.headers, upstream, key_header),
         body=body,
     )

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .accumulate import Accumulator
 from .errors import ProxyError, error_body
-from .records import Record
-from .registry import StopCause
+from .live import StopCause
+from .protocols.base import Answer
+from .records import Record, Usage
 
 __all__ = ["Ending", "audit_entry", "final_record"]
 
@@ -26,9 +26,9 @@ class Ending:
     stop: StopCause | None  # a cancel route, the client leaving, or shutdown
     failure: ProxyError | None  # the proxy's own verdict on the upstream (unreachable, broke off, timed out)
     upstream_status: int | None  # None: the upstream never answered
-    answer: Accumulator | None  # what was relayed, read back; None: nothing was teed
+    answer: Answer  # what was relayed, read back
+    estimated_usage: Usage  # for an answer whose usage the upstream never sent
     cancel_finish_reason: str
-    prompt_tokens: int  # an estimate, for usage the upstream never sent
     ended_at: float
 
 
@@ -50,19 +50,20 @@ def final_record(snapshot: Record, ending: Ending) -> Record:
         record.error = error_body(ending.failure)["error"]
     elif status is not None and status >= 400:
         record.status = "failed"
-        provider_error = answer.error if answer is not None and answer.error else {}
+        provider_error = answer.error or {}
         record.error = {"message": f"upstream answered {status}", **provider_error, "status": status}
-    elif answer is not None and answer.error is not None:
+    elif answer.error is not None:
         record.status = "failed"  # an error event mid-stream
         record.error = answer.error
     else:
         record.status = "completed"
-    if answer is not None:
-        record.finish_reason = record.finish_reason or answer.finish_reason
-        if answer.usage is not None and record.status == "completed":
-            record.usage = answer.usage
-        else:
-            record.usage = answer.estimated_usage(ending.prompt_tokens)
+    record.finish_reason = record.finish_reason or answer.finish_reason
+    if status is None:
+        record.usage = None  # the provider never answered: nothing to count
+    elif answer.usage is not None and record.status == "completed":
+        record.usage = answer.usage
+    else:
+        record.usage = ending.estimated_usage
     return record
 
 
@@ -72,10 +73,6 @@ def audit_entry(
     """The audit line of a final record, and its time to first token (seconds)."""
     ended = record.ended_at if record.ended_at is not None else record.created_at
     ttft_s = record.first_token_at - record.created_at if record.first_token_at is not None else None
-    usage = None
-    if record.usage is not None:
-        usage = {k: record.usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
-        usage["estimated"] = bool(record.usage.get("estimated", False))
     entry = {
         "ts": datetime.fromtimestamp(ended, UTC).isoformat(timespec="milliseconds"),
         "request_id": record.request_id,
@@ -89,7 +86,8 @@ def audit_entry(
         "ttft_ms": _ms(ttft_s),
         "duration_ms": _ms(ended - record.created_at),
         "cancel_ms": _ms(cancel_s),
-        "usage": usage,
+        # "estimated" always, so a summary can count exact and estimated apart.
+        "usage": {**record.usage.to_dict(), "estimated": record.usage.estimated} if record.usage is not None else None,
         "bytes_out": bytes_out,
         "client": client,
         "credential": record.credential,

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["FINAL_STATUSES", "Record", "Status", "StopReason"]
+__all__ = ["FINAL_STATUSES", "Record", "Status", "StopReason", "Usage"]
 
 Status = Literal["in_progress", "completed", "stopped", "failed", "interrupted"]
 StopReason = Literal["cancel", "disconnect"]
@@ -14,9 +14,67 @@ StopReason = Literal["cancel", "disconnect"]
 FINAL_STATUSES: frozenset[Status] = frozenset({"completed", "stopped", "failed", "interrupted"})
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What a request cost, under the same names for every protocol.
+
+    Each protocol maps its provider's numbers here (Responses' input/output
+    tokens, Anthropic's input/output tokens, ...). ``reasoning_tokens`` and
+    ``cached_tokens`` are None where the provider did not say; ``estimated``
+    where the proxy counted instead (a stream stopped before its usage came).
+    """
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    reasoning_tokens: int | None = None
+    cached_tokens: int | None = None
+    estimated: bool = False
+
+    @classmethod
+    def estimate(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        return cls(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens, estimated=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+        if self.reasoning_tokens is not None:
+            data["reasoning_tokens"] = self.reasoning_tokens
+        if self.cached_tokens is not None:
+            data["cached_tokens"] = self.cached_tokens
+        if self.estimated:
+            data["estimated"] = True
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Usage | None:
+        """A stored usage; records of earlier versions held the provider's own
+        chat usage dict, whose three counts have these names too."""
+        if not isinstance(data, dict):
+            return None
+
+        def count(key: str) -> int | None:
+            value = data.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        prompt, completion = count("prompt_tokens") or 0, count("completion_tokens") or 0
+        total = count("total_tokens")
+        return cls(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion if total is None else total,
+            reasoning_tokens=count("reasoning_tokens"),
+            cached_tokens=count("cached_tokens"),
+            estimated=data.get("estimated") is True,
+        )
+
+
 @dataclass
 class Record:
-    """One ``POST .../chat/completions`` as the store keeps it.
+    """One generation request as the store keeps it; ``protocol`` names its wire format.
 
     ``content``, ``reasoning_content`` and ``tool_calls`` are assembled from the
     deltas that were forwarded to the client, so after a stop they are exactly
@@ -31,13 +89,14 @@ class Record:
     model: str | None
     stream: bool
     created_at: float
+    protocol: str = "chat"
     status: Status = "in_progress"
     stop_reason: StopReason | None = None
     finish_reason: str | None = None
     content: str = ""
     reasoning_content: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
-    usage: dict[str, Any] | None = None
+    usage: Usage | None = None
     upstream_id: str | None = None
     error: dict[str, Any] | None = None
     first_token_at: float | None = None
@@ -52,16 +111,18 @@ class Record:
 
     def public(self) -> dict[str, Any]:
         """The JSON a read route answers (everything but the credential)."""
-        data = dataclasses.asdict(self)
+        data = self.to_dict()
         del data["credential"], data["holder"]
         return data
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["usage"] = self.usage.to_dict() if self.usage is not None else None
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
-        return cls(**data)
+        return cls(**{**data, "usage": Usage.from_dict(data.get("usage"))})
 
     def copy(self) -> Record:
         return dataclasses.replace(self, tool_calls=[dict(c) for c in self.tool_calls])

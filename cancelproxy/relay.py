@@ -1,28 +1,34 @@
 """Client ↔ upstream streaming: the one place bytes meet sockets.
 
 A ``Relay`` sends one request upstream and streams the answer back as it
-arrives. Every way it can end goes through :meth:`Relay.run`'s single
-``finally``: the upstream connection is closed, the client is given its end,
-and (for a generation request) the record's final state is written by a job
-the app owns, so a client that went away cannot interrupt it; a cancel route
-answers only after that write. The client's end:
+arrives. It knows no protocol and no record: what the request is to the
+proxy (a pass-through, or a generation it records) is its ``Exchange``, whose
+hooks it calls at fixed points (``exchange.py``). Every way it can end goes
+through :meth:`Relay.run`'s single ``finally``: the upstream connection is
+closed, the client is given its end, and the exchange finishes (for a
+generation, the record's final state is written by a job the app owns, so a
+client that went away cannot interrupt it; a cancel route answers only after
+that write). The client's end:
 
 ==================  =========================================================
 how it ended        what the client gets
 ==================  =========================================================
-completed           the upstream's bytes, untouched, then the end of body
-stopped: cancel     a last chunk with ``finish_reason`` = cancel_finish_reason
-                    and ``data: [DONE]`` (499 for a non-streaming request)
+completed           the upstream's bytes, untouched, up to the protocol's last
+                    event, then the end of body
+stopped: cancel     the protocol's cancelled ending (chat: a last chunk with
+                    ``finish_reason`` = cancel_finish_reason and ``[DONE]``);
+                    499 for a non-streaming request
 stopped: disconnect nothing: it is gone
-failed              the proxy's error (502/504) if nothing was sent yet;
-                    mid-stream an SSE error event, then the end of the stream
+failed              the proxy's error (500/502/504) if nothing was sent yet;
+                    mid-stream the protocol's error event, then the end of
+                    the stream (also for a stream cut before its last event)
 ==================  =========================================================
 
 Why it is built this way (see ENGINEERING.md):
 
 - The server runs with ``handler_cancellation=True``, so a client that
   disconnects cancels ``run()`` at whatever it awaits, even a silent upstream.
-- A cancel route calls ``ActiveRequest.request_stop()``, which closes the
+- A cancel route calls ``LiveRequest.request_stop()``, which closes the
   upstream connection from outside (``ClientResponse.close()``, or cancelling
   the task still waiting for the upstream's headers); the reader here then
   wakes with an error or EOF, sees the stop and ends like a disconnect would.
@@ -33,11 +39,8 @@ Why it is built this way (see ENGINEERING.md):
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -45,7 +48,6 @@ from aiojobs.aiohttp import spawn
 from multidict import CIMultiDict
 from yarl import URL
 
-from .accumulate import estimate_prompt_tokens
 from .config import Upstream
 from .errors import (
     DownstreamGone,
@@ -54,22 +56,24 @@ from .errors import (
     RequestCancelled,
     UpstreamError,
     UpstreamTimeout,
-    error_response,
     map_upstream_error,
-    sse_error_event,
 )
-from .outcome import Ending, audit_entry, final_record
-from .records import Record
-from .registry import ActiveRequest
+from .exchange import Exchange
 from .routing import response_headers
 from .services import Services
-from .tee import Tee
+from .sse import Event
+from .tee import PassThroughTee, Tee, is_event_stream
 
 __all__ = ["Relay", "Target"]
 
 # aiohttp's client would otherwise add its own Accept, Accept-Encoding and
 # User-Agent: the provider must see the client's headers, not ours.
 _SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
 
 
 @dataclass(frozen=True)
@@ -85,35 +89,22 @@ class Target:
 
 class Relay:
     def __init__(
-        self,
-        services: Services,
-        request: web.Request,
-        target: Target,
-        ids: dict[str, str],
-        *,
-        active: ActiveRequest | None = None,
-        request_json: dict[str, Any] | None = None,
-        hide_usage: bool = False,
+        self, services: Services, request: web.Request, target: Target, ids: dict[str, str], exchange: Exchange
     ) -> None:
         self._services = services
         self._limits = services.config.limits
         self._request = request
         self._target = target
         self._ids = ids  # X-Session-Id / X-Request-Id, on every answer
-        self._active = active  # None: a plain pass-through, not registered
-        self._request_json = request_json or {}
-        self._wants_stream = bool(self._request_json.get("stream"))
-        self._hide_usage = hide_usage
+        self._exchange = exchange
         self._upstream: aiohttp.ClientResponse | None = None
         self._response: web.StreamResponse | None = None
-        self._tee: Tee | None = None
+        self._tee: Tee | PassThroughTee = PassThroughTee()
         self._failure: ProxyError | None = None
         self._phase = "upstream"  # what the deadline is guarding: "upstream" or "client"
         self._client_left = False
         self._started = time.monotonic()
         self.bytes_out = 0
-        if active is not None:
-            active.snapshot = self.snapshot
 
     async def run(self) -> web.StreamResponse:
         try:
@@ -134,37 +125,32 @@ class Relay:
             finally:
                 self._close_upstream()
             # The client's end first: it must not wait for the store. A cancel
-            # route waits for `finished`, which only _finish sets.
+            # route waits for the exchange's finish, which comes after.
             return await self._answer()
         finally:
-            if self._active is not None:
-                # A job the app owns: a client that leaves cannot cut the final
-                # write short, shutdown waits for it, and the handler returns at
-                # once (aiohttp reads a keep-alive connection's next request only
-                # after the handler returned: it must not wait for a disk sync).
-                await spawn(self._request, self._finish())
+            status = self._upstream.status if self._upstream is not None else None
+            # A job the app owns: a client that leaves cannot cut the final
+            # write short, shutdown waits for it, and the handler returns at
+            # once (aiohttp reads a keep-alive connection's next request only
+            # after the handler returned: it must not wait for a disk sync).
+            await spawn(self._request, self._exchange.finish(self._failure, status, self.bytes_out))
 
     # -- the stream -------------------------------------------------------
 
     @property
     def _stopping(self) -> bool:
-        return self._active is not None and self._active.stop_reason is not None
+        return self._exchange.stop_reason is not None
 
     async def _pump(self) -> None:
         upstream = await self._open()
         if upstream is None:
             return  # stopped before the upstream answered
         self._upstream = upstream
-        if self._active is not None:
-            self._active.attach_upstream(upstream.close)
+        self._exchange.attach_upstream(upstream.close)
         if self._stopping:
             return
-        event_stream = _is_event_stream(upstream.headers)
-        if self._active is not None:
-            self._tee = Tee(
-                event_stream=event_stream, max_body_copy=self._limits.max_body_bytes, hide_usage=self._hide_usage
-            )
-        if event_stream:
+        self._tee = self._exchange.tee(upstream.status, upstream.headers)
+        if is_event_stream(upstream.headers):
             # Send the status and headers now, as the upstream did; a
             # non-streaming answer waits for its first body byte so a cancel
             # before it can still answer 499.
@@ -191,9 +177,8 @@ class Relay:
             raise UpstreamTimeout(f"upstream '{self._target.upstream.name}' sent nothing for too long") from None
         if self._stopping:
             return
-        await self._forward_tail()
-        if self._active is not None:
-            self._active.settled = True
+        await self._end_of_body(upstream)
+        self._exchange.settle()
 
     async def _open(self) -> aiohttp.ClientResponse | None:
         """Send the request; the answer's status and headers, or None if stopped first.
@@ -202,8 +187,7 @@ class Relay:
         provider is still connecting or queueing (cancelling it closes its socket).
         """
         sending = asyncio.create_task(self._send())
-        if self._active is not None:
-            self._active.attach_upstream(sending.cancel)
+        self._exchange.attach_upstream(sending.cancel)
         handed_over = False
         try:
             await asyncio.wait({sending}, timeout=self._limits.first_byte_timeout_s)
@@ -247,32 +231,17 @@ class Relay:
             raise map_upstream_error(exc, self._target.upstream.name, answered=True) from exc
 
     async def _forward(self, chunk: bytes) -> None:
-        if self._tee is None:
-            await self._write(chunk)
-            return
-        whole, payloads = self._tee.split(chunk)
+        whole, events = self._tee.split(chunk)
         if whole:
-            await self._write(whole)
-            self._commit(payloads)
+            await self._write(whole, events)
+        else:
+            self._tee.commit(events)  # events the client never gets (a hidden usage chunk) still count
 
-    async def _forward_tail(self) -> None:
-        if self._tee is None:
-            return
-        tail, payloads = self._tee.tail()
+    async def _end_of_body(self, upstream: aiohttp.ClientResponse) -> None:
+        """The upstream's body ended: forward what was held back."""
+        tail = self._tee.end_of_body()
         if tail:
             await self._write(tail)
-        self._commit(payloads)
-        self._tee.commit_body()
-
-    def _commit(self, payloads: list[bytes]) -> None:
-        assert self._tee is not None and self._active is not None
-        if not payloads:
-            return
-        self._tee.commit(payloads)
-        self._active.version += 1
-        record = self._active.record
-        if record.first_token_at is None and self._tee.answer.delta_count:
-            record.first_token_at = time.time()
 
     async def _prepare(self) -> web.StreamResponse:
         if self._response is not None:
@@ -281,7 +250,9 @@ class Relay:
         assert upstream is not None
         headers = response_headers(upstream.headers)
         headers.update(self._ids)
-        if _is_event_stream(headers):
+        if self._tee.decoded:
+            headers.popall("Content-Encoding", None)  # forwarded decoded (see Tee)
+        if is_event_stream(headers):
             # Tell a buffering proxy in front of us (nginx) not to hold events.
             headers.setdefault("X-Accel-Buffering", "no")
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
@@ -292,7 +263,8 @@ class Relay:
             raise DownstreamGone(str(exc)) from exc
         return response
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytes, events: list[Event] | None = None) -> None:
+        """Hand ``data`` to the client; ``events`` are what it carries, recorded once it was written."""
         # Per chunk: only the first write prepares the response.
         response = self._response or await self._prepare()
         try:
@@ -300,13 +272,14 @@ class Relay:
         except ConnectionError as exc:
             raise DownstreamGone(str(exc)) from exc
         self.bytes_out += len(data)
+        if events is not None:
+            self._tee.commit(events)
 
     # -- how it ended -----------------------------------------------------
 
     def _client_gone(self) -> None:
         self._client_left = True
-        if self._active is not None:
-            self._active.request_stop("disconnect")  # keeps "cancel" if a cancel came first
+        self._exchange.client_gone()
 
     def _fail(self, error: ProxyError) -> None:
         # A stop closes the upstream, which the reader sees as an error: that
@@ -315,73 +288,20 @@ class Relay:
             self._failure = error
             if isinstance(error, UpstreamError):
                 self._services.metrics.upstream_error(self._target.upstream.name, error.code)
-            if self._active is not None:
-                self._active.settled = True
+            self._exchange.settle()
 
     def _close_upstream(self) -> None:
-        if self._active is not None:
-            self._active.close_upstream()
+        self._exchange.close_upstream()
         if self._upstream is not None:
+            # At the end of its body this only forgets the connection, which
+            # aiohttp has already pooled again; before it (a stop, the last
+            # event with more to come), it closes the socket.
             self._upstream.close()
-
-    def snapshot(self) -> Record:
-        """The record as it stands now, partial answer included."""
-        assert self._active is not None
-        record = self._active.record.copy()
-        if self._tee is not None:
-            answer = self._tee.answer
-            record.content = answer.content
-            record.reasoning_content = answer.reasoning_content
-            record.tool_calls = answer.tool_calls
-            record.upstream_id = answer.upstream_id
-        return record
-
-    async def _finish(self) -> None:
-        """Write the record's final state; then the request is no longer in progress."""
-        active = self._active
-        assert active is not None
-        try:
-            record = self._final_record(active)
-            active.record = record
-            # A cancel's ack and shutdown wait for this write: it goes at once.
-            # Other final states ride the next batch; until it lands the request
-            # stays in the registry, so reads show its final state meanwhile.
-            urgent = active.stop_reason in ("cancel", "shutdown")
-            self._report(active, record)  # the outcome is known: no need to wait for the disk
-            await self._services.writer.save_final(record, at_once=urgent)
-        except Exception:
-            # The client is never failed for the bookkeeping's sake; the loss is logged.
-            self._services.log.exception("could not finish the record of %s", active.request_id)
-        finally:
-            active.finished.set()
-            self._services.registry.remove(active)
-
-    def _final_record(self, active: ActiveRequest) -> Record:
-        ending = Ending(
-            stop=active.stop_reason,
-            failure=self._failure,
-            upstream_status=self._upstream.status if self._upstream is not None else None,
-            answer=self._tee.answer if self._tee is not None else None,
-            cancel_finish_reason=self._services.config.cancel_finish_reason,
-            prompt_tokens=estimate_prompt_tokens(self._request_json),
-            ended_at=time.time(),
-        )
-        return final_record(self.snapshot(), ending)
-
-    def _report(self, active: ActiveRequest, record: Record) -> None:
-        """The audit line and the metrics of a finished request."""
-        cancel_s = None
-        if active.stop_requested_at is not None and active.upstream_closed_at is not None:
-            cancel_s = max(0.0, active.upstream_closed_at - active.stop_requested_at)
-        entry, ttft_s = audit_entry(record, cancel_s=cancel_s, bytes_out=self.bytes_out, client=self._request.remote)
-        self._services.audit.write(entry)
-        self._services.metrics.request_finished(record.upstream, record.status, record.stop_reason, ttft_s, cancel_s)
 
     async def _answer(self) -> web.StreamResponse:
         """The client's end of the exchange (it already has whatever was relayed)."""
-        active = self._active
         try:
-            if active is not None and active.stop_reason in ("cancel", "shutdown"):
+            if self._exchange.stop_reason in ("cancel", "shutdown"):
                 return await self._answer_cancelled()
             if self._client_left:
                 return self._gone()
@@ -395,53 +315,26 @@ class Relay:
 
     async def _answer_cancelled(self) -> web.StreamResponse:
         response = self._response
-        streaming = (self._tee is not None and self._tee.event_stream) or (response is None and self._wants_stream)
+        streaming = self._tee.event_stream or (response is None and self._exchange.wants_stream)
         if not streaming:
             if response is None:
-                return error_response(RequestCancelled("the request was cancelled"), headers=self._ids)
+                return self._exchange.error_response(RequestCancelled("the request was cancelled"), self._ids)
             return self._gone()  # a JSON body already begun cannot be ended cleanly
         if response is None:
-            response = web.StreamResponse(
-                status=200,
-                headers={
-                    "Content-Type": "text/event-stream; charset=utf-8",
-                    "Cache-Control": "no-cache",
-                    "X-Accel-Buffering": "no",
-                    **self._ids,
-                },
-            )
+            response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **self._ids})
             self._response = response
             await response.prepare(self._request)
-        await response.write(self._cancelled_event() + b"data: [DONE]\n\n")
+        await response.write(self._exchange.cancelled_ending())
         await response.write_eof()
         return response
-
-    def _cancelled_event(self) -> bytes:
-        answer = self._tee.answer if self._tee is not None else None
-        record = self._active.record if self._active is not None else None
-        chunk = {
-            "id": (answer.upstream_id if answer else None) or f"chatcmpl-{self._ids['X-Request-Id']}",
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": (answer.model if answer else None) or (record.model if record else None) or "",
-            "choices": [
-                {
-                    "index": 0,
-                    "delta": {},
-                    "logprobs": None,
-                    "finish_reason": self._services.config.cancel_finish_reason,
-                }
-            ],
-        }
-        return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
 
     async def _answer_failure(self, failure: ProxyError) -> web.StreamResponse:
         response = self._response
         if response is None:
-            return error_response(failure, headers=self._ids)
-        if _is_event_stream(response.headers):
+            return self._exchange.error_response(failure, self._ids)
+        if is_event_stream(response.headers):
             # An explicit error event: no client may take a torn stream for a whole one.
-            await response.write(sse_error_event(failure))
+            await response.write(self._exchange.error_event(failure))
             await response.write_eof()
             return response
         return self._gone()
@@ -452,7 +345,3 @@ class Relay:
         if transport is not None:
             transport.abort()
         return self._response or web.Response(status=499)
-
-
-def _is_event_stream(headers: Mapping[str, str]) -> bool:
-    return headers.get("Content-Type", "").startswith("text/event-stream")

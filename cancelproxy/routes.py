@@ -15,8 +15,8 @@ from aiohttp import web
 
 from .cluster import CancelOrder
 from .errors import NotFound, StoreUnavailable, error_response
+from .live import LiveRequest
 from .records import Record
-from .registry import ActiveRequest
 from .services import SERVICES, Services
 from .sessions import Caller
 
@@ -27,8 +27,8 @@ def _caller(request: web.Request, services: Services) -> Caller:
     return Caller.of(request.headers, services.config.admin_token)
 
 
-def _live(active: ActiveRequest) -> Record:
-    return active.snapshot() if active.snapshot is not None else active.record.copy()
+def _live(live: LiveRequest) -> Record:
+    return live.snapshot()
 
 
 def _cancel_answer(session_id: str | None, request_ids: list[str], unanswered: list[str]) -> web.Response:
@@ -52,9 +52,9 @@ async def cancel_here(services: Services, order: CancelOrder) -> tuple[list[str]
     else:
         candidates = registry.of_session(order.session_id or "")
     caller = Caller(order.credential, order.admin)
-    owned = [a for a in candidates if caller.owns(a.record.credential)]
+    owned = [a for a in candidates if caller.owns(a.credential)]
     stopped = await registry.cancel(owned, "cancel", services.config.limits.cancel_timeout_s)
-    return stopped, owned[0].record.session_id if owned else order.session_id
+    return stopped, owned[0].session_id if owned else order.session_id
 
 
 async def _cancel(services: Services, order: CancelOrder) -> tuple[list[str], str | None, list[str]]:
@@ -119,11 +119,7 @@ async def read_request(request: web.Request) -> web.Response:
     caller = _caller(request, services)
     request_id = request.match_info["request_id"]
     active = services.registry.get(request_id)
-    if (
-        active is not None
-        and caller.owns(active.record.credential)
-        and request.query.get("wait") not in (None, "", "0")
-    ):
+    if active is not None and caller.owns(active.credential) and request.query.get("wait") not in (None, "", "0"):
         try:
             await asyncio.wait_for(active.finished.wait(), services.config.limits.cancel_timeout_s)
         except TimeoutError:
@@ -146,7 +142,7 @@ async def read_session(request: web.Request) -> web.Response:
     records = {r.request_id: r for r in stored if caller.owns(r.credential)}
     # Requests still running here: show their partial answer as it stands.
     for active in services.registry.of_session(session_id):
-        if caller.owns(active.record.credential):
+        if caller.owns(active.credential):
             records[active.request_id] = _live(active)
     if not records:
         return error_response(NotFound(f"no session '{session_id}'", code="session_not_found"))

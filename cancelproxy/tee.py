@@ -1,107 +1,132 @@
-"""The tee: what an upstream answer forwards to the client, and the record's view of it.
+"""The tee: what an upstream answer forwards to the client, and the transcript's view of it.
 
 For an event stream the tee only releases whole SSE events. The bytes are the
-upstream's, unchanged; at most one partial event is held back until its end
-arrives. That is what lets the record equal exactly what the client was sent,
-and lets a stopped stream end with a clean final event instead of a torn one.
+upstream's, unchanged (unless the protocol undoes a change it made to the
+request); at most one partial event is held back until its end arrives, and
+nothing after the protocol's last event goes out. That is what lets the
+record equal exactly what the client was sent, and lets a stopped stream end
+with a clean final event instead of a torn one.
+
+A pass-through answer is not teed at all: ``PassThroughTee`` hands every
+chunk on as it came, and that is the whole of its work.
 """
 
 from __future__ import annotations
 
-import json
-import re
+from collections.abc import Callable, Mapping
 
-from .accumulate import Accumulator
-from .sse import SSEFramer
+from .protocols.base import Transcript
+from .sse import Event, SSEFramer
 
-__all__ = ["Tee"]
-
-# What asking for usage adds to every other chunk of an OpenAI stream.
-_USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,')
-# The one chunk it adds: no choices, only usage. Found in the bytes first, so
-# the common block (no such chunk) costs one regex pass and no JSON parse.
-_NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
-_EVENT_END = re.compile(rb"(\r?\n\r?\n)")
+__all__ = ["PassThroughTee", "Tee", "is_event_stream"]
 
 
-def _without_injected_usage(block: bytes) -> bytes:
-    """Whole events as the client would have had them without ``include_usage``:
-    the usage-only chunk (``"choices": []``) dropped, ``"usage": null`` removed."""
-    if b'"usage"' not in block:
-        return block
-    if _NO_CHOICES.search(block) is None:
-        return _strip_usage_null(block)
-    pieces = _EVENT_END.split(block)  # [event, end, event, end, ..., tail]
-    kept: list[bytes] = []
-    for event, end in zip(pieces[0::2], [*pieces[1::2], b""], strict=True):
-        if _NO_CHOICES.search(event) is not None and _is_usage_only(event):
-            continue
-        kept += (_strip_usage_null(event), end)
-    return b"".join(kept)
+def is_event_stream(headers: Mapping[str, str]) -> bool:
+    return headers.get("Content-Type", "").startswith("text/event-stream")
 
 
-def _strip_usage_null(data: bytes) -> bytes:
-    # OpenAI's compact form is a plain replace (C speed); the regex only for
-    # providers that put spaces in their JSON.
-    data = data.replace(b',"usage":null', b"")
-    if b'"usage"' in data:
-        data = _USAGE_NULL.sub(b"", data)
-    return data
+class PassThroughTee:
+    """The identity: a pass-through answer reaches the client as it came."""
 
+    over = False
+    decoded = False
+    event_stream = False  # not looked at: a pass-through is never ended by the proxy
 
-def _is_usage_only(event: bytes) -> bool:
-    for line in event.splitlines():
-        if line.startswith(b"data:"):
-            try:
-                chunk = json.loads(line[5:])
-            except ValueError:
-                return False
-            return isinstance(chunk, dict) and chunk.get("choices") == [] and bool(chunk.get("usage"))
-    return False
+    def split(self, chunk: bytes) -> tuple[bytes, list[Event]]:
+        return chunk, []
+
+    def commit(self, events: list[Event]) -> None:
+        pass
+
+    def end_of_body(self) -> bytes:
+        return b""
+
+    def complete(self) -> bool:
+        return True
 
 
 class Tee:
-    def __init__(self, *, event_stream: bool, max_body_copy: int, hide_usage: bool = False) -> None:
-        self.answer = Accumulator()
+    def __init__(
+        self,
+        transcript: Transcript,
+        *,
+        event_stream: bool,
+        max_body_copy: int,
+        rewrite: Callable[[bytes], bytes] | None = None,
+        on_commit: Callable[[], object] = lambda: None,
+    ) -> None:
+        self.transcript = transcript
+        self._on_commit = on_commit
         self.event_stream = event_stream
-        # The proxy asked the upstream for usage the client did not ask for:
-        # the record gets it, the client's bytes stay what they would have been.
-        self._hide_usage = hide_usage
+        self.over = False
+        self._rewrite = rewrite
         self._framer = SSEFramer() if event_stream else None
+        self.decoded = False
         # A non-streaming answer is one JSON document: keep a copy to read it
-        # once it is complete (bounded, it is only for the record).
+        # once it is complete (bounded: it is only for the record).
         self._body = bytearray()
         self._max_body_copy = max_body_copy
+        self._body_cut = False
 
-    def split(self, chunk: bytes) -> tuple[bytes, list[bytes]]:
-        """The bytes to forward now, and the event payloads they complete."""
-        if self._framer is not None:
-            whole, events = self._framer.feed(chunk)
-            payloads = [payload for _, payload in events]
-            if self._hide_usage and whole:
-                whole = _without_injected_usage(whole)
-            return whole, payloads
-        if len(self._body) < self._max_body_copy:
-            self._body += chunk
-        return chunk, []
+    def split(self, chunk: bytes) -> tuple[bytes, list[Event]]:
+        """The bytes to forward now, and the events they complete."""
+        framer = self._framer
+        if framer is None:
+            self._copy(chunk)
+            return chunk, []
+        whole, events = framer.feed(chunk)
+        if not events:
+            return whole, events
+        if self._rewrite is not None:
+            return _rewritten(whole, events, self._rewrite)
+        return whole, events
 
-    def tail(self) -> tuple[bytes, list[bytes]]:
-        """At the upstream's end of body: whatever was held back."""
-        if self._framer is not None:
-            # An event without its blank line is no event to any SSE client
-            # (the OpenAI SDKs drop it at the end), so not to the record either.
-            tail = self._framer.flush()
-            if self._hide_usage and tail:
-                tail = _without_injected_usage(tail)
-            return tail, []
-        return b"", []
-
-    def commit(self, payloads: list[bytes]) -> None:
+    def commit(self, events: list[Event]) -> None:
         """Record events once the bytes that carried them were handed to the client."""
-        for payload in payloads:
-            self.answer.add_event(payload)
+        if not events:
+            return
+        add = self.transcript.add_event
+        for _, payload in events:
+            add(payload)
+        self._on_commit()
 
-    def commit_body(self) -> None:
-        """A non-streaming answer was forwarded whole: read it into the record."""
-        if self._framer is None and self._body:
-            self.answer.add_completion(bytes(self._body))
+    def end_of_body(self) -> bytes:
+        """At the upstream's end of body: whatever was held back, forwarded as it is
+        (an event without its blank line is no event to any client, nor to the record).
+        A non-streaming answer is read into the transcript now that it is whole."""
+        if self._framer is None:
+            if self._body and not self._body_cut:
+                self.transcript.add_body(bytes(self._body))
+            return b""
+        return self._framer.flush()
+
+    def complete(self) -> bool:
+        """Whether the answer so far is whole, should the body end here."""
+        return True
+
+    def _copy(self, data: bytes) -> None:
+        if self._body_cut:
+            return
+        self._body += data
+        if len(self._body) > self._max_body_copy:
+            # Too big to keep: the record stays without it rather than with a
+            # cut copy that would read as a broken answer.
+            self._body_cut = True
+            self._body = bytearray()
+
+
+def _rewritten(whole: bytes, events: list[Event], rewrite: Callable[[bytes], bytes]) -> tuple[bytes, list[Event]]:
+    """Each event rewritten; the offsets moved with them. An event rewritten to
+    nothing keeps its place in ``events`` (the transcript still reads it) with
+    an empty span: the client never gets it."""
+    pieces: list[bytes] = []
+    moved: list[Event] = []
+    start = size = 0
+    for end, payload in events:
+        piece = rewrite(whole[start:end])
+        pieces.append(piece)
+        size += len(piece)
+        moved.append((size, payload))
+        start = end
+    pieces.append(whole[start:])
+    return b"".join(pieces), moved

@@ -17,7 +17,7 @@ import time
 
 from .cluster import Cluster
 from .config import StoreConfig
-from .records import Record
+from .records import Record, Usage
 from .store import Store
 from .store.writer import StoreWriter
 
@@ -33,12 +33,7 @@ def interrupted(record: Record, now: float) -> Record:
     if record.usage is None:
         # Only the flushed text is known here, not the deltas: ~4 characters a token.
         completion = math.ceil(len(record.content + record.reasoning_content) / 4)
-        record.usage = {
-            "prompt_tokens": 0,
-            "completion_tokens": completion,
-            "total_tokens": completion,
-            "estimated": True,
-        }
+        record.usage = Usage.estimate(0, completion)
     return record
 
 

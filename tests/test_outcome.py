@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from cancelproxy.accumulate import Accumulator
 from cancelproxy.errors import UpstreamBroken
 from cancelproxy.outcome import Ending, audit_entry, final_record
-from cancelproxy.records import Record
+from cancelproxy.protocols.base import Answer, RequestFacts
+from cancelproxy.protocols.chat import ChatTranscript
+from cancelproxy.records import Record, Usage
 
 
 def _snapshot() -> Record:
@@ -26,11 +27,11 @@ def _snapshot() -> Record:
     )
 
 
-def _answer(*chunks: dict[str, object]) -> Accumulator:
-    answer = Accumulator()
+def _answer(*chunks: dict[str, object]) -> Answer:
+    transcript = ChatTranscript(RequestFacts("req_1", "m", True))
     for chunk in chunks:
-        answer.add_event(json.dumps(chunk).encode())
-    return answer
+        transcript.add_event(json.dumps(chunk).encode())
+    return transcript.answer()
 
 
 DELTAS = [
@@ -45,8 +46,8 @@ def _ending(**facts: object) -> Ending:
         "failure": None,
         "upstream_status": 200,
         "answer": _answer(*DELTAS),
+        "estimated_usage": Usage.estimate(4, 2),
         "cancel_finish_reason": "cancelled",
-        "prompt_tokens": 4,
         "ended_at": 101.0,
     }
     return Ending(**{**base, **facts})  # type: ignore[arg-type]
@@ -69,7 +70,7 @@ def test_status_and_reasons(
     record = final_record(_snapshot(), _ending(**facts))
     assert (record.status, record.stop_reason, record.finish_reason) == (status, stop_reason, finish_reason)
     assert record.ended_at == 101.0
-    assert record.usage == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6, "estimated": True}
+    assert record.usage == Usage(prompt_tokens=4, completion_tokens=2, total_tokens=6, estimated=True)
 
 
 def test_a_stop_wins_over_the_error_the_closed_upstream_caused() -> None:
@@ -80,7 +81,7 @@ def test_a_stop_wins_over_the_error_the_closed_upstream_caused() -> None:
 def test_completed_with_the_upstreams_usage_and_a_provider_error_kept() -> None:
     done = {"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
     record = final_record(_snapshot(), _ending(answer=_answer(*DELTAS, done, {"choices": [], "usage": USAGE})))
-    assert (record.status, record.finish_reason, record.usage) == ("completed", "stop", USAGE)
+    assert (record.status, record.finish_reason, record.usage) == ("completed", "stop", Usage(4, 2, 6))
     failed = final_record(_snapshot(), _ending(upstream_status=429, answer=_answer({"error": {"code": "rate"}})))
     assert failed.error == {"message": "upstream answered 429", "code": "rate", "status": 429}
 
@@ -99,3 +100,8 @@ def test_audit_entry() -> None:
     assert (entry["ttft_ms"], entry["duration_ms"], entry["cancel_ms"]) == (250.0, 1000.0, 1.2)
     assert entry["usage"] == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6, "estimated": True}
     assert (entry["bytes_out"], entry["client"], entry["credential"]) == (321, "127.0.0.1", "sha256:ab")
+
+
+def test_no_usage_when_the_upstream_never_answered() -> None:
+    record = final_record(_snapshot(), _ending(upstream_status=None, failure=UpstreamBroken("unreachable")))
+    assert (record.status, record.usage) == ("failed", None)

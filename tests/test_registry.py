@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+from cancelproxy.live import LiveRequest
+from cancelproxy.protocols.base import RequestFacts
+from cancelproxy.protocols.chat import ChatTranscript
 from cancelproxy.records import Record
-from cancelproxy.registry import ActiveRequest, Registry
+from cancelproxy.registry import Registry
 
 
-def _active(request_id: str, session_id: str = "s") -> ActiveRequest:
+def _active(request_id: str, session_id: str = "s") -> LiveRequest:
     record = Record(
         request_id=request_id,
         session_id=session_id,
@@ -18,7 +21,7 @@ def _active(request_id: str, session_id: str = "s") -> ActiveRequest:
         stream=True,
         created_at=0.0,
     )
-    return ActiveRequest(record=record)
+    return LiveRequest(record, ChatTranscript(RequestFacts(request_id, "m", True)))
 
 
 def test_lookup_by_request_and_session() -> None:

@@ -12,7 +12,7 @@ import aiosqlite
 import pytest
 from redis.exceptions import RedisError
 
-from cancelproxy.records import Record
+from cancelproxy.records import Record, Usage
 from cancelproxy.store.base import Store
 from cancelproxy.store.memory import MemoryStore
 from cancelproxy.store.redis import RedisStore
@@ -42,7 +42,7 @@ def full_record() -> Record:
             {"index": 0, "id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": 1}'}},
             {"index": 1, "id": "call_2", "type": "function", "function": {"name": "noop", "arguments": ""}},
         ],
-        usage={"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15, "details": {"reasoning_tokens": 2}},
+        usage=Usage(prompt_tokens=12, completion_tokens=3, total_tokens=15, reasoning_tokens=2, cached_tokens=4),
         upstream_id="chatcmpl-xyz", error={"type": "upstream_error", "message": "broke off", "status": 502},
         first_token_at=1_700_000_000.5, ended_at=1_700_000_001.75, holder="replica-a",
     )  # fmt: skip

@@ -1,20 +1,25 @@
-"""The tee: whole events out, and usage the client did not ask for hidden."""
+"""The tee: whole events out, nothing after the last one, hidden usage, and the record's view of it."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from cancelproxy.protocols.base import RequestFacts
+from cancelproxy.protocols.chat import ChatTranscript, hide_injected_usage
 from cancelproxy.tee import Tee
+
+FACTS = RequestFacts(request_id="req_1", model="m", stream=True)
 
 
 def _event(chunk: dict[str, object]) -> bytes:
     return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
 
 
-def _chunk(content: str | None, with_usage_null: bool) -> dict[str, object]:
+def _chunk(content: str | None, with_usage_null: bool, finish: str | None = None) -> dict[str, object]:
     chunk: dict[str, object] = {
         "id": "c1",
-        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}],
     }
     if with_usage_null:
         chunk["usage"] = None
@@ -22,6 +27,21 @@ def _chunk(content: str | None, with_usage_null: bool) -> dict[str, object]:
 
 
 USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+
+
+def _tee(event_stream: bool = True, **options: Any) -> Tee:
+    return Tee(ChatTranscript(FACTS), event_stream=event_stream, max_body_copy=1 << 20, **options)
+
+
+def _through(tee: Tee, pieces: list[bytes]) -> bytes:
+    out = []
+    for piece in pieces:
+        whole, events = tee.split(piece)
+        assert [end for end, _ in events] == sorted(end for end, _ in events)
+        assert all(end <= len(whole) for end, _ in events)
+        out.append(whole)
+        tee.commit(events)
+    return b"".join(out) + tee.end_of_body()
 
 
 def test_hidden_usage_gives_the_bytes_of_a_stream_that_never_asked() -> None:
@@ -35,46 +55,52 @@ def test_hidden_usage_gives_the_bytes_of_a_stream_that_never_asked() -> None:
     )
     never_asked = b"".join([_event(_chunk("a", False)), _event(_chunk("b", False)), b"data: [DONE]\n\n"])
     for cut in range(1, len(asked)):
-        tee = Tee(event_stream=True, max_body_copy=1 << 20, hide_usage=True)
-        out = []
-        for piece in (asked[:cut], asked[cut:]):
-            whole, payloads = tee.split(piece)
-            out.append(whole)
-            tee.commit(payloads)
-        tail, payloads = tee.tail()
-        tee.commit(payloads)
-        assert b"".join(out) + tail == never_asked, cut
+        tee = _tee(rewrite=hide_injected_usage)
+        assert _through(tee, [asked[:cut], asked[cut:]]) == never_asked, cut
         # The record still saw the usage the client was not sent.
-        assert tee.answer.usage == USAGE and tee.answer.content == "ab"
+        answer = tee.transcript.answer()
+        assert answer.usage is not None and answer.usage.total_tokens == 5 and answer.content == "ab"
+
+
+def test_a_hidden_event_keeps_its_place_with_an_empty_span() -> None:
+    usage_only = _event({"id": "c1", "choices": [], "usage": USAGE})
+    first = _event(_chunk("a", True))
+    whole, events = _tee(rewrite=hide_injected_usage).split(first + usage_only)
+    shown = _event(_chunk("a", False))
+    assert whole == shown
+    assert [end for end, _ in events] == [len(shown), len(shown)]
 
 
 def test_usage_is_left_alone_when_the_client_asked() -> None:
     stream = _event(_chunk("a", True)) + _event({"id": "c1", "choices": [], "usage": USAGE})
-    tee = Tee(event_stream=True, max_body_copy=1 << 20)
-    assert tee.split(stream)[0] == stream
+    assert _tee().split(stream)[0] is stream
 
 
 def test_a_usage_on_a_content_chunk_is_not_dropped() -> None:
     chunk = {"id": "c1", "choices": [{"index": 0, "delta": {"content": "z"}, "finish_reason": "stop"}], "usage": USAGE}
-    tee = Tee(event_stream=True, max_body_copy=1 << 20, hide_usage=True)
-    assert tee.split(_event(chunk))[0] == _event(chunk)
+    assert _tee(rewrite=hide_injected_usage).split(_event(chunk))[0] == _event(chunk)
+
+
+def test_an_unterminated_last_event_is_forwarded_but_not_recorded() -> None:
+    tee = _tee()
+    assert _through(
+        tee, [_event(_chunk("a", False)), b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"b"']
+    ) == (_event(_chunk("a", False)) + b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"b"')
+    assert tee.transcript.answer().content == "a"
 
 
 def test_non_streaming_answers_pass_whole_and_are_read_at_the_end() -> None:
     body = json.dumps(
         {"id": "x", "choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": "stop"}]}
     ).encode()
-    tee = Tee(event_stream=False, max_body_copy=1 << 20)
+    tee = _tee(event_stream=False)
     assert tee.split(body[:5]) == (body[:5], []) and tee.split(body[5:]) == (body[5:], [])
-    tee.commit_body()
-    assert tee.answer.content == "hi" and tee.answer.finish_reason == "stop"
+    assert tee.end_of_body() == b""
+    answer = tee.transcript.answer()
+    assert answer.content == "hi" and answer.finish_reason == "stop"
 
 
-def test_an_unterminated_last_event_is_forwarded_but_not_recorded() -> None:
-    tee = Tee(event_stream=True, max_body_copy=1 << 20)
-    first = _event(_chunk("a", False))
-    cut = b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"b"}}]}\n'
-    whole, payloads = tee.split(first + cut)
-    tee.commit(payloads)
-    assert whole == first and tee.tail() == (cut, [])
-    assert tee.answer.content == "a"
+def test_an_answer_too_big_to_copy_is_left_out_not_cut() -> None:
+    tee = Tee(ChatTranscript(FACTS), event_stream=False, max_body_copy=10)
+    _through(tee, [b'{"id": "x", "choices": []}'])
+    assert tee.transcript.answer().error is None

@@ -7,7 +7,7 @@ import time
 
 from cancelproxy.cluster import LocalCluster
 from cancelproxy.config import StoreConfig
-from cancelproxy.records import Record
+from cancelproxy.records import Record, Usage
 from cancelproxy.store import MemoryStore
 from cancelproxy.store.writer import StoreWriter
 from cancelproxy.upkeep import Upkeep
@@ -47,7 +47,7 @@ async def test_records_of_gone_replicas_are_interrupted_with_their_partial() -> 
         record = await store.get(request_id)
         assert record is not None
         assert (record.status, record.content, record.error["code"]) == ("interrupted", "w0 w1 w2 w3 ", "interrupted")  # type: ignore[index]
-        assert record.usage == {"prompt_tokens": 0, "completion_tokens": 3, "total_tokens": 3, "estimated": True}
+        assert record.usage == Usage(prompt_tokens=0, completion_tokens=3, total_tokens=3, estimated=True)
         assert record.ended_at is not None
     assert (await store.get("mine")).status == "in_progress"  # type: ignore[union-attr]
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from cancelproxy.records import Record
 from cancelproxy.store import MemoryStore
@@ -40,6 +41,26 @@ def _record(request_id: str, status: str = "in_progress", content: str = "") -> 
     return record
 
 
+@dataclass
+class Tracked:
+    """A request in progress as the writer sees it: an id, a version, a snapshot."""
+
+    request_id: str
+    read: Callable[[], Record]
+    read_version: Callable[[], int]
+
+    @property
+    def version(self) -> int:
+        return self.read_version()
+
+    def snapshot(self) -> Record:
+        return self.read()
+
+
+def _track(writer: StoreWriter, request_id: str, snapshot: Callable[[], Record], version: Callable[[], int]) -> None:
+    writer.track(Tracked(request_id, snapshot, version))
+
+
 def _writer(store: CountingStore) -> StoreWriter:
     return StoreWriter(store, flush_interval_s=3600, log=logging.getLogger("test"))
 
@@ -49,7 +70,8 @@ async def test_partials_of_all_streams_go_in_one_transaction_and_only_when_chang
     writer = _writer(store)
     versions = {f"r{i}": 0 for i in range(50)}
     for request_id in versions:
-        writer.track(
+        _track(
+            writer,
             request_id,
             lambda rid=request_id: _record(rid, content=f"v{versions[rid]}"),
             lambda rid=request_id: versions[rid],
@@ -89,7 +111,7 @@ async def test_a_store_outage_loses_nothing_and_is_retried() -> None:
 async def test_a_final_state_is_never_overwritten_by_an_older_partial() -> None:
     store = CountingStore()
     writer = _writer(store)
-    writer.track("a", lambda: _record("a", content="partial"), lambda: 1)
+    _track(writer, "a", lambda: _record("a", content="partial"), lambda: 1)
     store.delays = [0.05, 0.0]  # the batch of partials is slow, the final quick
     flushing = asyncio.create_task(writer.flush())
     await asyncio.sleep(0)  # one loop step: the flush takes its snapshot and starts writing
@@ -103,7 +125,7 @@ async def test_close_writes_what_is_left() -> None:
     store = CountingStore()
     writer = _writer(store)
     await writer.start()
-    writer.track("a", lambda: _record("a", content="so far"), lambda: 3)
+    _track(writer, "a", lambda: _record("a", content="so far"), lambda: 3)
     await writer.close()
     assert (await store.get("a")).content == "so far"  # type: ignore[union-attr]
 
@@ -111,7 +133,7 @@ async def test_close_writes_what_is_left() -> None:
 async def test_a_failed_partial_of_a_request_that_has_ended_is_not_retried_over_its_final() -> None:
     store = CountingStore()
     writer = _writer(store)
-    writer.track("a", lambda: _record("a", content="partial"), lambda: 1)
+    _track(writer, "a", lambda: _record("a", content="partial"), lambda: 1)
     store.down = True
     store.delays = [0.05]  # the batch of partials is under way, and fails
     flushing = asyncio.create_task(writer.flush())
@@ -132,7 +154,7 @@ async def test_a_final_nobody_waits_for_rides_the_next_batch() -> None:
     saving = asyncio.create_task(writer.save_final(_record("a", "completed", "done"), at_once=False))
     await asyncio.sleep(0)
     assert store.batches == [] and not saving.done()  # no transaction of its own
-    writer.track("b", lambda: _record("b", content="so far"), lambda: 1)
+    _track(writer, "b", lambda: _record("b", content="so far"), lambda: 1)
     await writer.flush()
     assert await saving is True
     assert store.batches == [["b", "a"]] or store.batches == [["a", "b"]]

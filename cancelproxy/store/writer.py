@@ -18,19 +18,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..records import Record
 from .base import Store
 
-__all__ = ["StoreWriter"]
+__all__ = ["StoreWriter", "Trackable"]
+
+
+class Trackable(Protocol):
+    """A request in progress, as the writer sees it (``live.LiveRequest``)."""
+
+    @property
+    def request_id(self) -> str: ...
+
+    @property
+    def version(self) -> int:
+        """Moves whenever the partial answer grew."""
+        ...
+
+    def snapshot(self) -> Record: ...
 
 
 @dataclass(eq=False)
 class _Tracked:
-    snapshot: Callable[[], Record]
-    version: Callable[[], int]
+    request: Trackable
     flushed_version: int = -1
 
 
@@ -70,9 +83,9 @@ class StoreWriter:
         if self._pending:
             self._log.error("store: %d record states could not be written before exit", len(self._pending))
 
-    def track(self, request_id: str, snapshot: Callable[[], Record], version: Callable[[], int]) -> None:
+    def track(self, request: Trackable) -> None:
         """Flush this in-progress request's snapshot whenever its version moved."""
-        self._tracked[request_id] = _Tracked(snapshot, version)
+        self._tracked[request.request_id] = _Tracked(request)
 
     async def save_final(self, record: Record, *, at_once: bool = True) -> bool:
         """Write a final state; return once it is durable (False: the store
@@ -102,10 +115,10 @@ class StoreWriter:
         everything that failed before, together."""
         batch = dict(self._pending)
         for request_id, tracked in self._tracked.items():
-            version = tracked.version()
+            version = tracked.request.version
             if version != tracked.flushed_version:
                 tracked.flushed_version = version
-                batch[request_id] = tracked.snapshot()
+                batch[request_id] = tracked.request.snapshot()
         finals, self._finals = self._finals, []
         batch.update((record.request_id, record) for record, _ in finals)
         if not batch:

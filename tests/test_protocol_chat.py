@@ -3,7 +3,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cancelproxy.accumulate import Accumulator, estimate_prompt_tokens
+from cancelproxy.protocols.base import RequestFacts
+from cancelproxy.protocols.chat import CHAT, ChatTranscript
+from cancelproxy.records import Usage
+
+FACTS = RequestFacts(request_id="req_1", model="gpt-4o-mini", stream=True)
 
 
 def _chunk(
@@ -33,41 +37,39 @@ USAGE = {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}
 
 
 def test_openai_content_stream() -> None:
-    acc = Accumulator()
+    acc = ChatTranscript(FACTS)
     acc.add_event(_chunk({"role": "assistant", "content": "", "refusal": None}))
     for piece in ["Hel", "lo", " wör", "ld"]:
         acc.add_event(_chunk({"content": piece}))
     acc.add_event(_chunk({}, "stop"))
     acc.add_event(_chunk(choices=[], usage=USAGE))  # include_usage chunk
     acc.add_event(b"[DONE]")
-    assert acc.content == "Hello wörld"
-    assert acc.reasoning_content == ""
-    assert acc.tool_calls == []
-    assert acc.refusal is None
+    assert acc.answer().content == "Hello wörld"
+    assert acc.answer().reasoning_content == ""
+    assert acc.answer().tool_calls == []
     assert acc.finish_reason == "stop"
     assert acc.usage == USAGE
     assert acc.upstream_id == "chatcmpl-9x"
     assert acc.model == "gpt-4o-mini-2024-07-18"
     assert acc.error is None
     assert acc.done is True
-    assert acc.delta_count == 4  # role chunk and finish chunk carry no text
-    assert acc.unparsed == 0
+    assert acc.tokens == 4  # role chunk and finish chunk carry no text
 
 
 def test_content_join_is_cached_and_extends() -> None:
-    acc = Accumulator()
+    acc = ChatTranscript(FACTS)
     for i in range(10_000):
         acc.add_event(_chunk({"content": str(i % 10)}))
     expected = "0123456789" * 1000
-    assert acc.content == expected
-    assert acc.content == expected
+    assert acc.answer().content == expected
+    assert acc.answer().content == expected
     acc.add_event(_chunk({"content": "!"}))
-    assert acc.content == expected + "!"
-    assert acc.delta_count == 10_001
+    assert acc.answer().content == expected + "!"
+    assert acc.tokens == 10_001
 
 
 def test_deepseek_reasoning_stream() -> None:
-    acc = Accumulator()
+    acc = ChatTranscript(FACTS)
     seq = [
         {"role": "assistant", "content": None, "reasoning_content": ""},
         {"content": None, "reasoning_content": "Let me"},
@@ -80,24 +82,24 @@ def test_deepseek_reasoning_stream() -> None:
     acc.add_event(
         _chunk({"content": "", "reasoning_content": None}, "stop", id="5f0e", model="deepseek-reasoner", usage=USAGE)
     )
-    assert acc.reasoning_content == "Let me think."
-    assert acc.content == "The answer is 4."
+    assert acc.answer().reasoning_content == "Let me think."
+    assert acc.answer().content == "The answer is 4."
     assert acc.finish_reason == "stop"
     assert acc.usage == USAGE  # DeepSeek puts usage on the last choice chunk
     assert acc.model == "deepseek-reasoner"
-    assert acc.delta_count == 4
+    assert acc.tokens == 4
     assert acc.done is False
 
 
 def test_reasoning_field_fallback() -> None:
-    acc = Accumulator()
+    acc = ChatTranscript(FACTS)
     acc.add_event(_chunk({"reasoning": "hmm"}))
     acc.add_event(_chunk({"reasoning_content": "!", "reasoning": "ignored"}))
-    assert acc.reasoning_content == "hmm!"
+    assert acc.answer().reasoning_content == "hmm!"
 
 
 def test_tool_calls_by_index() -> None:
-    acc = Accumulator()
+    acc = ChatTranscript(FACTS)
     acc.add_event(_chunk({"role": "assistant", "content": None}))
     deltas = [
         [{"index": 0, "id": "call_A", "type": "function", "function": {"name": "get_weather", "arguments": ""}}],
@@ -109,31 +111,31 @@ def test_tool_calls_by_index() -> None:
     for d in deltas:
         acc.add_event(_chunk({"tool_calls": d}))
     acc.add_event(_chunk({}, "tool_calls"))
-    assert acc.tool_calls == [
+    assert acc.answer().tool_calls == [
         {"id": "call_A", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
         {"id": "call_B", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
     ]
     assert acc.finish_reason == "tool_calls"
-    assert acc.content == ""
-    assert acc.delta_count == 5
+    assert acc.answer().content == ""
+    assert acc.tokens == 5
     # views are copies: mutating one does not alter the accumulator
-    acc.tool_calls[0]["function"]["name"] = "x"
-    assert acc.tool_calls[0]["function"]["name"] == "get_weather"
+    acc.answer().tool_calls[0]["function"]["name"] = "x"
+    assert acc.answer().tool_calls[0]["function"]["name"] == "get_weather"
 
 
 def test_tool_calls_without_index() -> None:
-    acc = Accumulator()
+    acc = ChatTranscript(FACTS)
     acc.add_event(_chunk({"tool_calls": [{"id": "c1", "function": {"name": "f", "arguments": "{"}}]}))
     acc.add_event(_chunk({"tool_calls": [{"function": {"arguments": "}"}}]}))
     acc.add_event(_chunk({"tool_calls": [{"id": "c2", "function": {"name": "g", "arguments": "[]"}}]}))
-    assert [(t["id"], t["function"]["name"], t["function"]["arguments"]) for t in acc.tool_calls] == [
+    assert [(t["id"], t["function"]["name"], t["function"]["arguments"]) for t in acc.answer().tool_calls] == [
         ("c1", "f", "{}"),
         ("c2", "g", "[]"),
     ]
 
 
 def test_only_choice_zero_and_last_finish_reason() -> None:
-    acc = Accumulator()
+    acc = ChatTranscript(FACTS)
     acc.add_event(
         _chunk(
             choices=[
@@ -145,23 +147,23 @@ def test_only_choice_zero_and_last_finish_reason() -> None:
     acc.add_event(_chunk(choices=[{"index": 1, "delta": {}, "finish_reason": "length"}]))
     acc.add_event(_chunk({}, "stop"))
     acc.add_event(_chunk({"content": ""}, None))
-    assert acc.content == "mine"
+    assert acc.answer().content == "mine"
     assert acc.finish_reason == "stop"
-    assert acc.delta_count == 1
+    assert acc.tokens == 1
 
 
 def test_refusal() -> None:
-    acc = Accumulator()
+    acc = ChatTranscript(FACTS)
     acc.add_event(_chunk({"role": "assistant", "content": None, "refusal": ""}))
     acc.add_event(_chunk({"refusal": "I can't"}))
     acc.add_event(_chunk({"refusal": " help with that."}))
-    assert acc.refusal == "I can't help with that."
-    assert acc.content == ""
-    assert acc.delta_count == 2
+    # A refusal is what the user was shown in place of an answer: the record keeps it.
+    assert acc.answer().content == "I can't help with that."
+    assert acc.tokens == 2
 
 
 def test_first_nonempty_id_and_model() -> None:
-    acc = Accumulator()
+    acc = ChatTranscript(FACTS)
     # Azure's first chunk: prompt filter results, empty id/model, no choices
     acc.add_event(json.dumps({"id": "", "model": "", "choices": [], "prompt_filter_results": []}).encode())
     acc.add_event(_chunk({"content": "a"}, id="c-1", model="gpt-4o"))
@@ -170,31 +172,30 @@ def test_first_nonempty_id_and_model() -> None:
 
 
 def test_error_event() -> None:
-    acc = Accumulator()
+    acc = ChatTranscript(FACTS)
     acc.add_event(_chunk({"content": "partial"}))
     err = {"message": "Rate limit reached", "type": "rate_limit_error", "code": "rate_limit"}
     acc.add_event(json.dumps({"error": err}).encode())
     assert acc.error == err
-    assert acc.content == "partial"
-    assert acc.unparsed == 0
-    acc2 = Accumulator()
+    assert acc.answer().content == "partial"
+    acc2 = ChatTranscript(FACTS)
     acc2.add_event(b'{"error": "upstream timeout"}')
     assert acc2.error == {"message": "upstream timeout"}
     # OpenRouter: a mid-stream error rides on a normal chunk
-    acc4 = Accumulator()
+    acc4 = ChatTranscript(FACTS)
     acc4.add_event(_chunk({"content": "so far"}))
     chunk = json.loads(_chunk({"content": ""}, "error"))
     chunk["error"] = {"code": 502, "message": "Provider disconnected"}
     acc4.add_event(json.dumps(chunk).encode())
     assert acc4.error == {"code": 502, "message": "Provider disconnected"}
-    assert (acc4.finish_reason, acc4.content, acc4.delta_count) == ("error", "so far", 1)
-    acc3 = Accumulator()
+    assert (acc4.finish_reason, acc4.answer().content, acc4.tokens) == ("error", "so far", 1)
+    acc3 = ChatTranscript(FACTS)
     acc3.add_event(b'{"object": "error", "message": "bad", "code": 400}')
     assert acc3.error == {"object": "error", "message": "bad", "code": 400}
 
 
 def test_junk_payloads_never_raise() -> None:
-    acc = Accumulator()
+    acc = ChatTranscript(FACTS)
     junk = [
         b"",
         b"not json",
@@ -210,12 +211,10 @@ def test_junk_payloads_never_raise() -> None:
     ]
     for j in junk:
         acc.add_event(j)
-    assert acc.unparsed == 7
-    assert acc.content == ""
+    assert acc.answer().content == ""
     assert acc.usage is None and acc.upstream_id is None and acc.model is None
     assert acc.done is False
-    acc.add_completion(b"<html>502</html>")
-    assert acc.unparsed == 8
+    acc.add_body(b"<html>502</html>")
     acc.add_event(b" [DONE] ")
     assert acc.done is True
 
@@ -246,33 +245,28 @@ def test_non_streaming_completion() -> None:
         ],
         "usage": USAGE,
     }
-    acc = Accumulator()
-    acc.add_completion(json.dumps(body).encode())
-    assert acc.content == "Calling a tool."
-    assert acc.reasoning_content == "Need weather."
-    assert acc.tool_calls == body["choices"][0]["message"]["tool_calls"]  # type: ignore[index]
+    acc = ChatTranscript(FACTS)
+    acc.add_body(json.dumps(body).encode())
+    assert acc.answer().content == "Calling a tool."
+    assert acc.answer().reasoning_content == "Need weather."
+    assert acc.answer().tool_calls == body["choices"][0]["message"]["tool_calls"]  # type: ignore[index]
     assert acc.finish_reason == "tool_calls"
     assert acc.usage == USAGE
     assert acc.upstream_id == "chatcmpl-xyz"
     assert acc.model == "deepseek-chat"
-    assert acc.delta_count == 0
-    err = Accumulator()
-    err.add_completion(b'{"error": {"message": "Invalid API key", "code": 401}}')
+    assert acc.tokens == 0
+    err = ChatTranscript(FACTS)
+    err.add_body(b'{"error": {"message": "Invalid API key", "code": 401}}')
     assert err.error == {"message": "Invalid API key", "code": 401}
-    assert err.content == ""
+    assert err.answer().content == ""
 
 
 def test_estimated_usage() -> None:
-    acc = Accumulator()
+    acc = ChatTranscript(FACTS)
     for piece in ["a", "b", "c"]:
         acc.add_event(_chunk({"content": piece}))
-    assert acc.estimated_usage(10) == {
-        "prompt_tokens": 10,
-        "completion_tokens": 3,
-        "total_tokens": 13,
-        "estimated": True,
-    }
-    assert Accumulator().estimated_usage(0)["total_tokens"] == 0
+    assert acc.estimated_usage(10) == Usage(prompt_tokens=10, completion_tokens=3, total_tokens=13, estimated=True)
+    assert ChatTranscript(FACTS).estimated_usage(0).total_tokens == 0
 
 
 def test_estimate_prompt_tokens() -> None:
@@ -297,10 +291,43 @@ def test_estimate_prompt_tokens() -> None:
             {"role": "tool", "tool_call_id": "c", "content": "z"},  # 1
         ],
     }
-    assert estimate_prompt_tokens(body) == 4  # ceil(16 / 4)
+    assert CHAT.estimate_prompt_tokens(body) == 4  # ceil(16 / 4)
     body["messages"][3]["content"] = "zz"
-    assert estimate_prompt_tokens(body) == 5  # ceil(17 / 4)
-    assert estimate_prompt_tokens({"messages": [{"role": "user", "content": "h"}]}) == 1
-    assert estimate_prompt_tokens({"messages": [{"role": "user", "content": ""}]}) == 0
-    assert estimate_prompt_tokens({}) == 0
-    assert estimate_prompt_tokens({"messages": "junk"}) == 0
+    assert CHAT.estimate_prompt_tokens(body) == 5  # ceil(17 / 4)
+    assert CHAT.estimate_prompt_tokens({"messages": [{"role": "user", "content": "h"}]}) == 1
+    assert CHAT.estimate_prompt_tokens({"messages": [{"role": "user", "content": ""}]}) == 0
+    assert CHAT.estimate_prompt_tokens({}) == 0
+    assert CHAT.estimate_prompt_tokens({"messages": "junk"}) == 0
+
+
+def test_usage_under_the_record_names() -> None:
+    acc = ChatTranscript(FACTS)
+    raw = {
+        "prompt_tokens": 12,
+        "completion_tokens": 40,
+        "total_tokens": 52,
+        "prompt_tokens_details": {"cached_tokens": 8},
+        "completion_tokens_details": {"reasoning_tokens": 30},
+    }
+    acc.add_event(_chunk(choices=[], usage=raw))
+    assert acc.answer().usage == Usage(12, 40, 52, reasoning_tokens=30, cached_tokens=8)
+    deepseek = ChatTranscript(FACTS)
+    deepseek.add_event(_chunk(choices=[], usage={**USAGE, "prompt_cache_hit_tokens": 5}))
+    assert deepseek.answer().usage == Usage(12, 4, 16, cached_tokens=5)
+
+
+def test_endings_the_proxy_writes() -> None:
+    acc = ChatTranscript(FACTS)
+    acc.add_event(_chunk({"content": "a"}, id="chatcmpl-up"))
+    ending = acc.cancelled_ending("cancelled")
+    first, done = ending.split(b"\n\n")[:2]
+    chunk = json.loads(first.removeprefix(b"data: "))
+    assert (chunk["id"], chunk["object"], chunk["model"]) == (
+        "chatcmpl-up",
+        "chat.completion.chunk",
+        "gpt-4o-mini-2024-07-18",
+    )
+    assert chunk["choices"] == [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "cancelled"}]
+    assert done == b"data: [DONE]"
+    fresh = json.loads(ChatTranscript(FACTS).cancelled_ending("x").split(b"\n\n")[0][6:])
+    assert (fresh["id"], fresh["model"]) == ("chatcmpl-req_1", "gpt-4o-mini")

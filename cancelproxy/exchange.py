@@ -1,0 +1,96 @@
+"""What a relayed request is to the proxy: the relay's hooks, and the pass-through kind.
+
+The relay (``relay.py``) moves bytes and calls these hooks at fixed points;
+it never asks which kind of request it carries. There are two kinds:
+
+- ``PassThrough`` — every ``/v1/*`` request that is not a generation: no
+  record, no registration, the answer's bytes as they came, and the
+  proxy's own errors in OpenAI's shape;
+- ``Generation`` (``generation.py``) — a request of a generation protocol:
+  registered, teed into its record, stoppable by a cancel route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from aiohttp import web
+
+from .errors import ProxyError, error_response, sse_error_event
+from .live import StopCause
+from .tee import PassThroughTee, Tee
+
+__all__ = ["Exchange", "PassThrough"]
+
+
+class Exchange(Protocol):
+    @property
+    def stop_reason(self) -> StopCause | None:
+        """Why the request is being stopped, once it is (a cancel route, the client, shutdown)."""
+        ...
+
+    @property
+    def wants_stream(self) -> bool:
+        """The client asked for a stream (so a stop before any answer still ends as one)."""
+        ...
+
+    def attach_upstream(self, close: Callable[[], object]) -> None:
+        """The way to close the upstream connection from outside, now or later."""
+        ...
+
+    def close_upstream(self) -> None: ...
+
+    def client_gone(self) -> None: ...
+
+    def settle(self) -> None:
+        """The upstream finished or failed on its own: the outcome is known."""
+        ...
+
+    def tee(self, status: int, headers: Mapping[str, str]) -> Tee | PassThroughTee: ...
+
+    def cancelled_ending(self) -> bytes:
+        """The events that end a stream cleanly after a stop."""
+        ...
+
+    def error_event(self, error: ProxyError) -> bytes: ...
+
+    def error_response(self, error: ProxyError, headers: Mapping[str, str]) -> web.Response: ...
+
+    async def finish(self, failure: ProxyError | None, upstream_status: int | None, bytes_out: int) -> None:
+        """The request is over (its client has its end): account for it."""
+        ...
+
+
+class PassThrough:
+    """A plain pass-through: nothing is recorded, and only the client can stop it."""
+
+    stop_reason: StopCause | None = None
+    wants_stream = False
+
+    def attach_upstream(self, close: Callable[[], object]) -> None:
+        pass
+
+    def close_upstream(self) -> None:
+        pass
+
+    def client_gone(self) -> None:
+        pass
+
+    def settle(self) -> None:
+        pass
+
+    def tee(self, status: int, headers: Mapping[str, str]) -> PassThroughTee:
+        return PassThroughTee()
+
+    def cancelled_ending(self) -> bytes:
+        return b""  # never stopped by anything but its client
+
+    def error_event(self, error: ProxyError) -> bytes:
+        return sse_error_event(error)
+
+    def error_response(self, error: ProxyError, headers: Mapping[str, str]) -> web.Response:
+        return error_response(error, headers=dict(headers))
+
+    async def finish(self, failure: ProxyError | None, upstream_status: int | None, bytes_out: int) -> None:
+        pass

@@ -1,0 +1,129 @@
+"""A generation request: registered, teed into its record, stoppable (the relay's hooks for it).
+
+Its ``LiveRequest`` is what the rest of the proxy sees while it runs; this
+object is the relay's side of it: which tee reads the answer, the protocol's
+own endings and errors, and the final record, audit line and metrics once it
+is over.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from .errors import ProxyError
+from .live import LiveRequest, StopCause
+from .outcome import Ending, audit_entry, final_record
+from .protocols.base import WireProtocol
+from .records import Record
+from .services import Services
+from .tee import Tee, is_event_stream
+
+__all__ = ["Generation"]
+
+
+class Generation:
+    def __init__(
+        self,
+        services: Services,
+        protocol: WireProtocol,
+        live: LiveRequest,
+        payload: dict[str, Any],
+        *,
+        rewrite: Callable[[bytes], bytes] | None,
+        client: str | None,
+    ) -> None:
+        self._services = services
+        self._protocol = protocol
+        self.live = live
+        self._payload = payload  # for the prompt estimate, only needed at the end
+        self._rewrite = rewrite
+        self._client = client
+
+    # -- the relay's hooks --------------------------------------------------
+
+    @property
+    def stop_reason(self) -> StopCause | None:
+        return self.live.stop_reason
+
+    @property
+    def wants_stream(self) -> bool:
+        return self.live.record.stream
+
+    def attach_upstream(self, close: Callable[[], object]) -> None:
+        self.live.attach_upstream(close)
+
+    def close_upstream(self) -> None:
+        self.live.close_upstream()
+
+    def client_gone(self) -> None:
+        self.live.request_stop("disconnect")  # keeps "cancel" if a cancel came first
+
+    def settle(self) -> None:
+        self.live.settled = True
+
+    def tee(self, status: int, headers: Mapping[str, str]) -> Tee:
+        limits = self._services.config.limits
+        return Tee(
+            self.live.transcript,
+            event_stream=is_event_stream(headers),
+            max_body_copy=limits.max_body_bytes,
+            rewrite=self._rewrite,
+            on_commit=self.live.tokens_sent,
+        )
+
+    def cancelled_ending(self) -> bytes:
+        return self.live.transcript.cancelled_ending(self._services.config.cancel_finish_reason)
+
+    def error_event(self, error: ProxyError) -> bytes:
+        return self.live.transcript.error_event(error)
+
+    def error_response(self, error: ProxyError, headers: Mapping[str, str]) -> web.Response:
+        return web.json_response(self._protocol.error_body(error), status=error.status, headers=dict(headers))
+
+    async def finish(self, failure: ProxyError | None, upstream_status: int | None, bytes_out: int) -> None:
+        """Write the record's final state; then the request is no longer in progress."""
+        live, services = self.live, self._services
+        try:
+            record = self._final_record(failure, upstream_status)
+            live.record = record
+            # A cancel's ack and shutdown wait for this write: it goes at once.
+            # Other final states ride the next batch; until it lands the request
+            # stays in the registry, so reads show its final state meanwhile.
+            urgent = live.stop_reason in ("cancel", "shutdown")
+            self._report(record, bytes_out)  # the outcome is known: no need to wait for the disk
+            await services.writer.save_final(record, at_once=urgent)
+        except Exception:
+            # The client is never failed for the bookkeeping's sake; the loss is logged.
+            services.log.exception("could not finish the record of %s", live.request_id)
+        finally:
+            live.finished.set()
+            services.registry.remove(live)
+
+    # -- the end ------------------------------------------------------------
+
+    def _final_record(self, failure: ProxyError | None, upstream_status: int | None) -> Record:
+        transcript = self.live.transcript
+        ending = Ending(
+            stop=self.live.stop_reason,
+            failure=failure,
+            upstream_status=upstream_status,
+            answer=transcript.answer(),
+            estimated_usage=transcript.estimated_usage(self._protocol.estimate_prompt_tokens(self._payload)),
+            cancel_finish_reason=self._services.config.cancel_finish_reason,
+            ended_at=time.time(),
+        )
+        return final_record(self.live.snapshot(), ending)
+
+    def _report(self, record: Record, bytes_out: int) -> None:
+        """The audit line and the metrics of a finished request."""
+        live = self.live
+        cancel_s = None
+        if live.stop_requested_at is not None and live.upstream_closed_at is not None:
+            cancel_s = max(0.0, live.upstream_closed_at - live.stop_requested_at)
+        entry, ttft_s = audit_entry(record, cancel_s=cancel_s, bytes_out=bytes_out, client=self._client)
+        self._services.audit.write(entry)
+        self._services.metrics.request_finished(record.upstream, record.status, record.stop_reason, ttft_s, cancel_s)

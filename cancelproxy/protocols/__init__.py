@@ -1,0 +1,14 @@
+"""The generation protocols: one module per wire format, registered here.
+
+Adding a protocol is one module (a ``WireProtocol`` and its ``Transcript``,
+see ``base.py``) and one line in ``PROTOCOLS``.
+"""
+
+from __future__ import annotations
+
+from .base import Answer, Prepared, RequestFacts, Transcript, WireProtocol
+from .chat import CHAT
+
+__all__ = ["PROTOCOLS", "Answer", "Prepared", "RequestFacts", "Transcript", "WireProtocol"]
+
+PROTOCOLS: tuple[WireProtocol, ...] = (CHAT,)

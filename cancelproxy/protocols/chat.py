@@ -1,0 +1,227 @@
+"""``chat``: OpenAI Chat Completions (``POST /v1/chat/completions``), DeepSeek's reasoning included.
+
+A stream is ``data: {chat.completion.chunk}`` events, then ``data: [DONE]``.
+Choice 0's deltas are assembled (the proxy records one answer; the other
+choices of an n>1 request are forwarded, not kept). Unknown fields are
+ignored, never rejected.
+
+A stream is asked for its exact usage (``stream_options.include_usage``)
+even when the client did not ask; what that adds to the answer is then taken
+out of the client's bytes again, so they stay what they would have been.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..errors import ProxyError, error_body
+from ..records import Usage
+from .base import Answer, Prepared, RequestFacts
+from .openai import Chunks, int_field, joined, str_field
+
+__all__ = ["CHAT", "Chat", "ChatTranscript", "hide_injected_usage"]
+
+
+# What asking for usage adds to every other chunk of a stream.
+_USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,')
+# The one chunk it adds: no choices, only usage. Found in the bytes first, so
+# an event without it costs a substring search and no JSON parse.
+_NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+
+
+def hide_injected_usage(event: bytes) -> bytes:
+    """One whole event as the client would have had it without ``include_usage``:
+    the usage-only chunk (``"choices": []``) dropped, ``"usage": null`` removed."""
+    if b'"usage"' not in event:
+        return event
+    if _NO_CHOICES.search(event) is not None and _is_usage_only(event):
+        return b""
+    # OpenAI's compact form is a plain replace (C speed); the regex only for
+    # providers that put spaces in their JSON.
+    event = event.replace(b',"usage":null', b"")
+    if b'"usage"' in event:
+        event = _USAGE_NULL.sub(b"", event)
+    return event
+
+
+def _is_usage_only(event: bytes) -> bool:
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            try:
+                chunk = orjson.loads(line[5:])
+            except ValueError:
+                return False
+            return isinstance(chunk, dict) and chunk.get("choices") == [] and bool(chunk.get("usage"))
+    return False
+
+
+@dataclass
+class _ToolCall:
+    id: str | None = None
+    type: str | None = None
+    name: list[str] = field(default_factory=list)
+    arguments: list[str] = field(default_factory=list)
+
+
+class ChatTranscript(Chunks):
+    """The answer so far, from chat.completion.chunk deltas (or a chat.completion)."""
+
+    object_name = "chat.completion.chunk"
+
+    def __init__(self, facts: RequestFacts) -> None:
+        super().__init__(facts)
+        # Text is kept as pieces and joined on read: O(n) overall.
+        self._content: list[str] = []
+        self._reasoning: list[str] = []
+        self._refusal: list[str] = []
+        self._tools: dict[int, _ToolCall] = {}
+        self._last_tool: int | None = None
+
+    def _take_choice(self, choice: dict[str, Any], stream: bool) -> bool:
+        part = choice.get("delta" if stream else "message")
+        if not isinstance(part, dict):
+            return False
+        content = str_field(part, "content")
+        if content:
+            self._content.append(content)
+        # "reasoning" is the vLLM/OpenRouter spelling of DeepSeek's field.
+        reasoning = str_field(part, "reasoning_content") or str_field(part, "reasoning")
+        if reasoning:
+            self._reasoning.append(reasoning)
+        refusal = str_field(part, "refusal")
+        if refusal:
+            self._refusal.append(refusal)
+        text = bool(content or reasoning or refusal)
+        calls = part.get("tool_calls")
+        for pos, call in enumerate(calls if isinstance(calls, list) else ()):
+            if isinstance(call, dict):
+                text |= self._take_tool(call, None if stream else pos)
+        return text
+
+    def _take_tool(self, call: dict[str, Any], pos: int | None) -> bool:
+        idx = call.get("index", pos)
+        cid = str_field(call, "id")
+        if not isinstance(idx, int):
+            # No index (some OpenAI-compatible servers): a new id starts a new
+            # call, otherwise it continues the last one.
+            known = any(t.id == cid for t in self._tools.values())
+            if self._last_tool is None or (cid and not known):
+                idx = max(self._tools, default=-1) + 1
+            else:
+                idx = self._last_tool
+        tool = self._tools.setdefault(idx, _ToolCall())
+        self._last_tool = idx
+        tool.id = tool.id or cid or None
+        tool.type = tool.type or str_field(call, "type") or None
+        fn = call.get("function")
+        if not isinstance(fn, dict):
+            return False
+        name, args = str_field(fn, "name"), str_field(fn, "arguments")
+        if name:
+            tool.name.append(name)
+        if args:
+            tool.arguments.append(args)
+        return bool(name or args)  # the name is generated text too
+
+    def answer(self) -> Answer:
+        return Answer(
+            # A refusal is what the user was shown in place of an answer.
+            content=joined(self._content) + joined(self._refusal),
+            reasoning_content=joined(self._reasoning),
+            tool_calls=[
+                {
+                    "id": t.id,
+                    "type": t.type or "function",
+                    "function": {"name": joined(t.name), "arguments": joined(t.arguments)},
+                }
+                for _, t in sorted(self._tools.items())
+            ],
+            finish_reason=self.finish_reason,
+            usage=_usage(self.usage),
+            upstream_id=self.upstream_id,
+            model=self.model,
+            error=self.error,
+        )
+
+    def _ending_choice(self, finish_reason: str) -> dict[str, Any]:
+        return {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
+
+
+def _usage(raw: dict[str, Any] | None) -> Usage | None:
+    """Chat usage (OpenAI's, DeepSeek's ``prompt_cache_hit_tokens``) under the record's names."""
+    if raw is None:
+        return None
+    prompt, completion = int_field(raw, "prompt_tokens") or 0, int_field(raw, "completion_tokens") or 0
+    total = int_field(raw, "total_tokens")
+    details = raw.get("completion_tokens_details")
+    prompt_details = raw.get("prompt_tokens_details")
+    cached = int_field(prompt_details, "cached_tokens") if isinstance(prompt_details, dict) else None
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion if total is None else total,
+        reasoning_tokens=int_field(details, "reasoning_tokens") if isinstance(details, dict) else None,
+        cached_tokens=cached if cached is not None else int_field(raw, "prompt_cache_hit_tokens"),
+    )
+
+
+class Chat:
+    name = "chat"
+    path = "chat/completions"
+    key_header = "Authorization"
+
+    def prepare(self, payload: dict[str, Any]) -> Prepared:
+        """Make a stream report its exact usage, even if the client did not ask.
+
+        Without ``stream_options.include_usage`` a stream never says what it
+        cost. The proxy asks for it, and what that adds is hidden again.
+        """
+        options = payload.get("stream_options")
+        if payload.get("stream") is not True or (options is not None and not isinstance(options, dict)):
+            return Prepared()
+        if options and options.get("include_usage"):
+            return Prepared()  # the client asked: it gets it
+        asked = {**payload, "stream_options": {**(options or {}), "include_usage": True}}
+        body = json.dumps(asked, ensure_ascii=False, separators=(",", ":")).encode()
+        return Prepared(body=body, rewrite=hide_injected_usage)
+
+    def transcript(self, facts: RequestFacts) -> ChatTranscript:
+        return ChatTranscript(facts)
+
+    def estimate_prompt_tokens(self, payload: dict[str, Any]) -> int:
+        """Rough prompt size: characters of string contents, text parts and prior
+        tool-call arguments, / 4 rounded up. Only used when the upstream never
+        sent usage, so precision is not worth a tokenizer dependency."""
+        chars = 0
+        messages = payload.get("messages")
+        if not isinstance(messages, list):
+            return 0
+        for msg in messages:
+            if not isinstance(msg, dict):
+                continue
+            content = msg.get("content")
+            if isinstance(content, str):
+                chars += len(content)
+            elif isinstance(content, list):
+                for part in content:
+                    if isinstance(part, dict) and isinstance(part.get("text"), str):
+                        chars += len(part["text"])
+            calls = msg.get("tool_calls")
+            if isinstance(calls, list):
+                for call in calls:
+                    fn = call.get("function") if isinstance(call, dict) else None
+                    if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                        chars += len(fn["arguments"])
+        return math.ceil(chars / 4)
+
+    def error_body(self, error: ProxyError) -> dict[str, Any]:
+        return error_body(error)
+
+
+CHAT = Chat()

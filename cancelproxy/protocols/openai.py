@@ -1,0 +1,159 @@
+"""What OpenAI's two choice streams share: ``chat`` and ``completions``.
+
+Both send ``data: {chunk}`` events whose ``choices[]`` carry the text, a last
+choice chunk with ``finish_reason``, an optional usage chunk, then
+``data: [DONE]``; a non-streaming answer is one JSON object with the same
+``choices``. Only what their choices hold differs, so each protocol module
+subclasses ``Chunks`` with its own ``_take_choice`` and ``answer``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import orjson
+
+from ..errors import ProxyError, error_body
+from ..records import Usage
+from .base import Answer, RequestFacts
+
+__all__ = ["Chunks", "int_field", "joined", "str_field"]
+
+_DONE = b"[DONE]"
+
+
+def joined(parts: list[str]) -> str:
+    """Join and compact in place, so repeated reads don't re-join everything."""
+    if len(parts) > 1:
+        parts[:] = ["".join(parts)]
+    return parts[0] if parts else ""
+
+
+def str_field(obj: dict[str, Any], key: str) -> str:
+    """obj[key] if it is a string, else "" (null/missing/wrong type alike)."""
+    v = obj.get(key)
+    return v if isinstance(v, str) else ""
+
+
+def int_field(obj: dict[str, Any], key: str) -> int | None:
+    v = obj.get(key)
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+class Chunks:
+    """A transcript of a choice stream; subclasses read what a choice holds."""
+
+    object_name = ""  # the "object" of a chunk this protocol sends
+
+    def __init__(self, facts: RequestFacts) -> None:
+        self._facts = facts
+        self.tokens = 0
+        self.finish_reason: str | None = None  # the last non-null one
+        self.usage: dict[str, Any] | None = None  # the provider's own, last non-null
+        self.upstream_id: str | None = None
+        self.model: str | None = None
+        self.error: dict[str, Any] | None = None
+        self.done = False  # saw [DONE]
+
+    # ---- reading -----------------------------------------------------
+
+    def ends_stream(self, payload: bytes) -> bool:
+        # JSON chunks start with "{": only test for [DONE] otherwise, so the
+        # hot path pays no strip() copy.
+        return payload[:1] != b"{" and payload.strip() == _DONE
+
+    def add_event(self, payload: bytes) -> None:
+        if payload[:1] != b"{" and payload.strip() == _DONE:
+            self.done = True
+            return
+        choice = self._take(payload)
+        if choice is not None and self._take_choice(choice, stream=True):
+            self.tokens += 1
+
+    def add_body(self, body: bytes) -> bool:
+        """A whole non-streaming answer; ``tokens`` is left alone (it carries its own usage)."""
+        obj = _parse(body)
+        if obj is None:
+            return False
+        choice = self._take_object(obj)
+        if choice is not None:
+            self._take_choice(choice, stream=False)
+        return True
+
+    def complete(self) -> bool:
+        # Some servers end a stream after its finish_reason without [DONE];
+        # the SDKs take that as a whole answer, and so does the record.
+        return self.done or self.finish_reason is not None
+
+    def _take(self, raw: bytes) -> dict[str, Any] | None:
+        obj = _parse(raw)
+        return self._take_object(obj) if obj is not None else None
+
+    def _take_object(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Note error/id/model/usage/finish_reason; choice 0, if there is one."""
+        err = obj.get("error")
+        if err is None and obj.get("object") == "error":
+            err = obj  # vLLM-style top-level error object
+        if err is not None:
+            # Some providers send {"error": "text"}: keep the dict shape. Go on
+            # reading: OpenRouter puts a mid-stream error on a normal chunk.
+            self.error = err if isinstance(err, dict) else {"message": str(err)}
+        # First non-empty wins: Azure's first chunk (prompt filter results)
+        # carries id "" and model "".
+        self.upstream_id = self.upstream_id or str_field(obj, "id") or None
+        self.model = self.model or str_field(obj, "model") or None
+        if isinstance(obj.get("usage"), dict):
+            self.usage = obj["usage"]
+        choices = obj.get("choices")
+        if not isinstance(choices, list):  # [] on the include_usage chunk
+            return None
+        for choice in choices:
+            if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                self.finish_reason = str_field(choice, "finish_reason") or self.finish_reason
+                return choice
+        return None
+
+    def _take_choice(self, choice: dict[str, Any], stream: bool) -> bool:
+        """Add a choice's text; True if it carried any."""
+        raise NotImplementedError
+
+    def answer(self) -> Answer:
+        raise NotImplementedError
+
+    def estimated_usage(self, prompt_tokens: int) -> Usage:
+        # One token per text-carrying delta: about right on OpenAI and DeepSeek.
+        return Usage.estimate(prompt_tokens, self.tokens)
+
+    # ---- endings the proxy writes --------------------------------------
+
+    def _ending_choice(self, finish_reason: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def cancelled_ending(self, finish_reason: str) -> bytes:
+        chunk = {
+            "id": self.upstream_id or f"{self._id_prefix()}{self._facts.request_id}",
+            "object": self.object_name,
+            "created": int(time.time()),
+            "model": self.model or self._facts.model or "",
+            "choices": [self._ending_choice(finish_reason)],
+        }
+        return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\ndata: [DONE]\n\n"
+
+    def _id_prefix(self) -> str:
+        return "chatcmpl-"
+
+    def error_event(self, error: ProxyError) -> bytes:
+        """The event openai-python turns into an ``APIError`` mid-stream."""
+        return b"data: " + json.dumps(error_body(error), separators=(",", ":")).encode() + b"\n\n"
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    try:
+        # orjson: this parse runs for every chunk of every stream, and it is
+        # ~4x faster than json (its errors are ValueErrors too).
+        obj = orjson.loads(raw)
+    except (ValueError, RecursionError):  # bad JSON/UTF-8, absurd nesting
+        return None
+    return obj if isinstance(obj, dict) else None
