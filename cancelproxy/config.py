@@ -97,6 +97,9 @@ class AuditConfig:
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int = 20 * 1024 * 1024
+    # The longest one SSE event of an answer may grow before the stream is
+    # failed: a line that never ends must not be buffered without bound.
+    max_event_bytes: int = 8 * 1024 * 1024
     connect_timeout_s: float = 10.0
     # From sending the request to the first byte of the answer's body: a
     # reasoning model may think for minutes before it says anything.
@@ -196,6 +199,9 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     limits = Limits(
         max_body_bytes=reader.integer(
             limits_raw, "limits.max_body_bytes", "max_body_bytes", defaults.max_body_bytes, minimum=1
+        ),
+        max_event_bytes=reader.integer(
+            limits_raw, "limits.max_event_bytes", "max_event_bytes", defaults.max_event_bytes, minimum=1024
         ),
         **{
             name: reader.seconds(limits_raw, f"limits.{name}", name, getattr(defaults, name))

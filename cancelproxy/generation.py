@@ -71,6 +71,8 @@ class Generation:
             self.live.transcript,
             event_stream=is_event_stream(headers),
             max_body_copy=limits.max_body_bytes,
+            max_event_bytes=limits.max_event_bytes,
+            content_encoding=headers.get("Content-Encoding", ""),
             rewrite=self._rewrite,
             on_commit=self.live.tokens_sent,
         )

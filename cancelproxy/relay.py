@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from dataclasses import dataclass
 
 import aiohttp
@@ -54,6 +55,7 @@ from .errors import (
     InternalError,
     ProxyError,
     RequestCancelled,
+    UpstreamBroken,
     UpstreamError,
     UpstreamTimeout,
     map_upstream_error,
@@ -61,7 +63,7 @@ from .errors import (
 from .exchange import Exchange
 from .routing import response_headers
 from .services import Services
-from .sse import Event
+from .sse import Event, EventTooLarge
 from .tee import PassThroughTee, Tee, is_event_stream
 
 __all__ = ["Relay", "Target"]
@@ -149,7 +151,7 @@ class Relay:
         self._exchange.attach_upstream(upstream.close)
         if self._stopping:
             return
-        self._tee = self._exchange.tee(upstream.status, upstream.headers)
+        self._tee = tee = self._exchange.tee(upstream.status, upstream.headers)
         if is_event_stream(upstream.headers):
             # Send the status and headers now, as the upstream did; a
             # non-streaming answer waits for its first body byte so a cancel
@@ -170,6 +172,8 @@ class Relay:
                     self._phase = "client"
                     deadline.reschedule(loop.time() + self._limits.write_timeout_s)
                     await self._forward(chunk)
+                    if tee.over:
+                        break  # the protocol's last event: whatever follows, no client shows
                     deadline.reschedule(loop.time() + self._limits.idle_timeout_s)
         except TimeoutError:
             if self._phase == "client":
@@ -231,17 +235,33 @@ class Relay:
             raise map_upstream_error(exc, self._target.upstream.name, answered=True) from exc
 
     async def _forward(self, chunk: bytes) -> None:
-        whole, events = self._tee.split(chunk)
+        try:
+            whole, events = self._tee.split(chunk)
+        except EventTooLarge as exc:
+            raise UpstreamBroken(
+                f"upstream '{self._target.upstream.name}' sent {exc} (limits.max_event_bytes)", code="event_too_large"
+            ) from None
+        except zlib.error as exc:
+            name = self._target.upstream.name
+            raise UpstreamBroken(f"upstream '{name}' sent a broken compressed body: {exc}") from None
         if whole:
             await self._write(whole, events)
         else:
             self._tee.commit(events)  # events the client never gets (a hidden usage chunk) still count
 
     async def _end_of_body(self, upstream: aiohttp.ClientResponse) -> None:
-        """The upstream's body ended: forward what was held back."""
+        """The upstream's body ended: forward what was held back, and tell a cut stream from a whole one."""
         tail = self._tee.end_of_body()
         if tail:
             await self._write(tail)
+        if upstream.status < 400 and not self._tee.complete():
+            # A clean end of body (EOF, a chunked terminator) before the
+            # protocol's last event is a truncated answer: no client may take
+            # it for a whole one.
+            raise UpstreamBroken(
+                f"upstream '{self._target.upstream.name}' ended the stream before its last event",
+                code="upstream_truncated",
+            )
 
     async def _prepare(self) -> web.StreamResponse:
         if self._response is not None:
@@ -264,16 +284,26 @@ class Relay:
         return response
 
     async def _write(self, data: bytes, events: list[Event] | None = None) -> None:
-        """Hand ``data`` to the client; ``events`` are what it carries, recorded once it was written."""
+        """Hand ``data`` to the client; ``events`` are what it carries, for the record.
+
+        Once the bytes are in the transport they may reach the client even if
+        the drain that follows fails or times out (a client that stopped
+        reading): from then on the record holds them too, so it never holds
+        less than the client could read.
+        """
         # Per chunk: only the first write prepares the response.
         response = self._response or await self._prepare()
+        transport = self._request.transport
+        if transport is None or transport.is_closing():
+            raise DownstreamGone("the client connection is closed")
         try:
             await response.write(data)
         except ConnectionError as exc:
             raise DownstreamGone(str(exc)) from exc
-        self.bytes_out += len(data)
-        if events is not None:
-            self._tee.commit(events)
+        finally:
+            self.bytes_out += len(data)
+            if events is not None:
+                self._tee.commit(events)
 
     # -- how it ended -----------------------------------------------------
 

@@ -13,6 +13,7 @@ chunk on as it came, and that is the whole of its work.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Mapping
 
 from .protocols.base import Transcript
@@ -20,9 +21,15 @@ from .sse import Event, SSEFramer
 
 __all__ = ["PassThroughTee", "Tee", "is_event_stream"]
 
+# Encodings the tee can read back (an upstream that ignored the proxy's
+# ``Accept-Encoding: identity``). wbits 47: a zlib or a gzip header, told apart.
+_INFLATABLE = frozenset({"gzip", "x-gzip", "deflate"})
+
 
 def is_event_stream(headers: Mapping[str, str]) -> bool:
-    return headers.get("Content-Type", "").startswith("text/event-stream")
+    # Media types are case-insensitive: Text/Event-Stream is one too.
+    media_type = headers.get("Content-Type", "").split(";", 1)[0]
+    return media_type.strip().lower() == "text/event-stream"
 
 
 class PassThroughTee:
@@ -52,16 +59,23 @@ class Tee:
         *,
         event_stream: bool,
         max_body_copy: int,
+        max_event_bytes: int,
+        content_encoding: str = "",
         rewrite: Callable[[bytes], bytes] | None = None,
         on_commit: Callable[[], object] = lambda: None,
     ) -> None:
         self.transcript = transcript
         self._on_commit = on_commit
         self.event_stream = event_stream
+        # Set once the protocol's last event went out: the relay reads no more.
         self.over = False
         self._rewrite = rewrite
-        self._framer = SSEFramer() if event_stream else None
-        self.decoded = False
+        self._framer = SSEFramer(max_event_bytes) if event_stream else None
+        encoding = content_encoding.strip().lower()
+        self._inflate = zlib.decompressobj(wbits=47) if encoding in _INFLATABLE else None
+        # A compressed event stream is forwarded decoded: the proxy can only
+        # end it at a whole event (cancel, last event) if it can see events.
+        self.decoded = event_stream and self._inflate is not None
         # A non-streaming answer is one JSON document: keep a copy to read it
         # once it is complete (bounded: it is only for the record).
         self._body = bytearray()
@@ -74,9 +88,18 @@ class Tee:
         if framer is None:
             self._copy(chunk)
             return chunk, []
+        if self._inflate is not None:
+            chunk = self._inflate.decompress(chunk)
         whole, events = framer.feed(chunk)
         if not events:
             return whole, events
+        ends_stream = self.transcript.ends_stream
+        for i, (end, payload) in enumerate(events):
+            if ends_stream(payload):
+                # What an upstream sends after its last event no client shows.
+                self.over = True
+                whole, events = whole[:end], events[: i + 1]
+                break
         if self._rewrite is not None:
             return _rewritten(whole, events, self._rewrite)
         return whole, events
@@ -95,18 +118,30 @@ class Tee:
         (an event without its blank line is no event to any client, nor to the record).
         A non-streaming answer is read into the transcript now that it is whole."""
         if self._framer is None:
+            if self._inflate is not None and not self._body_cut:
+                self._copy_decoded(self._inflate.flush())
             if self._body and not self._body_cut:
                 self.transcript.add_body(bytes(self._body))
             return b""
-        return self._framer.flush()
+        if self.over:
+            return b""
+        tail = self._framer.flush()
+        if self._inflate is not None:
+            tail += self._inflate.flush()
+        return tail
 
     def complete(self) -> bool:
         """Whether the answer so far is whole, should the body end here."""
-        return True
+        return self.over or not self.event_stream or self.transcript.complete()
 
-    def _copy(self, data: bytes) -> None:
+    def _copy(self, chunk: bytes) -> None:
         if self._body_cut:
             return
+        if self._inflate is not None:
+            chunk = self._inflate.decompress(chunk, self._max_body_copy + 1 - len(self._body))
+        self._copy_decoded(chunk)
+
+    def _copy_decoded(self, data: bytes) -> None:
         self._body += data
         if len(self._body) > self._max_body_copy:
             # Too big to keep: the record stays without it rather than with a

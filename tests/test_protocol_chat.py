@@ -316,6 +316,16 @@ def test_usage_under_the_record_names() -> None:
     assert deepseek.answer().usage == Usage(12, 4, 16, cached_tokens=5)
 
 
+def test_the_last_event_and_whole_answers() -> None:
+    acc = ChatTranscript(FACTS)
+    assert acc.ends_stream(b"[DONE]") and acc.ends_stream(b" [DONE] ")
+    assert not acc.ends_stream(_chunk({"content": "[DONE]"}))
+    acc.add_event(_chunk({"content": "a"}))
+    assert not acc.complete()  # cut before any finish_reason: truncated
+    acc.add_event(_chunk({}, "stop"))
+    assert acc.complete()  # some servers never send [DONE] after it
+
+
 def test_endings_the_proxy_writes() -> None:
     acc = ChatTranscript(FACTS)
     acc.add_event(_chunk({"content": "a"}, id="chatcmpl-up"))

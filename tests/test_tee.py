@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from typing import Any
 
+import pytest
+
 from cancelproxy.protocols.base import RequestFacts
 from cancelproxy.protocols.chat import ChatTranscript, hide_injected_usage
-from cancelproxy.tee import Tee
+from cancelproxy.sse import EventTooLarge
+from cancelproxy.tee import Tee, is_event_stream
 
 FACTS = RequestFacts(request_id="req_1", model="m", stream=True)
 
@@ -30,7 +34,9 @@ USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
 
 
 def _tee(event_stream: bool = True, **options: Any) -> Tee:
-    return Tee(ChatTranscript(FACTS), event_stream=event_stream, max_body_copy=1 << 20, **options)
+    return Tee(
+        ChatTranscript(FACTS), event_stream=event_stream, max_body_copy=1 << 20, max_event_bytes=1 << 16, **options
+    )
 
 
 def _through(tee: Tee, pieces: list[bytes]) -> bytes:
@@ -81,12 +87,40 @@ def test_a_usage_on_a_content_chunk_is_not_dropped() -> None:
     assert _tee(rewrite=hide_injected_usage).split(_event(chunk))[0] == _event(chunk)
 
 
+def test_nothing_after_the_last_event_goes_out_or_is_recorded() -> None:
+    after = _event(_chunk("ghost", False))
+    stream = _event(_chunk("a", False, "stop")) + b"data: [DONE]\n\n" + after
+    tee = _tee()
+    assert _through(tee, [stream]) == stream[: -len(after)]
+    assert tee.over and tee.complete()
+    assert tee.transcript.answer().content == "a"
+
+
 def test_an_unterminated_last_event_is_forwarded_but_not_recorded() -> None:
     tee = _tee()
     assert _through(
         tee, [_event(_chunk("a", False)), b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"b"']
     ) == (_event(_chunk("a", False)) + b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"b"')
     assert tee.transcript.answer().content == "a"
+    assert not tee.complete()  # no finish_reason, no [DONE]: a truncated answer
+
+
+def test_a_gzipped_stream_is_read_and_forwarded_decoded() -> None:
+    plain = _event(_chunk("a", False)) + _event(_chunk("b", False, "stop")) + b"data: [DONE]\n\n"
+    packed = gzip.compress(plain)
+    tee = _tee(content_encoding="gzip")
+    assert tee.decoded
+    assert _through(tee, [packed[i : i + 7] for i in range(0, len(packed), 7)]) == plain
+    assert tee.transcript.answer().content == "ab"
+
+
+def test_a_gzipped_answer_is_forwarded_as_it_came_and_read_for_the_record() -> None:
+    body = json.dumps({"id": "x", "choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": "stop"}]})
+    packed = gzip.compress(body.encode())
+    tee = _tee(event_stream=False, content_encoding="GZIP")
+    assert not tee.decoded
+    assert _through(tee, [packed[:10], packed[10:]]) == packed
+    assert tee.transcript.answer().content == "hi"
 
 
 def test_non_streaming_answers_pass_whole_and_are_read_at_the_end() -> None:
@@ -100,7 +134,26 @@ def test_non_streaming_answers_pass_whole_and_are_read_at_the_end() -> None:
     assert answer.content == "hi" and answer.finish_reason == "stop"
 
 
+def test_a_non_json_answer_is_an_error_of_the_record() -> None:
+    tee = _tee(event_stream=False)
+    _through(tee, [b'{"id": "x", "choi'])
+    assert tee.transcript.answer().error is not None
+
+
 def test_an_answer_too_big_to_copy_is_left_out_not_cut() -> None:
-    tee = Tee(ChatTranscript(FACTS), event_stream=False, max_body_copy=10)
+    tee = Tee(ChatTranscript(FACTS), event_stream=False, max_body_copy=10, max_event_bytes=1 << 16)
     _through(tee, [b'{"id": "x", "choices": []}'])
     assert tee.transcript.answer().error is None
+
+
+def test_an_event_that_never_ends_is_refused() -> None:
+    tee = _tee()
+    with pytest.raises(EventTooLarge):
+        tee.split(b"data: " + b"x" * 70_000)
+
+
+def test_media_types_are_case_insensitive() -> None:
+    assert is_event_stream({"Content-Type": "Text/Event-Stream; charset=utf-8"})
+    assert is_event_stream({"Content-Type": "text/event-stream"})
+    assert not is_event_stream({"Content-Type": "application/json"})
+    assert not is_event_stream({})

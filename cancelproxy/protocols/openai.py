@@ -76,6 +76,7 @@ class Chunks:
         """A whole non-streaming answer; ``tokens`` is left alone (it carries its own usage)."""
         obj = _parse(body)
         if obj is None:
+            self.error = {"message": "the upstream's answer is not a JSON object", "code": "upstream_invalid_answer"}
             return False
         choice = self._take_object(obj)
         if choice is not None:

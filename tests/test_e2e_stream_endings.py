@@ -1,0 +1,228 @@
+"""How a stream ends, whatever the upstream does: the client and the record agree, at the protocol's last event.
+
+A scripted upstream (``scripted_upstream.py``) writes exact bytes and ends as
+told; the client is the official SDK, and the record must equal what the SDK
+showed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from .conftest import Proxy, start_proxy
+from .helpers import read_record
+from .scripted_upstream import LAST_CHUNK, Script, ScriptedUpstream, chunk, scripted_upstream, sse_head
+
+KEY = "sk-endings-0123456789abcdef"
+# Far above anything these tests wait for: a stream that ends only at the
+# idle timeout shows as a test that fails its bound, not as a slow pass.
+IDLE_S = 60
+BOUND_S = 10.0
+
+
+def _event(content: str | None = None, finish: str | None = None, **extra: Any) -> bytes:
+    delta = {"content": content} if content is not None else {}
+    obj = {
+        "id": "chatcmpl-s",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **extra,
+    }
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[ScriptedUpstream]:
+    async with scripted_upstream() as scripted:
+        yield scripted
+
+
+@pytest.fixture
+def proxy(upstream: ScriptedUpstream, tmp_path: Path) -> AsyncIterator[Proxy]:
+    config = {
+        "upstreams": [{"name": "scripted", "base_url": upstream.base_url, "models": ["*"]}],
+        "store": {"url": "memory://"},
+        "limits": {"idle_timeout_s": IDLE_S, "write_timeout_s": 1, "max_event_bytes": 1 << 20},
+    }
+    started = start_proxy(tmp_path, config)
+    yield started  # type: ignore[misc]
+    started.program.stop()
+
+
+async def _sdk_stream(proxy: Proxy, **options: Any) -> tuple[str, str | None, str, BaseException | None]:
+    """What openai-python shows: (content, last finish_reason, request id, what it raised)."""
+    shown: list[str] = []
+    finish = None
+    raised: BaseException | None = None
+    async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=KEY, max_retries=0) as client:
+        stream = await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}], stream=True, **options
+        )
+        request_id = stream.response.headers["x-request-id"]
+        try:
+            async with asyncio.timeout(BOUND_S):
+                async for event in stream:
+                    for choice in event.choices:
+                        shown.append(choice.delta.content or "")
+                        finish = choice.finish_reason or finish
+        except openai.APIError as exc:
+            raised = exc
+    return "".join(shown), finish, request_id, raised
+
+
+async def test_done_then_a_socket_held_open_ends_at_done(proxy: Proxy, upstream: ScriptedUpstream) -> None:
+    """It ended only at idle_timeout_s, with an error event after [DONE], recorded "failed"."""
+    body = _event("a ") + _event("b ") + _event(finish="stop") + DONE
+    after = _event("ghost ")  # an event after [DONE]: no client shows it
+    await upstream.scripts.put(Script(sse_head(), [chunk(body), chunk(after)], end="hold"))
+    content, finish, request_id, raised = await _sdk_stream(proxy)
+    assert (content, finish, raised) == ("a b ", "stop", None)
+    record = await read_record(proxy.root, request_id, KEY)
+    assert (record["status"], record["content"], record["finish_reason"]) == ("completed", "a b ", "stop")
+    # The proxy let go of the upstream that would not end.
+    await asyncio.wait_for(upstream.served[-1].proxy_closed.wait(), BOUND_S)
+
+
+@pytest.mark.parametrize("ending", ["eof", "chunked-terminator", "reset"])
+async def test_a_body_cut_before_its_end_is_a_failure(proxy: Proxy, upstream: ScriptedUpstream, ending: str) -> None:
+    """No finish_reason and no [DONE]: it reached the client as a clean end, recorded "completed"."""
+    body = _event("a ") + _event("b ")
+    if ending == "chunked-terminator":
+        script = Script(sse_head(), [chunk(body), LAST_CHUNK], end="hold")
+    else:
+        script = Script(sse_head(chunked=False), [body], end="close" if ending == "eof" else "reset")
+    await upstream.scripts.put(script)
+    content, _, request_id, raised = await _sdk_stream(proxy)
+    assert content == "a b "
+    assert isinstance(raised, openai.APIError)  # the error event: the SDK knows it is cut
+    record = await read_record(proxy.root, request_id, KEY)
+    assert (record["status"], record["content"]) == ("failed", "a b ")
+    assert record["error"]["code"] in ("upstream_truncated", "upstream_broken")
+
+
+async def test_a_finish_reason_without_done_is_a_whole_answer(proxy: Proxy, upstream: ScriptedUpstream) -> None:
+    await upstream.scripts.put(Script(sse_head(), [chunk(_event("a ") + _event(finish="stop")), LAST_CHUNK]))
+    content, finish, request_id, raised = await _sdk_stream(proxy)
+    assert (content, finish, raised) == ("a ", "stop", None)
+    assert (await read_record(proxy.root, request_id, KEY))["status"] == "completed"
+
+
+async def test_a_last_event_without_its_blank_line_is_not_recorded(proxy: Proxy, upstream: ScriptedUpstream) -> None:
+    """openai-python never shows it; the record held it."""
+    unterminated = _event("ghost ").removesuffix(b"\n")
+    await upstream.scripts.put(
+        Script(sse_head(), [chunk(_event("a ") + _event(finish="stop") + unterminated), LAST_CHUNK])
+    )
+    content, _, request_id, raised = await _sdk_stream(proxy)
+    assert (content, raised) == ("a ", None)
+    assert (await read_record(proxy.root, request_id, KEY))["content"] == "a "
+
+
+async def test_a_gzipped_stream_is_recorded_as_shown(proxy: Proxy, upstream: ScriptedUpstream) -> None:
+    """An upstream that ignored Accept-Encoding: identity left the record empty."""
+    packed = gzip.compress(_event("a ") + _event("b ") + _event(finish="stop") + DONE)
+    head = sse_head(extra=b"Content-Encoding: gzip\r\n")
+    await upstream.scripts.put(Script(head, [chunk(packed[:20]), chunk(packed[20:]), LAST_CHUNK]))
+    content, _, request_id, raised = await _sdk_stream(proxy)
+    assert (content, raised) == ("a b ", None)
+    record = await read_record(proxy.root, request_id, KEY)
+    assert (record["status"], record["content"]) == ("completed", "a b ")
+
+
+async def test_a_media_type_in_capitals_is_a_stream_that_cancels_cleanly(
+    proxy: Proxy, upstream: ScriptedUpstream
+) -> None:
+    """Text/Event-Stream was not seen as a stream: a cancel tore the connection."""
+    pieces = [chunk(_event(f"w{i} ")) for i in range(200)]
+    await upstream.scripts.put(Script(sse_head(b"Text/Event-Stream"), pieces, pause_s=0.02))
+    shown: list[str] = []
+    finishes: list[str] = []
+    async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=KEY, max_retries=0) as client:
+        stream = await client.chat.completions.create(model="m", messages=[], stream=True)
+        request_id = stream.response.headers["x-request-id"]
+        async with asyncio.timeout(BOUND_S):
+            async for event in stream:  # must end without raising
+                for choice in event.choices:
+                    shown.append(choice.delta.content or "")
+                    if choice.finish_reason:
+                        finishes.append(choice.finish_reason)
+                if len(shown) == 3:
+                    async with aiohttp.ClientSession() as http:
+                        url = f"{proxy.root}/requests/{request_id}/cancel"
+                        async with http.post(url, headers={"Authorization": f"Bearer {KEY}"}) as cancel:
+                            assert (await cancel.json())["cancelled"] is True
+    assert finishes == ["cancelled"]
+    record = await read_record(proxy.root, request_id, KEY)
+    assert (record["status"], record["content"]) == ("stopped", "".join(shown))
+
+
+async def test_an_event_that_never_ends_fails_the_stream(proxy: Proxy, upstream: ScriptedUpstream) -> None:
+    """A 48 MiB line was buffered whole (58 MiB of RSS)."""
+    endless = [chunk(_event("a "))] + [chunk(b"data: " + b"x" * 65536)] + [chunk(b"x" * 65536) for _ in range(64)]
+    await upstream.scripts.put(Script(sse_head(), endless, end="hold"))
+    content, _, request_id, raised = await _sdk_stream(proxy)
+    assert content == "a " and isinstance(raised, openai.APIError)
+    record = await read_record(proxy.root, request_id, KEY)
+    assert (record["status"], record["error"]["code"]) == ("failed", "event_too_large")
+    await asyncio.wait_for(upstream.served[-1].proxy_closed.wait(), BOUND_S)
+
+
+async def test_a_client_that_stops_reading_never_holds_more_than_the_record(
+    proxy: Proxy, upstream: ScriptedUpstream
+) -> None:
+    """The chunk whose drain timed out was already in the kernel: the client read more than was recorded."""
+    # Far more than the loopback socket buffers hold (they grow to a few MB).
+    events = [_event(f"w{i:05d} " + "y" * 2000) for i in range(15000)]
+    pieces = [chunk(b"".join(events[i : i + 50])) for i in range(0, len(events), 50)]
+    await upstream.scripts.put(Script(sse_head(), [*pieces, chunk(_event(finish="stop") + DONE), LAST_CHUNK]))
+    body = json.dumps({"model": "m", "stream": True, "messages": []}).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: p\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    request_id = next(
+        line.split(b": ", 1)[1].decode() for line in head.split(b"\r\n") if line.lower().startswith(b"x-request-id")
+    )
+    # Read nothing until the proxy has given up on this client (write_timeout_s = 1) ...
+    record = await read_record(proxy.root, request_id, KEY)
+    # ... then everything that had reached this socket.
+    raw = await asyncio.wait_for(reader.read(-1), BOUND_S)
+    writer.close()
+    got = "".join(
+        (json.loads(line[6:])["choices"][0]["delta"].get("content") or "")
+        for line in _dechunked(raw).split(b"\n\n")[:-1]  # whole events only: the last may be cut
+        if line.startswith(b'data: {"id"')
+    )
+    assert record["status"] == "stopped"
+    assert len(got) < len(events) * 2007  # it was dropped, not served whole
+    assert record["content"].startswith(got)  # the record never holds less than the client could read
+
+
+def _dechunked(raw: bytes) -> bytes:
+    """A chunked body, perhaps cut anywhere, without its framing (a cut last chunk kept as far as it came)."""
+    out, pos = bytearray(), 0
+    while (eol := raw.find(b"\r\n", pos)) >= 0:
+        size = int(raw[pos:eol], 16)
+        if size == 0:
+            break
+        out += raw[eol + 2 : eol + 2 + size]
+        pos = eol + 2 + size + 2
+    return bytes(out)
