@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-__all__ = ["CancelOrder", "Cluster", "LocalCluster", "RedisCluster", "RemoteCancel"]
+__all__ = ["CancelOrder", "CancelResult", "Cluster", "LocalCluster", "RedisCluster"]
 
 
 @dataclass(frozen=True)
@@ -44,15 +44,29 @@ class CancelOrder:
     request_id: str | None = None
 
 
-# Stops what this replica runs of an order: (ids stopped, the session they belong to).
-LocalCancel = Callable[[CancelOrder], Awaitable[tuple[list[str], str | None]]]
-
-
 @dataclass
-class RemoteCancel:
+class CancelResult:
+    """What an order did on one replica, or on all of them together."""
+
     stopped: list[str] = field(default_factory=list)
+    # Stopped, but their final state is not yet in the store (it is kept and retried).
+    not_durable: list[str] = field(default_factory=list)
+    # The order's requests found in progress, stopped or not: one that was
+    # just ending on its own is the caller's, not "not found".
+    known: list[str] = field(default_factory=list)
     session_id: str | None = None
     unanswered: list[str] = field(default_factory=list)  # replicas that did not answer in time
+
+    def add(self, other: CancelResult) -> None:
+        self.stopped += other.stopped
+        self.not_durable += other.not_durable
+        self.known += other.known
+        self.session_id = self.session_id or other.session_id
+        self.unanswered += other.unanswered
+
+
+# Stops what this replica runs of an order.
+LocalCancel = Callable[[CancelOrder], Awaitable[CancelResult]]
 
 
 class Cluster(Protocol):
@@ -64,7 +78,7 @@ class Cluster(Protocol):
 
     async def alive(self, holder: str) -> bool: ...
 
-    async def cancel_elsewhere(self, order: CancelOrder, timeout: float) -> RemoteCancel: ...
+    async def cancel_elsewhere(self, order: CancelOrder, timeout: float) -> CancelResult: ...
 
 
 class LocalCluster:
@@ -82,8 +96,8 @@ class LocalCluster:
     async def alive(self, holder: str) -> bool:
         return holder == self.replica_id
 
-    async def cancel_elsewhere(self, order: CancelOrder, timeout: float) -> RemoteCancel:
-        return RemoteCancel()
+    async def cancel_elsewhere(self, order: CancelOrder, timeout: float) -> CancelResult:
+        return CancelResult()
 
 
 class RedisCluster:
@@ -133,15 +147,15 @@ class RedisCluster:
             return True  # unknown: never interrupt another replica's work on a guess
         return beat is not None and beat >= time.time() - self._gone_after_s
 
-    async def cancel_elsewhere(self, order: CancelOrder, timeout: float) -> RemoteCancel:
+    async def cancel_elsewhere(self, order: CancelOrder, timeout: float) -> CancelResult:
         try:
             others = await self._live_replicas()
         except (RedisError, OSError) as exc:
             self._log.error("cluster: cannot reach the other replicas: %s", exc)
-            return RemoteCancel()
+            return CancelResult()
         others.discard(self.replica_id)
         if not others:
-            return RemoteCancel()
+            return CancelResult()
         correlation = secrets.token_hex(8)
         replies = _Replies(expected=others)
         self._waiting[correlation] = replies
@@ -154,7 +168,8 @@ class RedisCluster:
             self._log.error("cluster: could not publish a cancel: %s", exc)
         finally:
             del self._waiting[correlation]
-        return RemoteCancel(stopped=replies.stopped, session_id=replies.session_id, unanswered=sorted(replies.expected))
+        replies.result.unanswered = sorted(replies.expected)
+        return replies.result
 
     async def _live_replicas(self) -> set[str]:
         since = time.time() - self._gone_after_s
@@ -215,8 +230,15 @@ class RedisCluster:
             order = CancelOrder(**message["order"])
         except (KeyError, TypeError):
             return
-        stopped, session_id = await self._cancel_here(order)
-        reply = {"id": message.get("id"), "replica": self.replica_id, "stopped": stopped, "session_id": session_id}
+        result = await self._cancel_here(order)
+        reply = {
+            "id": message.get("id"),
+            "replica": self.replica_id,
+            "stopped": result.stopped,
+            "not_durable": result.not_durable,
+            "known": result.known,
+            "session_id": result.session_id,
+        }
         try:
             await self._client.publish(str(message.get("reply_to")), json.dumps(reply))
         except (RedisError, OSError) as exc:
@@ -231,13 +253,24 @@ class RedisCluster:
 @dataclass(eq=False)
 class _Replies:
     expected: set[str]
-    stopped: list[str] = field(default_factory=list)
-    session_id: str | None = None
+    result: CancelResult = field(default_factory=CancelResult)
     complete: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add(self, reply: dict[str, Any]) -> None:
         self.expected.discard(str(reply.get("replica")))
-        self.stopped.extend(str(i) for i in reply.get("stopped", []))
-        self.session_id = self.session_id or reply.get("session_id")
+
+        def ids(key: str) -> list[str]:
+            value = reply.get(key)
+            return [str(i) for i in value] if isinstance(value, list) else []
+
+        session_id = reply.get("session_id")
+        self.result.add(
+            CancelResult(
+                stopped=ids("stopped"),
+                not_durable=ids("not_durable"),
+                known=ids("known"),
+                session_id=session_id if isinstance(session_id, str) else None,
+            )
+        )
         if not self.expected:
             self.complete.set()

@@ -92,16 +92,18 @@ class Generation:
         try:
             record = self._final_record(failure, upstream_status)
             live.record = record
+            live.ended.set()
             # A cancel's ack and shutdown wait for this write: it goes at once.
             # Other final states ride the next batch; until it lands the request
             # stays in the registry, so reads show its final state meanwhile.
             urgent = live.stop_reason in ("cancel", "shutdown")
             self._report(record, bytes_out)  # the outcome is known: no need to wait for the disk
-            await services.writer.save_final(record, at_once=urgent)
+            live.durable = await services.writer.save_final(record, at_once=urgent)
         except Exception:
             # The client is never failed for the bookkeeping's sake; the loss is logged.
             services.log.exception("could not finish the record of %s", live.request_id)
         finally:
+            live.ended.set()
             live.finished.set()
             services.registry.remove(live)
 

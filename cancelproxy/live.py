@@ -28,7 +28,7 @@ StopCause = Literal["cancel", "disconnect", "shutdown"]
 
 @dataclass(eq=False)
 class LiveRequest:
-    record: Record  # what was asked; its final state once ``finished`` is set
+    record: Record  # what was asked; its final state once ``ended`` is set
     transcript: Transcript  # what the client was sent so far
     stop_reason: StopCause | None = None
     stop_requested_at: float | None = None  # time.monotonic()
@@ -36,8 +36,13 @@ class LiveRequest:
     # Set once the outcome is known (the upstream finished or failed): from
     # then on a stop would be a lie about what happened.
     settled: bool = False
-    # Set once the final state is stored (or its write failed and is queued).
+    # Set once the final state is known (the client has its end, the
+    # upstream is closed): a cancel may say "cancelled" from here on.
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set once the final state's write returned; ``durable`` says whether it
+    # is in the store, or failed and waits for a retry (the store is down).
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    durable: bool = False
     # Bumped whenever the partial answer grows: the store writer flushes only
     # the requests whose version moved since its last batch.
     version: int = 0

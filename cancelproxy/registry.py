@@ -10,11 +10,20 @@ state to the store. Only then does the route answer, so a caller that reads
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from .live import LiveRequest, StopCause
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "Stopped"]
+
+
+@dataclass
+class Stopped:
+    """What a cancel stopped: the requests, and those whose final state is not yet in the store."""
+
+    request_ids: list[str] = field(default_factory=list)
+    not_durable: list[str] = field(default_factory=list)
 
 
 class Registry:
@@ -61,18 +70,33 @@ class Registry:
     def all(self) -> list[LiveRequest]:
         return list(self._by_request.values())
 
-    async def cancel(self, lives: Iterable[LiveRequest], reason: StopCause, timeout: float) -> list[str]:
-        """Stop these requests and wait (bounded) until each one's final state is stored.
+    async def cancel(self, lives: Iterable[LiveRequest], reason: StopCause, timeout: float) -> Stopped:
+        """Stop these requests and wait (bounded) until each one's final state is known and stored.
 
-        Returns the ids of the requests that were stopped, not those that had
-        already ended on their own. A request still settling when ``timeout``
-        passes is left out: the caller must not be told it stopped.
+        Leaves out the requests that had already ended on their own, and any
+        whose final state is still not known when ``timeout`` passes: the
+        caller must not be told those stopped.
         """
         stopping = [live for live in lives if live.request_stop(reason)]
         if not stopping:
-            return []
-        waits = {asyncio.ensure_future(live.finished.wait()): live for live in stopping}
-        done, pending = await asyncio.wait(waits, timeout=timeout)
+            return Stopped()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        ended = await _within(stopping, lambda live: live.ended, timeout)
+        await _within(ended, lambda live: live.finished, max(0.0, deadline - loop.time()))
+        return Stopped(
+            request_ids=[live.request_id for live in ended],
+            not_durable=[live.request_id for live in ended if not (live.finished.is_set() and live.durable)],
+        )
+
+
+async def _within(
+    lives: list[LiveRequest], event_of: Callable[[LiveRequest], asyncio.Event], timeout: float
+) -> list[LiveRequest]:
+    """Those of ``lives`` whose event is set within ``timeout``, in order."""
+    waits = {live: asyncio.ensure_future(event_of(live).wait()) for live in lives if not event_of(live).is_set()}
+    if waits:
+        _, pending = await asyncio.wait(waits.values(), timeout=timeout)
         for waiter in pending:
             waiter.cancel()
-        return [waits[w].request_id for w in waits if w in done]
+    return [live for live in lives if event_of(live).is_set()]

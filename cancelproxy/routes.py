@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .cluster import CancelOrder
+from .cluster import CancelOrder, CancelResult
 from .errors import NotFound, StoreUnavailable, error_response
 from .live import LiveRequest
 from .records import Record
@@ -31,53 +31,66 @@ def _live(live: LiveRequest) -> Record:
     return live.snapshot()
 
 
-def _cancel_answer(session_id: str | None, request_ids: list[str], unanswered: list[str]) -> web.Response:
-    stopped = bool(request_ids)
+def _cancel_answer(session_id: str | None, result: CancelResult) -> web.Response:
+    stopped = bool(result.stopped)
     body: dict[str, Any] = {
         "success": stopped,
         "cancelled": stopped,
         "session_id": session_id,
-        "request_ids": request_ids,
+        "request_ids": result.stopped,
     }
-    if unanswered and not stopped:
-        body["reason"] = f"no answer in time from replica(s) {', '.join(unanswered)}"
+    if result.not_durable:
+        # Stopped for sure (the upstream is closed), but the store could not
+        # take the final state in time: it is kept and retried.
+        body["durable"] = False
+        body["not_durable"] = result.not_durable
+    if result.unanswered and not stopped:
+        body["reason"] = f"no answer in time from replica(s) {', '.join(result.unanswered)}"
     return web.json_response(body)
 
 
-async def cancel_here(services: Services, order: CancelOrder) -> tuple[list[str], str | None]:
-    """Stop what this replica runs of ``order``; (ids stopped, their session)."""
+async def cancel_here(services: Services, order: CancelOrder) -> CancelResult:
+    """Stop what this replica runs of ``order``."""
     registry = services.registry
     if order.request_id is not None:
-        candidates = [a for a in [registry.get(order.request_id)] if a is not None]
+        candidates = [live for live in [registry.get(order.request_id)] if live is not None]
     else:
         candidates = registry.of_session(order.session_id or "")
     caller = Caller(order.credential, order.admin)
-    owned = [a for a in candidates if caller.owns(a.credential)]
+    owned = [live for live in candidates if caller.owns(live.credential)]
     stopped = await registry.cancel(owned, "cancel", services.config.limits.cancel_timeout_s)
-    return stopped, owned[0].session_id if owned else order.session_id
+    return CancelResult(
+        stopped=stopped.request_ids,
+        not_durable=stopped.not_durable,
+        known=[live.request_id for live in owned],
+        session_id=owned[0].session_id if owned else order.session_id,
+    )
 
 
-async def _cancel(services: Services, order: CancelOrder) -> tuple[list[str], str | None, list[str]]:
+async def _cancel(services: Services, order: CancelOrder) -> CancelResult:
     """Stop it here and on every other replica at once; answer when all did."""
     timeout = services.config.limits.cancel_timeout_s
     started = time.monotonic()
-    (stopped, session_id), remote = await asyncio.gather(
+    result, remote = await asyncio.gather(
         cancel_here(services, order), services.cluster.cancel_elsewhere(order, timeout)
     )
+    stopped_here = list(result.stopped)
+    result.add(remote)
     services.log.info(
         "cancel",
         extra={
             "fields": {
-                "session_id": session_id or remote.session_id,
+                "session_id": result.session_id,
                 "request_id": order.request_id,
-                "stopped": stopped + remote.stopped,
-                "stopped_elsewhere": remote.stopped,
-                "unanswered": remote.unanswered,
+                "stopped": result.stopped,
+                "stopped_elsewhere": [i for i in result.stopped if i not in stopped_here],
+                "not_durable": result.not_durable,
+                "unanswered": result.unanswered,
                 "ack_ms": round((time.monotonic() - started) * 1000, 3),
             }
         },
     )
-    return stopped + remote.stopped, session_id or remote.session_id, remote.unanswered
+    return result
 
 
 async def cancel_session(request: web.Request) -> web.Response:
@@ -85,8 +98,7 @@ async def cancel_session(request: web.Request) -> web.Response:
     caller = _caller(request, services)
     session_id = request.match_info["session_id"]
     order = CancelOrder(credential=caller.credential, admin=caller.admin, session_id=session_id)
-    stopped, _, unanswered = await _cancel(services, order)
-    return _cancel_answer(session_id, stopped, unanswered)
+    return _cancel_answer(session_id, await _cancel(services, order))
 
 
 async def cancel_request(request: web.Request) -> web.Response:
@@ -94,14 +106,15 @@ async def cancel_request(request: web.Request) -> web.Response:
     caller = _caller(request, services)
     request_id = request.match_info["request_id"]
     order = CancelOrder(credential=caller.credential, admin=caller.admin, request_id=request_id)
-    stopped, session_id, unanswered = await _cancel(services, order)
-    if stopped:
-        return _cancel_answer(session_id, stopped, unanswered)
+    result = await _cancel(services, order)
+    if result.stopped or result.known:
+        # Stopped, or found ending on its own just now: the caller's, either way.
+        return _cancel_answer(result.session_id, result)
     record = await _stored(services, request_id)
     if record is not None and caller.owns(record.credential):
-        return _cancel_answer(record.session_id, [], unanswered)  # it already ended
-    if unanswered:
-        return _cancel_answer(None, [], unanswered)  # it may run on a replica that did not answer
+        return _cancel_answer(record.session_id, result)  # it already ended
+    if result.unanswered:
+        return _cancel_answer(None, result)  # it may run on a replica that did not answer
     return error_response(NotFound(f"no request '{request_id}'", code="request_not_found"))
 
 

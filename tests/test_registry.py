@@ -69,17 +69,33 @@ async def test_cancel_answers_only_after_the_final_state() -> None:
 
     async def relay_finishing() -> None:
         await asyncio.sleep(0)  # the relay notices the close on a later turn
+        active.ended.set()
+        await asyncio.sleep(0)
         order.append("final state stored")
+        active.durable = True
         active.finished.set()
 
     finishing = asyncio.create_task(relay_finishing())
     stopped = await registry.cancel([active], "cancel", timeout=5)
     order.append("ack")
     await finishing
-    assert stopped == ["a"] and order == ["final state stored", "ack"]
+    assert (stopped.request_ids, stopped.not_durable) == (["a"], [])
+    assert order == ["final state stored", "ack"]
 
 
 async def test_cancel_leaves_out_a_request_that_does_not_finish_in_time() -> None:
     active = _active("a")
-    assert await Registry().cancel([active], "cancel", timeout=0.01) == []
+    stopped = await Registry().cancel([active], "cancel", timeout=0.01)
+    assert stopped.request_ids == []
     assert active.stop_reason == "cancel"
+
+
+async def test_a_stop_is_a_stop_whatever_the_store_does() -> None:
+    """A final state that is known but not stored in time: "cancelled", and said not durable."""
+    stuck, failed = _active("stuck"), _active("failed")
+    for live in (stuck, failed):
+        live.ended.set()
+    failed.finished.set()  # its write returned, unsuccessfully: durable stays False
+    stopped = await Registry().cancel([stuck, failed], "cancel", timeout=0.05)
+    assert stopped.request_ids == ["stuck", "failed"]
+    assert stopped.not_durable == ["stuck", "failed"]
