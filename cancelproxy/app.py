@@ -15,7 +15,7 @@ from aiohttp import web
 from .audit import AuditSink, install_sighup
 from .cluster import Cluster, LocalCluster, RedisCluster
 from .config import Config
-from .errors import NotFound, ProxyError, error_response
+from .errors import DownstreamGone, NotFound, ProxyError, error_response
 from .forward import handle_generation, handle_passthrough
 from .logs import setup_logging
 from .metrics import Metrics
@@ -167,7 +167,7 @@ async def _metrics(request: web.Request) -> web.Response:
 async def _openai_shaped_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """aiohttp's own 404/405/413 come out in OpenAI's error shape, like ours."""
+    """aiohttp's own 404/405/413, and any unexpected failure, come out in OpenAI's error shape, like ours."""
     try:
         return await handler(request)
     except ProxyError as error:
@@ -178,6 +178,13 @@ async def _openai_shaped_errors(
         shaped = NotFound(f"{request.method} {request.path}: {exc.reason}", code="not_found")
         shaped.status = exc.status
         return error_response(shaped)
+    except (ConnectionError, DownstreamGone):
+        raise  # the client is gone: there is no one to answer
+    except Exception:
+        logging.getLogger("cancelproxy").exception("unexpected error answering %s %s", request.method, request.path)
+        if request.writer.output_size > 0:
+            raise  # an answer has begun: aiohttp can only close the connection
+        return error_response(ProxyError("the proxy failed to handle the request"))
 
 
 def serve(config: Config, *, host: str | None = None, port: int | None = None) -> None:
