@@ -22,6 +22,7 @@ from .metrics import Metrics
 from .mock import start_mock
 from .registry import Registry
 from .routes import add_routes, cancel_here
+from .server import run
 from .services import SERVICES, Services
 from .store import Store, open_store
 from .store.redis import RedisStore
@@ -30,7 +31,7 @@ from .upkeep import Upkeep
 
 __all__ = ["RUNNER_OPTIONS", "StoreOpenError", "create_app", "serve"]
 
-# Options the server MUST run with (web.run_app / AppRunner):
+# Options the server MUST run with (web.AppRunner, server.ProxyRunner):
 # handler_cancellation: without it aiohttp notices a client that hung up only
 #   at the next write, which a silent upstream may not make for minutes.
 # access_log None: a line per request costs more than the proxying itself.
@@ -189,16 +190,13 @@ async def _openai_shaped_errors(
 
 def serve(config: Config, *, host: str | None = None, port: int | None = None) -> None:
     setup_logging(config.log_level)
-    host = host or config.listen.host
-    port = config.listen.port if port is None else port
-    web.run_app(
+    listen_host = host or config.listen.host
+    run(
         create_app(config),
-        host=host,
-        port=port,
+        config,
+        host=listen_host,
+        port=config.listen.port if port is None else port,
         shutdown_timeout=_HANDLERS_FINISH_S,
-        # The default 128 drops connection attempts in a burst (each then costs
-        # the client a 1 s SYN retransmit); the kernel caps it at somaxconn.
-        backlog=4096,
-        print=lambda _: print(f"cancelproxy listening on http://{host}:{port}/v1", flush=True),
-        **RUNNER_OPTIONS,  # type: ignore[arg-type]
+        options=RUNNER_OPTIONS,
+        on_listening=lambda bound: print(f"cancelproxy listening on http://{listen_host}:{bound}/v1", flush=True),
     )
