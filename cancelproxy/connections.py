@@ -145,12 +145,10 @@ class GuardedHandler(web.RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._waiting_for_head and data:
-            if self._unread_body is not None and not self._unread_body.is_eof():
-                pass  # still the last request's body, not a new head
-            else:
-                self._unread_body = None
-                self._note_head_bytes(data)
+        # Bytes after an answer may still be the last request's body, not a new head.
+        if self._waiting_for_head and data and (self._unread_body is None or self._unread_body.is_eof()):
+            self._unread_body = None
+            self._note_head_bytes(data)
         super().data_received(data)
 
     def head_received(self) -> None:
@@ -162,7 +160,9 @@ class GuardedHandler(web.RequestHandler):
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
-        # aiohttp calls this once the handler returned, to send the answer's end.
+        # aiohttp calls this once the handler returned, to send the answer's
+        # end. Then the connection closes at once (an answer marked so), or
+        # waits for its next head, untimed until that head's first byte.
         sent, reset = await super().finish_response(request, resp, start_time)
         if reset:
             return sent, reset
@@ -192,8 +192,10 @@ class GuardedHandler(web.RequestHandler):
         if error.status >= 500:
             self.log_exception("error handling a request from %s", request.remote, exc_info=exc)
         else:
-            # The code, not the message: aiohttp's reason may quote what the client sent.
-            self._connections.log.info("refused a request from %s: %d %s", request.remote, error.status, error.code)
+            # Debug, as the proxy's other 4xx: the internet sends plenty of
+            # broken requests. The code, not the message: aiohttp's reason may
+            # quote what the client sent.
+            self._connections.log.debug("refused a request from %s: %d %s", request.remote, error.status, error.code)
         response = error_response(error)
         response.force_close()
         return response
