@@ -16,7 +16,7 @@ from yarl import URL
 from .audit import AuditSink, install_sighup
 from .cluster import Cluster, LocalCluster, RedisCluster
 from .config import Config
-from .errors import NotFound, ProxyError, error_response
+from .errors import DownstreamGone, NotFound, ProxyError, error_response
 from .forward import generation_handler, handle_passthrough
 from .logs import setup_logging
 from .metrics import Metrics
@@ -24,6 +24,7 @@ from .mock import start_mock
 from .protocols import PROTOCOLS
 from .registry import Registry
 from .routes import add_routes, cancel_here
+from .server import run
 from .services import SERVICES, Services
 from .store import Store, open_store
 from .store.redis import RedisStore
@@ -32,7 +33,7 @@ from .upkeep import Upkeep
 
 __all__ = ["RUNNER_OPTIONS", "StoreOpenError", "create_app", "serve"]
 
-# Options the server MUST run with (web.run_app / AppRunner):
+# Options the server MUST run with (web.AppRunner, server.ProxyRunner):
 # handler_cancellation: without it aiohttp notices a client that hung up only
 #   at the next write, which a silent upstream may not make for minutes.
 # access_log None: a line per request costs more than the proxying itself.
@@ -170,7 +171,7 @@ async def _metrics(request: web.Request) -> web.Response:
 async def _openai_shaped_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """aiohttp's own 404/405/413 come out in OpenAI's error shape, like ours."""
+    """aiohttp's own 404/405/413, and any unexpected failure, come out in OpenAI's error shape, like ours."""
     try:
         return await handler(request)
     except ProxyError as error:
@@ -181,20 +182,24 @@ async def _openai_shaped_errors(
         shaped = NotFound(f"{request.method} {request.path}: {exc.reason}", code="not_found")
         shaped.status = exc.status
         return error_response(shaped)
+    except (ConnectionError, DownstreamGone):
+        raise  # the client is gone: there is no one to answer
+    except Exception:
+        logging.getLogger("cancelproxy").exception("unexpected error answering %s %s", request.method, request.path)
+        if request.writer.output_size > 0:
+            raise  # an answer has begun: aiohttp can only close the connection
+        return error_response(ProxyError("the proxy failed to handle the request"))
 
 
 def serve(config: Config, *, host: str | None = None, port: int | None = None) -> None:
     setup_logging(config.log_level)
-    host = host or config.listen.host
-    port = config.listen.port if port is None else port
-    web.run_app(
+    listen_host = host or config.listen.host
+    run(
         create_app(config),
-        host=host,
-        port=port,
+        config,
+        host=listen_host,
+        port=config.listen.port if port is None else port,
         shutdown_timeout=_HANDLERS_FINISH_S,
-        # The default 128 drops connection attempts in a burst (each then costs
-        # the client a 1 s SYN retransmit); the kernel caps it at somaxconn.
-        backlog=4096,
-        print=lambda _: print(f"cancelproxy listening on http://{host}:{port}/v1", flush=True),
-        **RUNNER_OPTIONS,  # type: ignore[arg-type]
+        options=RUNNER_OPTIONS,
+        on_listening=lambda bound: print(f"cancelproxy listening on http://{listen_host}:{bound}/v1", flush=True),
     )

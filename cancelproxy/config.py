@@ -110,6 +110,17 @@ class Limits:
     write_timeout_s: float = 30.0
     # How long a cancel route waits for the stream to reach its final state.
     cancel_timeout_s: float = 10.0
+    # A client sends a request head (request line and header fields) in one
+    # packet or a few: one that takes longer, counted from the connection's
+    # opening or from the head's first byte, is cut off (408). Slow heads
+    # would otherwise hold connections, and so descriptors, for ever.
+    head_timeout_s: float = 20.0
+    # The whole request body must have arrived this long after its head (408).
+    body_timeout_s: float = 60.0
+    # Client connections open at once; None: as many as the open-file limit
+    # allows (server.connection_budget). When full, a new connection takes
+    # the place of the one that has waited longest for its request head.
+    max_connections: int | None = None
 
 
 @dataclass(frozen=True)
@@ -211,8 +222,13 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
                 "idle_timeout_s",
                 "write_timeout_s",
                 "cancel_timeout_s",
+                "head_timeout_s",
+                "body_timeout_s",
             )
         },
+        max_connections=None
+        if limits_raw.get("max_connections") is None
+        else reader.integer(limits_raw, "limits.max_connections", "max_connections", 0, minimum=1),
     )
 
     finish_reason = reader.string(top, "cancel_finish_reason", "cancel_finish_reason", "cancelled")

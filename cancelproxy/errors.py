@@ -3,12 +3,16 @@
 The two sides of a proxy fail differently and must never be confused::
 
     ProxyError                  answered to the client in OpenAI's error shape
-    ├── BadRequest              400: invalid JSON, bad X-Session-Id
+    ├── BadRequest              400: invalid JSON, bad X-Session-Id, malformed HTTP
+    ├── RequestTimeout          408: the request's head or body came too slowly
     ├── BodyTooLarge            413
+    ├── RequestLineTooLong      414
+    ├── HeaderFieldsTooLarge    431
     ├── NotFound                404: unknown route, session or request (or not yours)
     ├── RequestCancelled        499: a non-streaming request stopped by a cancel route
     ├── StoreUnavailable        503: a read while the record store is down
     ├── InternalError           500: something unexpected inside the proxy (a bug)
+    ├── TooManyConnections      503: every connection is busy, or this one was evicted
     └── UpstreamError           the provider side (aiohttp *client* errors map here)
         ├── UpstreamUnreachable 502: could not connect, or it hung up before answering
         ├── UpstreamBroken      502: the answer broke off mid-body
@@ -19,27 +23,35 @@ The two sides of a proxy fail differently and must never be confused::
                                 to answer. The relay treats it as a disconnect.
 
 ``map_upstream_error`` is the one place aiohttp client exceptions become
-``UpstreamError``; nothing else inspects aiohttp's exception types.
+``UpstreamError``; nothing else inspects aiohttp's exception types on the
+client side (server.py maps aiohttp's own HTTP parsing errors).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 __all__ = [
+    "CLOSE_CONNECTION",
     "BadRequest",
     "BodyTooLarge",
     "DownstreamGone",
     "InternalError",
+    "HeaderFieldsTooLarge",
     "NotFound",
     "ProxyError",
     "RequestCancelled",
+    "RequestLineTooLong",
+    "RequestTimeout",
     "StoreUnavailable",
+    "TooManyConnections",
     "UpstreamBroken",
     "UpstreamError",
     "UpstreamTimeout",
@@ -47,14 +59,22 @@ __all__ = [
     "error_body",
     "error_response",
     "map_upstream_error",
+    "raw_error_response",
     "sse_error_event",
 ]
+
+# Set on an answer after which the connection is closed at once: aiohttp
+# would otherwise go on reading (up to 10 s) a request body the proxy gave up
+# on. server.py does the closing.
+CLOSE_CONNECTION = web.ResponseKey("close_connection", bool)
 
 
 class ProxyError(Exception):
     status = 500
     type = "proxy_error"
     code = "internal_error"
+    # The connection cannot go on after this answer (a request half-read).
+    closes_connection = False
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -70,10 +90,29 @@ class BadRequest(ProxyError):
     code = "invalid_request"
 
 
+class RequestTimeout(ProxyError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+    closes_connection = True
+
+
 class BodyTooLarge(ProxyError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class RequestLineTooLong(ProxyError):
+    status = 414
+    type = "invalid_request_error"
+    code = "request_line_too_long"
+
+
+class HeaderFieldsTooLarge(ProxyError):
+    status = 431
+    type = "invalid_request_error"
+    code = "header_fields_too_large"
 
 
 class NotFound(ProxyError):
@@ -98,6 +137,13 @@ class InternalError(ProxyError):
     status = 500
     type = "proxy_error"
     code = "internal_error"
+
+
+class TooManyConnections(ProxyError):
+    status = 503
+    type = "proxy_overloaded"
+    code = "too_many_connections"
+    closes_connection = True
 
 
 class UpstreamError(ProxyError):
@@ -127,8 +173,33 @@ def error_body(error: ProxyError) -> dict[str, Any]:
     return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
 
 
-def error_response(error: ProxyError, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(error_body(error), status=error.status, headers=headers)
+def error_response(
+    error: ProxyError, headers: Mapping[str, str] | None = None, *, body: dict[str, Any] | None = None
+) -> web.Response:
+    """The proxy's error as an answer; ``body`` is it in another protocol's shape (default: OpenAI's)."""
+    shaped = error_body(error) if body is None else body
+    response = web.json_response(shaped, status=error.status, headers=dict(headers) if headers else None)
+    if error.closes_connection:
+        response.force_close()
+        response[CLOSE_CONNECTION] = True
+    return response
+
+
+def raw_error_response(error: ProxyError) -> bytes:
+    """The whole HTTP/1.1 answer as bytes, ending the connection.
+
+    For the server's guards (server.py), which answer where aiohttp has no
+    request object to build a ``web.Response`` for: a head that never
+    completed, a connection refused before it was handed to aiohttp.
+    """
+    body = json.dumps(error_body(error), separators=(",", ":")).encode()
+    head = (
+        f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
 
 
 def sse_error_event(error: ProxyError) -> bytes:

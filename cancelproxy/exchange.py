@@ -90,7 +90,7 @@ class PassThrough:
         return sse_error_event(error)
 
     def error_response(self, error: ProxyError, headers: Mapping[str, str]) -> web.Response:
-        return error_response(error, headers=dict(headers))
+        return error_response(error, headers)
 
     async def finish(self, failure: ProxyError | None, upstream_status: int | None, bytes_out: int) -> None:
         pass

@@ -8,6 +8,7 @@ the client leaves.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .errors import BadRequest, BodyTooLarge, NotFound, ProxyError, error_response
+from .errors import BadRequest, BodyTooLarge, NotFound, ProxyError, RequestTimeout, error_response
 from .exchange import PassThrough
 from .generation import Generation
 from .live import LiveRequest
@@ -43,7 +44,7 @@ def generation_handler(protocol: WireProtocol) -> Handler:
             payload = _parse_json(body)
             target = _target(services, request, body, payload.get("model"), protocol.key_header)
         except ProxyError as error:
-            return web.json_response(protocol.error_body(error), status=error.status)
+            return error_response(error, body=protocol.error_body(error))
         # The record must be able to read a non-streaming answer, so ask for it
         # uncompressed (event streams are never compressed anyway).
         target.headers["Accept-Encoding"] = "identity"
@@ -100,19 +101,30 @@ def _ids(request: web.Request) -> dict[str, str]:
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The whole request body, at most ``limit`` bytes.
+    """The whole request body, at most ``limit`` bytes, within ``limits.body_timeout_s``.
 
     Read before anything is sent upstream: a body left unread keeps the
-    socket paused, and then aiohttp never sees the client hang up.
+    socket paused, and then aiohttp never sees the client hang up. The time
+    bound is for the whole body, not between its chunks: a client trickling
+    a byte a second must not hold a connection for as long as it likes.
     """
     too_large = BodyTooLarge(f"the request body is larger than {limit} bytes", code="request_too_large")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
+    timeout_s = request.app[SERVICES].config.limits.body_timeout_s
     body = bytearray()
-    async for chunk in request.content.iter_any():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.content.iter_any():
+                body += chunk
+                if len(body) > limit:
+                    raise too_large
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
+    except web.RequestPayloadError as exc:  # a broken chunked encoding or compression
+        # Its first line only: what follows quotes the client's bytes.
+        reason = str(exc).splitlines()[0].rstrip(":") if str(exc) else "unreadable"
+        raise BadRequest(f"the request body is malformed: {reason}", code="invalid_body") from None
     return bytes(body)
 
 
@@ -121,6 +133,8 @@ def _parse_json(body: bytes) -> dict[str, Any]:
         payload = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:  # json.loads recurses per nesting level: "[" * 100_000 exhausts it
+        raise BadRequest("the request body's JSON is nested too deeply", code="invalid_json") from None
     if not isinstance(payload, dict):
         raise BadRequest("the request body must be a JSON object", code="invalid_json")
     return payload
@@ -134,6 +148,10 @@ def _model_of(request: web.Request, body: bytes) -> object:
         payload = json.loads(body)
     except (UnicodeDecodeError, ValueError):
         return None  # the upstream will answer it; a pass-through does not judge
+    except RecursionError:
+        # Unlike invalid JSON, a limit of the proxy's own parser: said here,
+        # since the body cannot be routed by a model it cannot see.
+        raise BadRequest("the request body's JSON is nested too deeply", code="invalid_json") from None
     return payload.get("model") if isinstance(payload, dict) else None
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .errors import ProxyError
+from .errors import ProxyError, error_response
 from .live import LiveRequest, StopCause
 from .outcome import Ending, audit_entry, final_record
 from .protocols.base import WireProtocol
@@ -84,7 +84,7 @@ class Generation:
         return self.live.transcript.error_event(error)
 
     def error_response(self, error: ProxyError, headers: Mapping[str, str]) -> web.Response:
-        return web.json_response(self._protocol.error_body(error), status=error.status, headers=dict(headers))
+        return error_response(error, headers, body=self._protocol.error_body(error))
 
     async def finish(self, failure: ProxyError | None, upstream_status: int | None, bytes_out: int) -> None:
         """Write the record's final state; then the request is no longer in progress."""

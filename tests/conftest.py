@@ -8,6 +8,7 @@ therefore drive subprocesses over real sockets.
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -40,6 +41,8 @@ class Program:
     ready_marker: str
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path = ROOT
+    # RLIMIT_NOFILE (soft and hard) of the process, to see it run out of descriptors.
+    open_files: int | None = None
     process: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
     _drainer: threading.Thread | None = None
@@ -47,6 +50,12 @@ class Program:
     def start(self) -> None:
         ready = threading.Event()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        open_files = self.open_files
+
+        def limit_open_files() -> None:  # runs in the child, between fork and exec
+            if open_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
         self.process = subprocess.Popen(
             self.args,
             cwd=self.cwd,
@@ -54,6 +63,7 @@ class Program:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=limit_open_files if open_files is not None else None,
         )
 
         def drain() -> None:
@@ -141,7 +151,9 @@ def proxy_config(mock: MockProvider, **overrides: object) -> dict[str, object]:
     return config
 
 
-def start_proxy(tmp_path: Path, config: dict[str, object], env: dict[str, str] | None = None) -> Proxy:
+def start_proxy(
+    tmp_path: Path, config: dict[str, object], env: dict[str, str] | None = None, *, open_files: int | None = None
+) -> Proxy:
     port = free_port()
     config_path = tmp_path / f"proxy-{port}.yaml"
     config_path.write_text(yaml.safe_dump(config))
@@ -149,6 +161,7 @@ def start_proxy(tmp_path: Path, config: dict[str, object], env: dict[str, str] |
         [sys.executable, "proxy.py", "--config", str(config_path), "--port", str(port)],
         ready_marker="listening on",
         env={"KEYED_API_KEY": "sk-upstream-secret-0123456789", **(env or {})},
+        open_files=open_files,
     )
     program.start()
     return Proxy(program, port, config_path)

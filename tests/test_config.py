@@ -24,6 +24,7 @@ def test_shipped_config_loads_without_any_environment() -> None:
     assert config.upstream("openai").api_key == ""  # type: ignore[union-attr]
     assert config.listen.port == 8080 and config.cancel_finish_reason == "cancelled"
     assert config.limits.max_body_bytes == 20971520
+    assert (config.limits.head_timeout_s, config.limits.body_timeout_s, config.limits.max_connections) == (20, 60, None)
     assert config.store.url == "sqlite:///cancelproxy.db" and config.store.retention_s == 7 * 86400
 
 
@@ -69,6 +70,8 @@ def test_defaults_and_model_globs() -> None:
         (_minimal(listen={"port": 70000}), "listen.port: must be between 0 and 65535"),
         (_minimal(limits={"idle_timeout_s": 0}), "limits.idle_timeout_s: must be a positive number"),
         (_minimal(limits={"max_body_bytes": "lots"}), "limits.max_body_bytes: must be an integer"),
+        (_minimal(limits={"head_timeout_s": "soon"}), "limits.head_timeout_s: must be a number of seconds"),
+        (_minimal(limits={"max_connections": 0}), "limits.max_connections: must be at least 1"),
         (_minimal(store={"url": "postgres://x"}), "store.url: 'postgres://x' is not supported"),
         (_minimal(admin_token="${NOT_SET}"), "admin_token: environment variable NOT_SET is not set"),
         (_minimal(cancel_finish_reason=""), "cancel_finish_reason: must not be empty"),
