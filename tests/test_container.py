@@ -25,7 +25,7 @@ import openai
 import pytest
 
 from .conftest import ROOT, Program, free_port
-from .container_base import BaseImageError, base_image, podman
+from .container_base import BaseImageError, build_options, podman
 from .helpers import content_of, open_stream, read_record
 
 USER_KEY = "sk-user-a-0123456789abcdef"
@@ -63,17 +63,12 @@ def image() -> Iterator[str]:
     """The repository's Dockerfile, built as it stands; removed after the module."""
     _podman_or_fail()
     try:
-        base = base_image()
+        options = build_options()
     except BaseImageError as error:
         pytest.fail(f"no base image for the container tests: {error}", pytrace=False)
     tag = f"localhost/cancelproxy-test:{uuid.uuid4().hex[:12]}"
-    # docker format: OCI image config has no HEALTHCHECK. --from replaces the
-    # FROM line with the stand-in; --pull=never, since no registry answers here.
-    build = _podman(
-        "build", "--format", "docker", "--network", "host", "--pull=never", "--from", base,
-        "--tag", tag, str(ROOT),
-        timeout=BUILD_TIMEOUT_S,
-    )  # fmt: skip
+    # docker format: OCI image config has no HEALTHCHECK.
+    build = _podman("build", *options, "--format", "docker", "--tag", tag, str(ROOT), timeout=BUILD_TIMEOUT_S)
     assert build.returncode == 0, f"podman build failed:\n{build.stdout}{build.stderr}"
     try:
         yield tag
