@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 import pytest
-from redis.exceptions import RedisError
 
 from cancelproxy.records import Record
-from cancelproxy.store.base import Store
+from cancelproxy.store.base import Store, StoreError
 from cancelproxy.store.memory import MemoryStore
 from cancelproxy.store.redis import RedisStore
 from cancelproxy.store.sqlite import SCHEMA_VERSION, SchemaVersionError, SQLiteStore
@@ -209,7 +209,7 @@ async def test_sqlite_failed_batch_writes_nothing(tmp_path: Path) -> None:
     async with opened(SQLiteStore(str(tmp_path / "records.db"))) as store:
         bad = make_record("bad")
         bad.session_id = None  # type: ignore[assignment]  # violates NOT NULL
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises(StoreError, match="NOT NULL constraint failed"):
             await store.save_many([make_record("good"), bad])
         assert await store.get("good") is None
         assert store.transactions == 0
@@ -253,7 +253,7 @@ async def test_redis_errors_while_down_and_recovers_on_restart(redis_server: Red
         await store.save_many([make_record("r1")])
         redis_server.stop()
         assert await store.ping() is False
-        with pytest.raises(RedisError):
+        with pytest.raises(StoreError):
             await store.save_many([make_record("r2")])
         assert store.transactions == 1
         redis_server.start()  # same port, empty: the server keeps nothing
@@ -267,7 +267,17 @@ async def test_redis_open_raises_when_unreachable(redis_server: RedisServer) -> 
     redis_server.stop()
     store = RedisStore(redis_server.url, unique_key_prefix())
     try:
-        with pytest.raises(RedisError):
+        with pytest.raises(StoreError):
             await store.open()
     finally:
         await store.close()  # closing after a failed open is harmless
+
+
+async def test_redis_errors_quote_no_record(redis_server: RedisServer) -> None:
+    # A short prefix and id, as the quoted command is cut at 100 characters.
+    async with opened(RedisStore(redis_server.url, "p:")) as store:
+        await store.client.config_set("maxmemory", 1)  # every write is refused: OOM
+        secret = "sess-1b0e8f"
+        with pytest.raises(StoreError, match="OutOfMemoryError") as raised:
+            await store.save_many([make_record("r", secret, content="the answer so far")])
+        assert secret not in "".join(traceback.format_exception(raised.value))

@@ -15,14 +15,16 @@ survives a power loss.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import cast
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from ..records import Record
+from .base import StoreError
 
 __all__ = ["RedisStore"]
 
@@ -47,6 +49,22 @@ def _load(raw: bytes | str) -> Record:
     return Record.from_dict(json.loads(raw))
 
 
+@contextlib.asynccontextmanager
+async def _mapped(what: str) -> AsyncIterator[None]:
+    """redis-py's errors as ``StoreError``.
+
+    A command Redis refuses inside a pipeline comes back with the command
+    quoted in its message (a record's JSON, for a SET): only its kind is kept,
+    which says why (OutOfMemoryError, ReadOnlyError, NoPermissionError...).
+    """
+    try:
+        yield
+    except ResponseError as exc:
+        raise StoreError(f"redis: {what} refused ({type(exc).__name__})") from None
+    except (RedisError, OSError) as exc:
+        raise StoreError(f"redis: {what} failed: {exc}") from exc
+
+
 class RedisStore:
     def __init__(self, url: str, key_prefix: str = "cancelproxy:") -> None:
         self.key_prefix = key_prefix
@@ -67,7 +85,8 @@ class RedisStore:
     async def open(self) -> None:
         # Fail now, at startup, rather than at the first save.
         try:
-            await self.client.ping()
+            async with _mapped("connect"):
+                await self.client.ping()
         except BaseException:
             await self.client.aclose()
             raise
@@ -78,7 +97,7 @@ class RedisStore:
     async def save_many(self, records: Sequence[Record]) -> None:
         if not records:
             return
-        async with self.client.pipeline(transaction=True) as pipe:
+        async with _mapped("write"), self.client.pipeline(transaction=True) as pipe:
             for record in records:
                 rid = record.request_id
                 pipe.set(self._rec(rid), _dump(record))
@@ -97,7 +116,8 @@ class RedisStore:
         self.transactions += 1
 
     async def get(self, request_id: str) -> Record | None:
-        raw = await self.client.get(self._rec(request_id))
+        async with _mapped("read"):
+            raw = await self.client.get(self._rec(request_id))
         return _load(raw) if raw is not None else None
 
     async def _records(self, ids: Iterable[bytes | str]) -> list[Record]:
@@ -105,19 +125,28 @@ class RedisStore:
         keys = [self._rec(_text(i)) for i in ids]
         if not keys:
             return []  # MGET with no keys is an error
-        return [_load(raw) for raw in await self.client.mget(keys) if raw is not None]
+        async with _mapped("read"):
+            raws = await self.client.mget(keys)
+        return [_load(raw) for raw in raws if raw is not None]
 
     async def session(self, session_id: str) -> list[Record]:
         # The set is ordered by created_at; ids that a concurrent prune has
         # just deleted are skipped.
-        ids = await self.client.zrange(self._sess(session_id), 0, -1)
+        async with _mapped("read"):
+            ids = await self.client.zrange(self._sess(session_id), 0, -1)
         return await self._records(cast("list[bytes]", ids))
 
     async def in_progress(self) -> list[Record]:
-        records = await self._records(await self.client.smembers(self._inprog))
+        async with _mapped("read"):
+            ids = await self.client.smembers(self._inprog)
+        records = await self._records(ids)
         return sorted(records, key=lambda r: r.created_at)
 
     async def prune(self, ended_before: float) -> int:
+        async with _mapped("prune"):
+            return await self._prune(ended_before)
+
+    async def _prune(self, ended_before: float) -> int:
         deleted = 0
         # "(" makes the bound exclusive: ended_at < ended_before, as documented.
         cutoff = f"({float(ended_before)!r}"

@@ -10,11 +10,12 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import aiosqlite
 
 from ..records import Record
+from .base import StoreError
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "SchemaVersionError"]
 
@@ -68,6 +69,18 @@ def _row(record: Record) -> tuple[str, str, float, str, float | None, str]:
 
 def _record(data: str) -> Record:
     return Record.from_dict(json.loads(data))
+
+
+@contextlib.asynccontextmanager
+async def _mapped(what: str) -> AsyncIterator[None]:
+    """sqlite3 errors as ``StoreError`` (their messages never hold bound values).
+
+    aiosqlite raises ValueError once the connection is gone.
+    """
+    try:
+        yield
+    except (sqlite3.Error, ValueError) as exc:
+        raise StoreError(f"sqlite: {what} failed: {exc}") from exc
 
 
 async def _rollback(db: aiosqlite.Connection) -> None:
@@ -140,7 +153,7 @@ class SQLiteStore:
     @property
     def _conn(self) -> aiosqlite.Connection:
         if self._db is None:
-            raise RuntimeError("SQLiteStore is not open")
+            raise StoreError("sqlite: the store is not open")
         return self._db
 
     async def save_many(self, records: Sequence[Record]) -> None:
@@ -149,7 +162,7 @@ class SQLiteStore:
         # Serialize before taking the lock: these are snapshots of records
         # the caller keeps mutating.
         rows = [_row(record) for record in records]
-        async with self._lock:
+        async with self._lock, _mapped("write"):
             db = self._conn
             await db.execute("BEGIN IMMEDIATE")
             try:
@@ -161,7 +174,7 @@ class SQLiteStore:
             self.transactions += 1
 
     async def get(self, request_id: str) -> Record | None:
-        async with self._lock:
+        async with self._lock, _mapped("read"):
             async with self._conn.execute("SELECT data FROM records WHERE request_id = ?", (request_id,)) as cursor:
                 row = await cursor.fetchone()
         return _record(row[0]) if row is not None else None
@@ -170,21 +183,21 @@ class SQLiteStore:
         # rowid breaks ties in created_at by first insertion (an upsert keeps
         # the rowid), as the memory store does.
         query = "SELECT data FROM records WHERE session_id = ? ORDER BY created_at, rowid"
-        async with self._lock:
+        async with self._lock, _mapped("read"):
             async with self._conn.execute(query, (session_id,)) as cursor:
                 rows = await cursor.fetchall()
         return [_record(row[0]) for row in rows]
 
     async def in_progress(self) -> list[Record]:
         query = "SELECT data FROM records WHERE status = 'in_progress' ORDER BY created_at"
-        async with self._lock:
+        async with self._lock, _mapped("read"):
             async with self._conn.execute(query) as cursor:
                 rows = await cursor.fetchall()
         return [_record(row[0]) for row in rows]
 
     async def prune(self, ended_before: float) -> int:
         # One statement in autocommit mode is its own transaction.
-        async with self._lock:
+        async with self._lock, _mapped("prune"):
             async with self._conn.execute("DELETE FROM records WHERE ended_at < ?", (ended_before,)) as cursor:
                 return cursor.rowcount
 
@@ -192,9 +205,9 @@ class SQLiteStore:
         if self._db is None:
             return False
         try:
-            async with self._lock:
+            async with self._lock, _mapped("ping"):
                 async with self._db.execute("SELECT 1") as cursor:
                     await cursor.fetchone()
-        except (sqlite3.Error, ValueError):  # aiosqlite raises ValueError once the connection is gone
+        except StoreError:
             return False
         return True
