@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import signal
 import sqlite3
 import time
@@ -13,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import openai
+import pytest
 
 from .conftest import MockProvider, Proxy, proxy_config, start_proxy
 from .helpers import content_of, open_stream, provider_request, read_record
@@ -150,3 +153,47 @@ async def test_sigterm_lets_short_streams_finish_and_stops_the_rest(
     assert long_record is not None and short_record is not None
     assert (long_record["status"], long_record["content"]) == ("interrupted", long_text)
     assert (short_record["status"], short_record["content"]) == ("completed", content_of(10))
+
+
+async def _readiness(root: str) -> int:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{root}/readyz") as response:
+            return response.status
+
+
+def _logged_by_the_store(proxy: Proxy, level: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in proxy.program.lines if line.startswith("{")]
+    return [line for line in lines if line.get("logger") == "cancelproxy.store.sqlite" and line["level"] == level]
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_a_database_file_taken_away_while_serving_makes_the_proxy_unready(
+    mock_provider: MockProvider, tmp_path: Path, how: str
+) -> None:
+    proxy, db = _sqlite_proxy(mock_provider, tmp_path)
+    try:
+        async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=USER_KEY, max_retries=0) as client:
+            first = await client.chat.completions.with_raw_response.create(
+                model="mock-1", messages=[{"role": "user", "content": "x"}], extra_body={"mock": {"tokens": 4}}
+            )
+            await read_record(proxy.root, first.headers["x-request-id"], USER_KEY)
+            assert await _readiness(proxy.root) == 200
+            if how == "deleted":
+                # SQLite keeps writing to the open, unlinked files: nothing would survive a restart.
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{db}{suffix}").unlink()
+            else:
+                # What restoring a backup does: another file renamed over this one.
+                restored = tmp_path / "restored.db"
+                shutil.copyfile(db, restored)
+                os.replace(restored, db)
+            assert await _readiness(proxy.root) == 503
+            # No client is failed for it: a new stream runs to its end.
+            stream = await open_stream(client, {"tokens": 5, "rate": 0})
+            text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            assert text == content_of(5)
+            assert await _readiness(proxy.root) == 503
+    finally:
+        proxy.program.stop()
+    # Said once, as an error, however often readiness is asked and writes fail.
+    assert len(_logged_by_the_store(proxy, "error")) == 1, proxy.program.output

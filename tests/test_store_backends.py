@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import sqlite3
 import traceback
 from collections.abc import AsyncIterator
@@ -216,6 +218,48 @@ async def test_sqlite_failed_batch_writes_nothing(tmp_path: Path) -> None:
         await store.save_many([make_record("good")])  # no transaction was left open
         assert await store.get("good") is not None
     assert await store.ping() is False
+
+
+def _store_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "cancelproxy.store.sqlite" and r.levelname == "ERROR"]
+
+
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
+async def test_sqlite_is_not_ready_and_refuses_writes_once_a_file_is_deleted(
+    tmp_path: Path, suffix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "records.db"
+    async with opened(SQLiteStore(str(path))) as store:
+        await store.save_many([make_record("r1")])
+        assert await store.ping() is True
+        Path(f"{path}{suffix}").unlink()
+        assert await store.ping() is False
+        with pytest.raises(StoreError, match=f"{path}{suffix} was deleted"):
+            await store.save_many([make_record("r2")])
+        assert await store.ping() is False
+        assert store.transactions == 1  # nothing was written to the file no one will find
+        assert await store.get("r1") is not None  # what it holds is still read
+    assert len(_store_errors(caplog)) == 1
+
+
+async def test_sqlite_is_not_ready_once_its_file_is_replaced_and_heals_when_it_is_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, aside = tmp_path / "records.db", tmp_path / "aside.db"
+    async with opened(SQLiteStore(str(path))) as store:
+        await store.save_many([make_record("r1")])
+        os.rename(path, aside)
+        shutil.copyfile(aside, tmp_path / "copy.db")
+        os.replace(tmp_path / "copy.db", path)  # a restored backup: another file at the path
+        assert await store.ping() is False
+        with pytest.raises(StoreError, match="replaced by another file"):
+            await store.save_many([make_record("r2")])
+        os.replace(aside, path)  # the file it opened, back where it was
+        assert await store.ping() is True
+        await store.save_many([make_record("r2")])
+    async with opened(SQLiteStore(str(path))) as reopened:
+        assert await reopened.get("r2") is not None
+    assert len(_store_errors(caplog)) == 1
 
 
 # ---- Redis ----------------------------------------------------------------------

@@ -2,6 +2,18 @@
 
 Each record is kept whole as JSON (the simplest faithful round trip of every
 field); only what is queried has a column of its own.
+
+A database deleted or replaced while it is open goes on working for SQLite:
+it writes to the files it holds open, which no one will find again, and every
+record is gone at the next start. So the store remembers which files it
+opened (the database, its -wal and its -shm) and checks, before and after each
+write and on every ping, that they are still the files at those paths. If not,
+it says so once, refuses writes (the writer keeps them in memory) and is not
+ready. It does not open the path again by itself: a file reaped by a cleaner,
+removed to start afresh or replaced by a restored backup look the same from
+here, and a guess would either hide a loss behind a green /readyz or migrate
+whatever file was put there. A restart, the operator's call, opens what is at
+the path then; putting the same files back heals the store at once.
 """
 
 from __future__ import annotations
@@ -9,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 
@@ -18,6 +32,8 @@ from ..records import Record
 from .base import StoreError
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "SchemaVersionError"]
+
+_log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -83,6 +99,9 @@ async def _mapped(what: str) -> AsyncIterator[None]:
         raise StoreError(f"sqlite: {what} failed: {exc}") from exc
 
 
+FileIdentity = tuple[int, int]  # (st_dev, st_ino): which file a path names
+
+
 async def _rollback(db: aiosqlite.Connection) -> None:
     # The error that made us roll back is the one worth raising: a failing
     # ROLLBACK (the connection is gone, or SQLite already rolled back) must
@@ -102,6 +121,9 @@ class SQLiteStore:
         # could run between a batch's INSERTs and its COMMIT and see rows that
         # are then rolled back, and a second BEGIN would fail outright.
         self._lock = asyncio.Lock()
+        # The files opened, by path; set by open().
+        self._files: dict[str, FileIdentity] = {}
+        self._moved_said = False
 
     async def open(self) -> None:
         # isolation_level=None: no implicit transactions from the sqlite3
@@ -122,6 +144,15 @@ class SQLiteStore:
             await db.close()
             raise
         self._db = db
+        self._files = {}
+        # After the migration's write: in WAL mode the -wal and -shm files now
+        # exist and stay while the connection is open. In another journal mode
+        # (a file system without shared memory refuses WAL) only the database
+        # stays, its journal comes and goes with each transaction.
+        for name in (self.path, f"{self.path}-wal", f"{self.path}-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                found = os.stat(name)
+                self._files[name] = (found.st_dev, found.st_ino)
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         # BEGIN IMMEDIATE takes the write lock before the version is read, so
@@ -156,6 +187,37 @@ class SQLiteStore:
             raise StoreError("sqlite: the store is not open")
         return self._db
 
+    def _moved(self) -> str | None:
+        """How the files opened differ from those at their paths now, if they do."""
+        for name, opened in self._files.items():
+            try:
+                found = os.stat(name)
+            except FileNotFoundError:
+                return f"{name} was deleted while in use"
+            except OSError as exc:  # its directory is gone or unreadable
+                return f"{name} cannot be checked: {exc.strerror}"
+            if (found.st_dev, found.st_ino) != opened:
+                return f"{name} was replaced by another file while in use"
+        return None
+
+    def _still_opened(self) -> None:
+        """Raise unless writes still reach the files that will be opened at the next start."""
+        moved = self._moved()
+        if moved is None:
+            if self._moved_said:
+                self._moved_said = False
+                _log.info("store: %s is back, writes are durable again", self.path)
+            return
+        if not self._moved_said:
+            self._moved_said = True
+            _log.error(
+                "store: %s: what is written now would be lost at the next start, so writes are refused "
+                "(kept in memory) and the store is not ready; restart the proxy to open %s again",
+                moved,
+                self.path,
+            )
+        raise StoreError(f"sqlite: {moved}")
+
     async def save_many(self, records: Sequence[Record]) -> None:
         if not records:
             return
@@ -164,6 +226,7 @@ class SQLiteStore:
         rows = [_row(record) for record in records]
         async with self._lock, _mapped("write"):
             db = self._conn
+            self._still_opened()  # nothing goes to files no one will find
             await db.execute("BEGIN IMMEDIATE")
             try:
                 await db.executemany(_UPSERT, rows)
@@ -172,6 +235,9 @@ class SQLiteStore:
                 await _rollback(db)
                 raise
             self.transactions += 1
+            # The files may have gone while the commit ran: durable means
+            # durable in the files the next start opens.
+            self._still_opened()
 
     async def get(self, request_id: str) -> Record | None:
         async with self._lock, _mapped("read"):
@@ -208,6 +274,7 @@ class SQLiteStore:
             async with self._lock, _mapped("ping"):
                 async with self._db.execute("SELECT 1") as cursor:
                     await cursor.fetchone()
+                self._still_opened()
         except StoreError:
             return False
         return True
