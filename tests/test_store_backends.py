@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -17,6 +18,7 @@ import pytest
 from cancelproxy.records import Record
 from cancelproxy.store.base import Store, StoreError
 from cancelproxy.store.memory import MemoryStore
+from cancelproxy.store.redis import MAX_CONNECTIONS as REDIS_MAX_CONNECTIONS
 from cancelproxy.store.redis import RedisStore
 from cancelproxy.store.sqlite import SCHEMA_VERSION, SchemaVersionError, SQLiteStore
 
@@ -315,6 +317,28 @@ async def test_redis_open_raises_when_unreachable(redis_server: RedisServer) -> 
             await store.open()
     finally:
         await store.close()  # closing after a failed open is harmless
+
+
+async def test_redis_reconnects_the_connections_a_restart_broke(redis_server: RedisServer) -> None:
+    async with opened(RedisStore(redis_server.url, unique_key_prefix())) as store:
+        await asyncio.gather(*(store.get(f"r{i}") for i in range(20)))  # 20 connections in the pool
+        redis_server.stop()
+        redis_server.start()  # same port, empty: each pooled connection was closed by the old server
+        assert await asyncio.gather(*(store.get(f"r{i}") for i in range(20))) == [None] * 20
+        redis_server.stop()
+        redis_server.start()
+        await asyncio.gather(*(store.save_many([make_record(f"r{i}")]) for i in range(5)))
+        assert len(await store.session("s1")) == 5
+        redis_server.stop()
+        redis_server.start()
+        assert await store.ping() is True
+
+
+async def test_redis_serves_more_concurrent_commands_than_its_pool_holds(redis_url: str) -> None:
+    async with opened(RedisStore(redis_url, unique_key_prefix())) as store:
+        await store.save_many([make_record("r1")])
+        found = await asyncio.gather(*(store.get("r1") for _ in range(REDIS_MAX_CONNECTIONS + 50)))
+        assert all(record is not None for record in found)
 
 
 async def test_redis_errors_quote_no_record(redis_server: RedisServer) -> None:

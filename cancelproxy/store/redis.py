@@ -11,6 +11,12 @@ Layout, every key under ``key_prefix``::
 sees a record without its index entries. How durable an acknowledged write is
 depends on the server: only ``appendonly yes`` with ``appendfsync always``
 survives a power loss.
+
+A pooled connection outlives a Redis restart only as a closed socket, and
+redis-py (with RESP3, its default) hands it out unchecked: the client
+reconnects and retries a command once when its connection fails, so a
+restart costs no read or write an error. Every command here is idempotent
+(SET, ZADD, SADD/SREM, DEL of known keys), so running one twice is harmless.
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import cast
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as BrokenConnection
 from redis.exceptions import RedisError, ResponseError
 
 from ..records import Record
@@ -32,6 +41,16 @@ __all__ = ["RedisStore"]
 # refused) would hang open() and every /readyz ping until the OS gives up.
 # No socket_timeout: the client is shared with pub/sub, whose reads idle.
 CONNECT_TIMEOUT_S = 5.0
+# Connections per process. Past them a command waits for one to be free
+# (redis-py's default pool fails it instead: the 101st concurrent read would
+# answer 503, a cancel order would not be published); the bound keeps a
+# burst from opening thousands of sockets on a Redis every replica shares.
+MAX_CONNECTIONS = 256
+POOL_WAIT_S = 5.0
+# Once, at once, and only on a broken connection: if Redis is really down, a
+# refused connection fails again in microseconds, and a timeout (an
+# unreachable host) is not retried, so an outage never doubles a caller's wait.
+RETRIES_ON_A_BROKEN_CONNECTION = 1
 # Records deleted per round trip by prune: bounds the size of one MULTI/EXEC
 # (Redis runs it without serving anyone else) on a first prune of a big backlog.
 PRUNE_BATCH = 500
@@ -69,7 +88,14 @@ class RedisStore:
     def __init__(self, url: str, key_prefix: str = "cancelproxy:") -> None:
         self.key_prefix = key_prefix
         # Public so that another module can reuse the connection pool for pub/sub.
-        self.client: Redis = Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S)
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=POOL_WAIT_S,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            retry=Retry(NoBackoff(), retries=RETRIES_ON_A_BROKEN_CONNECTION, supported_errors=(BrokenConnection,)),
+        )
+        self.client: Redis = Redis.from_pool(pool)  # closing the client closes its pool
         # Committed save_many transactions: the proxy reports it to show that
         # writes are batched.
         self.transactions = 0
