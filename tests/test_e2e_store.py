@@ -1,4 +1,4 @@
-"""The store under the real proxy as operators meet it: Redis restarted."""
+"""The store under the real proxy as operators meet it: Redis restarted, logs at debug."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import collections
 from pathlib import Path
 
 import aiohttp
+import openai
 
 from cancelproxy.records import Record
 from cancelproxy.sessions import credential_fingerprint
 from cancelproxy.store.redis import RedisStore
 
 from .conftest import MockProvider, proxy_config, start_proxy
+from .helpers import content_of, open_stream, read_record
 from .redis_server import RedisServer, unique_key_prefix
 
 USER_KEY = "sk-user-a-0123456789abcdef"
@@ -67,3 +69,25 @@ async def test_after_a_redis_restart_every_read_is_answered(
     finally:
         proxy.program.stop()
     assert collections.Counter(statuses) == {200: 100, 404: 50}
+
+
+async def test_at_debug_level_no_part_of_a_record_reaches_the_logs(mock_provider: MockProvider, tmp_path: Path) -> None:
+    db = tmp_path / "records.db"
+    # Flushes every 20 ms: the partial answer is written many times while it streams.
+    config = proxy_config(mock_provider, store={"url": f"sqlite:///{db}", "flush_interval_ms": 20}, log_level="debug")
+    proxy = start_proxy(tmp_path, config)
+    try:
+        async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=USER_KEY, max_retries=0) as client:
+            stream = await open_stream(client, {"tokens": 30, "rate": 200, "reasoning": 10})
+            request_id = stream.response.headers["x-request-id"]
+            text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        record = await read_record(proxy.root, request_id, USER_KEY)
+    finally:
+        proxy.program.stop()
+    assert text == record["content"] == content_of(30)
+    assert record["reasoning_content"].startswith("r0 r1 r2 ")
+    output = proxy.program.output
+    assert '"level": "debug"' in output  # debug logging was on
+    # Not the answer, not the thinking, not a partial of either, not the record's JSON.
+    for fragment in ("w0 w1 w2", "r0 r1 r2", '"reasoning_content"', '"content"'):
+        assert fragment not in output, fragment
