@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import os
 import shutil
 import sqlite3
@@ -93,6 +95,14 @@ async def test_round_trip_keeps_every_field(store: Store) -> None:
     loaded = await store.get("req-full")
     assert loaded == record and loaded is not record
     assert await store.get("no-such-request") is None
+
+
+async def test_round_trip_keeps_values_beyond_what_orjson_writes(store: Store) -> None:
+    # From an upstream's JSON, as the json module parses it: an integer past
+    # 64 bits, a lone surrogate (an escape cut in half).
+    record = make_record("r-odd", content="half \ud800 of a pair", usage={"total_tokens": 2**70})
+    await store.save_many([record])
+    assert await store.get("r-odd") == record
 
 
 async def test_save_many_stores_a_snapshot(store: Store) -> None:
@@ -220,6 +230,26 @@ async def test_sqlite_failed_batch_writes_nothing(tmp_path: Path) -> None:
         await store.save_many([make_record("good")])  # no transaction was left open
         assert await store.get("good") is not None
     assert await store.ping() is False
+
+
+async def test_sqlite_reads_rows_older_versions_wrote(tmp_path: Path) -> None:
+    path = tmp_path / "records.db"
+    async with opened(SQLiteStore(str(path))):
+        pass
+    # As every version before orjson wrote a row: json.dumps of the record's fields.
+    record = full_record()
+    data = json.dumps(dataclasses.asdict(record), separators=(",", ":"), ensure_ascii=False)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)",
+            (record.request_id, record.session_id, record.created_at, record.status, record.ended_at, data),
+        )
+    async with opened(SQLiteStore(str(path))) as store:
+        assert await store.get(record.request_id) == record
+        await store.save_many([record])
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        (written,) = db.execute("SELECT data FROM records").fetchone()
+    assert isinstance(written, str) and json.loads(written) == json.loads(data)  # the same JSON, as TEXT
 
 
 def _store_errors(caplog: pytest.LogCaptureFixture) -> list[str]:

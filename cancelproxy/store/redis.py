@@ -22,7 +22,6 @@ restart costs no read or write an error. Every command here is idempotent
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import cast
 
@@ -60,12 +59,12 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _dump(record: Record) -> str:
-    return json.dumps(record.to_dict(), separators=(",", ":"), ensure_ascii=False)
+def _dump(record: Record) -> bytes:
+    return record.to_json()
 
 
 def _load(raw: bytes | str) -> Record:
-    return Record.from_dict(json.loads(raw))
+    return Record.from_json(raw)
 
 
 @contextlib.asynccontextmanager

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import sqlite3
@@ -79,12 +78,14 @@ class SchemaVersionError(RuntimeError):
 
 
 def _row(record: Record) -> tuple[str, str, float, str, float | None, str]:
-    data = json.dumps(record.to_dict(), separators=(",", ":"), ensure_ascii=False)
+    # Decoded to str: bound as TEXT, as the rows of older versions are (a BLOB
+    # would read as JSONB to SQLite's own json functions).
+    data = record.to_json().decode()
     return (record.request_id, record.session_id, record.created_at, record.status, record.ended_at, data)
 
 
 def _record(data: str) -> Record:
-    return Record.from_dict(json.loads(data))
+    return Record.from_json(data)
 
 
 @contextlib.asynccontextmanager
