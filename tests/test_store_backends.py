@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import shutil
@@ -236,9 +235,9 @@ async def test_sqlite_reads_rows_older_versions_wrote(tmp_path: Path) -> None:
     path = tmp_path / "records.db"
     async with opened(SQLiteStore(str(path))):
         pass
-    # As every version before orjson wrote a row: json.dumps of the record's fields.
+    # As every version before orjson wrote a row: json.dumps of the record's dict.
     record = full_record()
-    data = json.dumps(dataclasses.asdict(record), separators=(",", ":"), ensure_ascii=False)
+    data = json.dumps(record.to_dict(), separators=(",", ":"), ensure_ascii=False)
     with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.execute(
             "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)",
