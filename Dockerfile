@@ -1,7 +1,8 @@
 # cancelproxy: the proxy, listening on 0.0.0.0:8080, configured by
 # /etc/cancelproxy/config.yaml (the shipped config.yaml; mount your own there).
 #   docker build -t cancelproxy .
-#   docker run -p 8080:8080 -e OPENAI_API_KEY -v "$PWD/config.yaml:/etc/cancelproxy/config.yaml:ro" cancelproxy
+#   docker run --stop-timeout 15 -p 8080:8080 -e OPENAI_API_KEY -v "$PWD/config.yaml:/etc/cancelproxy/config.yaml:ro" cancelproxy
+# (--stop-timeout above shutdown_grace_s: streams in flight get their grace, then their records are written)
 FROM python:3.11-slim
 
 # Unbuffered output: log and audit lines reach `docker logs` as they happen.

@@ -47,6 +47,10 @@ class Exchange(Protocol):
         """The upstream finished or failed on its own: the outcome is known."""
         ...
 
+    async def before_answer(self) -> None:
+        """Called before the client's answer begins (its status line)."""
+        ...
+
     def tee(self, status: int, headers: Mapping[str, str]) -> Tee | PassThroughTee: ...
 
     def cancelled_ending(self) -> bytes:
@@ -78,6 +82,9 @@ class PassThrough:
         pass
 
     def settle(self) -> None:
+        pass
+
+    async def before_answer(self) -> None:
         pass
 
     def tee(self, status: int, headers: Mapping[str, str]) -> PassThroughTee:

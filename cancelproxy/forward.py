@@ -66,11 +66,14 @@ def generation_handler(protocol: WireProtocol) -> Handler:
             target = dataclasses.replace(target, body=prepared.body)
         live = LiveRequest(record, protocol.transcript(RequestFacts(record.request_id, model, stream)))
         services.registry.add(live)
-        # Not written now: the writer flushes it, and its partial answer, with
-        # the next batch (a request start is not worth a transaction of its own).
-        services.writer.track(live)
+        # Written at once, group-committed with the other starts, while the
+        # request goes upstream: the relay waits for it (bounded) before the
+        # answer begins, so a crash never loses a request whose id a client has.
+        durable = services.writer.save_start(live)
         services.metrics.request_started(target.upstream.name)
-        generation = Generation(services, protocol, live, payload, rewrite=prepared.rewrite, client=request.remote)
+        generation = Generation(
+            services, protocol, live, payload, rewrite=prepared.rewrite, client=request.remote, durable=durable
+        )
         return await Relay(services, request, target, ids, generation).run()
 
     return handle_generation

@@ -8,6 +8,7 @@ is over.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,6 +25,11 @@ from .tee import Tee, is_event_stream
 
 __all__ = ["Generation"]
 
+# How long an answer may wait for its record's first write. An fsync takes
+# milliseconds; past this the store is failing, and a client is never held
+# for the bookkeeping's sake (the write goes on and is retried).
+_DURABLE_START_BOUND_S = 2.0
+
 
 class Generation:
     def __init__(
@@ -35,6 +41,7 @@ class Generation:
         *,
         rewrite: Callable[[bytes], bytes] | None,
         client: str | None,
+        durable: asyncio.Future[bool],
     ) -> None:
         self._services = services
         self._protocol = protocol
@@ -42,6 +49,7 @@ class Generation:
         self._payload = payload  # for the prompt estimate, only needed at the end
         self._rewrite = rewrite
         self._client = client
+        self._durable = durable  # the record's first write (StoreWriter.save_start)
 
     # -- the relay's hooks --------------------------------------------------
 
@@ -64,6 +72,16 @@ class Generation:
 
     def settle(self) -> None:
         self.live.settled = True
+
+    async def before_answer(self) -> None:
+        """The record is in the store before the answer (and its X-Request-Id)
+        begins; a store that is slow or down holds a client only this long."""
+        if self._durable.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._durable), _DURABLE_START_BOUND_S)
+        except TimeoutError:
+            self._services.log.warning("store: %s began before its record was durable", self.live.request_id)
 
     def tee(self, status: int, headers: Mapping[str, str]) -> Tee:
         limits = self._services.config.limits

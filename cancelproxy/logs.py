@@ -2,7 +2,10 @@
 
 Structured so a log pipeline can filter on fields. Events pass their fields
 as ``extra={"fields": {...}}``. Nothing here ever logs a request header: keys
-reach the logs only if someone passes one in, and the relay never does.
+reach the logs only if someone passes one in, and the relay never does. Nor
+does anything log a record's data (an answer, whole or partial, is the user's):
+the proxy logs ids and counts, and libraries that trace their arguments are
+held above that level (``_QUIET_LIBRARIES``).
 
 A dozen lines of formatter instead of a logging library: the format is the
 whole need, and one dependency fewer is one less thing for a sidecar to ship.
@@ -17,6 +20,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 __all__ = ["JsonFormatter", "setup_logging"]
+
+# Loggers that never go below this level, whatever log_level says.
+_QUIET_LIBRARIES: tuple[tuple[str, int], ...] = (
+    # aiohttp's access log is off (see app.RUNNER_OPTIONS); its server errors stay.
+    ("aiohttp.access", logging.WARNING),
+    # At debug, aiosqlite logs every call it runs with its arguments: each
+    # record's JSON, partial answers included, at every flush.
+    ("aiosqlite", logging.INFO),
+)
 
 
 class JsonFormatter(logging.Formatter):
@@ -41,5 +53,5 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiohttp's access log is off (see app.RUNNER_OPTIONS); its server errors stay.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    for name, floor in _QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(floor, root.level))

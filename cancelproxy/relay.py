@@ -266,6 +266,7 @@ class Relay:
     async def _prepare(self) -> web.StreamResponse:
         if self._response is not None:
             return self._response
+        await self._exchange.before_answer()
         upstream = self._upstream
         assert upstream is not None
         headers = response_headers(upstream.headers)
@@ -331,6 +332,8 @@ class Relay:
     async def _answer(self) -> web.StreamResponse:
         """The client's end of the exchange (it already has whatever was relayed)."""
         try:
+            if self._response is None and not self._client_left:
+                await self._exchange.before_answer()
             if self._exchange.stop_reason in ("cancel", "shutdown"):
                 return await self._answer_cancelled()
             if self._client_left:

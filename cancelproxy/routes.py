@@ -110,7 +110,7 @@ async def cancel_request(request: web.Request) -> web.Response:
     if result.stopped or result.known:
         # Stopped, or found ending on its own just now: the caller's, either way.
         return _cancel_answer(result.session_id, result)
-    record = await _stored(services, request_id)
+    record = services.writer.unwritten(request_id) or await _stored(services, request_id)
     if record is not None and caller.owns(record.credential):
         return _cancel_answer(record.session_id, result)  # it already ended
     if result.unanswered:
@@ -138,7 +138,11 @@ async def read_request(request: web.Request) -> web.Response:
         except TimeoutError:
             pass  # answer with the state as it stands
         active = services.registry.get(request_id)
-    record = _live(active) if active is not None else await _stored(services, request_id)
+    # Running here, else a final state the store may not have yet, else the store.
+    if active is not None:
+        record: Record | None = _live(active)
+    else:
+        record = services.writer.unwritten(request_id) or await _stored(services, request_id)
     if record is None or not caller.owns(record.credential):
         return error_response(NotFound(f"no request '{request_id}'", code="request_not_found"))
     return web.json_response(record.public())
@@ -152,8 +156,10 @@ async def read_session(request: web.Request) -> web.Response:
         stored = await services.store.session(session_id)
     except Exception as exc:
         raise StoreUnavailable(f"the record store is unavailable: {exc}") from exc
-    records = {r.request_id: r for r in stored if caller.owns(r.credential)}
-    # Requests still running here: show their partial answer as it stands.
+    # Newest last: the store, then final states it may not have yet, then
+    # requests still running here with their partial answer as it stands.
+    unwritten = services.writer.unwritten_in_session(session_id)
+    records = {r.request_id: r for r in [*stored, *unwritten] if caller.owns(r.credential)}
     for active in services.registry.of_session(session_id):
         if caller.owns(active.credential):
             records[active.request_id] = _live(active)

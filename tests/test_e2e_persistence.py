@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import signal
 import sqlite3
 import time
@@ -13,11 +15,13 @@ from typing import Any
 
 import aiohttp
 import openai
+import pytest
 
 from .conftest import MockProvider, Proxy, proxy_config, start_proxy
 from .helpers import content_of, open_stream, provider_request, read_record
 
 USER_KEY = "sk-user-a-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {USER_KEY}"}
 
 
 def _stored(db: Path, request_id: str) -> dict[str, Any] | None:
@@ -150,3 +154,132 @@ async def test_sigterm_lets_short_streams_finish_and_stops_the_rest(
     assert long_record is not None and short_record is not None
     assert (long_record["status"], long_record["content"]) == ("interrupted", long_text)
     assert (short_record["status"], short_record["content"]) == ("completed", content_of(10))
+
+
+async def _readiness(root: str) -> int:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{root}/readyz") as response:
+            return response.status
+
+
+def _logged_by_the_store(proxy: Proxy, level: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in proxy.program.lines if line.startswith("{")]
+    return [line for line in lines if line.get("logger") == "cancelproxy.store.sqlite" and line["level"] == level]
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_a_database_file_taken_away_while_serving_makes_the_proxy_unready(
+    mock_provider: MockProvider, tmp_path: Path, how: str
+) -> None:
+    proxy, db = _sqlite_proxy(mock_provider, tmp_path)
+    try:
+        async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=USER_KEY, max_retries=0) as client:
+            first = await client.chat.completions.with_raw_response.create(
+                model="mock-1", messages=[{"role": "user", "content": "x"}], extra_body={"mock": {"tokens": 4}}
+            )
+            await read_record(proxy.root, first.headers["x-request-id"], USER_KEY)
+            assert await _readiness(proxy.root) == 200
+            if how == "deleted":
+                # SQLite keeps writing to the open, unlinked files: nothing would survive a restart.
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{db}{suffix}").unlink()
+            else:
+                # What restoring a backup does: another file renamed over this one.
+                restored = tmp_path / "restored.db"
+                shutil.copyfile(db, restored)
+                os.replace(restored, db)
+            assert await _readiness(proxy.root) == 503
+            # No client is failed for it: a new stream runs to its end.
+            stream = await open_stream(client, {"tokens": 5, "rate": 0})
+            text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            assert text == content_of(5)
+            assert await _readiness(proxy.root) == 503
+    finally:
+        proxy.program.stop()
+    # Said once, as an error, however often readiness is asked and writes fail.
+    assert len(_logged_by_the_store(proxy, "error")) == 1, proxy.program.output
+
+
+async def test_a_locked_store_does_not_turn_a_stop_into_not_cancelled(
+    mock_provider: MockProvider, tmp_path: Path
+) -> None:
+    """The file locked by another process: 15 of 16 cancels answered "cancelled": false after ~15 s,
+    though every upstream had closed within milliseconds."""
+    proxy, db = _sqlite_proxy(mock_provider, tmp_path)
+    try:
+        async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=USER_KEY, max_retries=0) as client:
+            tags = [f"locked-{uuid.uuid4().hex[:8]}" for _ in range(16)]
+            streams = [await open_stream(client, mock={"tokens": 1000, "rate": 20, "tag": tag}) for tag in tags]
+            for tag in tags:
+                await provider_request(mock_provider.root, tag, wait="started")
+            locker = sqlite3.connect(db, isolation_level=None)
+            locker.execute("BEGIN EXCLUSIVE")  # every write of the proxy now waits, then fails
+            try:
+                started = time.monotonic()
+                async with aiohttp.ClientSession() as http:
+
+                    async def cancel(request_id: str) -> dict[str, Any]:
+                        url = f"{proxy.root}/requests/{request_id}/cancel"
+                        async with http.post(url, headers={"Authorization": f"Bearer {USER_KEY}"}) as answer:
+                            return dict(await answer.json())
+
+                    acks = await asyncio.gather(*(cancel(s.response.headers["x-request-id"]) for s in streams))
+                elapsed = time.monotonic() - started
+            finally:
+                locker.execute("ROLLBACK")
+                locker.close()
+            for tag in tags:  # every provider connection was closed by the stop
+                assert (await provider_request(mock_provider.root, tag, wait="ended"))["state"] == "closed_by_client"
+            for stream in streams:
+                await stream.close()
+        assert all(ack["cancelled"] is True for ack in acks), acks
+        assert elapsed < 10 + 2  # cancel_timeout_s, and a margin for a busy machine
+        assert any(ack.get("durable") is False for ack in acks)  # and it says so
+        for stream in streams:  # the kept final states land once the lock is gone
+            record = await read_record(proxy.root, stream.response.headers["x-request-id"], USER_KEY)
+            assert (record["status"], record["stop_reason"]) == ("stopped", "cancel")
+    finally:
+        proxy.program.stop()
+
+
+async def test_kill_9_under_load_loses_no_request_whose_id_a_client_had(
+    mock_provider: MockProvider, tmp_path: Path
+) -> None:
+    """15–51 of 300 such requests were 404 after a restart: a record was first written with the next batch."""
+    db = tmp_path / "records.db"
+    # A long flush interval: only a write at the request's start can have put it there.
+    config = proxy_config(mock_provider, store={"url": f"sqlite:///{db}", "flush_interval_ms": 60_000})
+    proxy = start_proxy(tmp_path, config)
+    seen: list[str] = []
+    enough = asyncio.Event()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def stream() -> None:
+            body = {"model": "mock-1", "stream": True, "messages": [], "mock": {"tokens": 1000, "rate": 5}}
+            try:
+                async with session.post(f"{proxy.base_url}/chat/completions", json=body, headers=AUTH) as answer:
+                    seen.append(answer.headers["X-Request-Id"])
+                    if len(seen) >= 150:
+                        enough.set()
+                    await answer.read()
+            except aiohttp.ClientError:
+                pass  # the proxy died under it
+
+        streams = [asyncio.create_task(stream()) for _ in range(300)]
+        await asyncio.wait_for(enough.wait(), 60)
+        assert proxy.program.process is not None
+        proxy.program.process.send_signal(signal.SIGKILL)
+        await asyncio.gather(*streams)
+    proxy.program.stop()
+    had = list(seen)
+    restarted = start_proxy(tmp_path, proxy_config(mock_provider, store={"url": f"sqlite:///{db}"}))
+    try:
+        async with aiohttp.ClientSession() as session:
+            missing = []
+            for request_id in had:
+                async with session.get(f"{restarted.root}/requests/{request_id}", headers=AUTH) as r:
+                    if r.status != 200:
+                        missing.append(request_id)
+    finally:
+        restarted.program.stop()
+    assert len(had) >= 150 and missing == []

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import os
+import shutil
 import sqlite3
+import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 import pytest
-from redis.exceptions import RedisError
 
 from cancelproxy.records import Record, Usage
-from cancelproxy.store.base import Store
+from cancelproxy.store.base import Store, StoreError
 from cancelproxy.store.memory import MemoryStore
+from cancelproxy.store.redis import MAX_CONNECTIONS as REDIS_MAX_CONNECTIONS
 from cancelproxy.store.redis import RedisStore
 from cancelproxy.store.sqlite import SCHEMA_VERSION, SchemaVersionError, SQLiteStore
 
@@ -89,6 +94,14 @@ async def test_round_trip_keeps_every_field(store: Store) -> None:
     loaded = await store.get("req-full")
     assert loaded == record and loaded is not record
     assert await store.get("no-such-request") is None
+
+
+async def test_round_trip_keeps_values_beyond_what_orjson_writes(store: Store) -> None:
+    # From an upstream's JSON, as the json module parses it: an integer past
+    # 64 bits, a lone surrogate (an escape cut in half).
+    record = make_record("r-odd", content="half \ud800 of a pair", usage=Usage(0, 0, 2**70))
+    await store.save_many([record])
+    assert await store.get("r-odd") == record
 
 
 async def test_save_many_stores_a_snapshot(store: Store) -> None:
@@ -209,13 +222,75 @@ async def test_sqlite_failed_batch_writes_nothing(tmp_path: Path) -> None:
     async with opened(SQLiteStore(str(tmp_path / "records.db"))) as store:
         bad = make_record("bad")
         bad.session_id = None  # type: ignore[assignment]  # violates NOT NULL
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises(StoreError, match="NOT NULL constraint failed"):
             await store.save_many([make_record("good"), bad])
         assert await store.get("good") is None
         assert store.transactions == 0
         await store.save_many([make_record("good")])  # no transaction was left open
         assert await store.get("good") is not None
     assert await store.ping() is False
+
+
+async def test_sqlite_reads_rows_older_versions_wrote(tmp_path: Path) -> None:
+    path = tmp_path / "records.db"
+    async with opened(SQLiteStore(str(path))):
+        pass
+    # As every version before orjson wrote a row: json.dumps of the record's dict.
+    record = full_record()
+    data = json.dumps(record.to_dict(), separators=(",", ":"), ensure_ascii=False)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)",
+            (record.request_id, record.session_id, record.created_at, record.status, record.ended_at, data),
+        )
+    async with opened(SQLiteStore(str(path))) as store:
+        assert await store.get(record.request_id) == record
+        await store.save_many([record])
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        (written,) = db.execute("SELECT data FROM records").fetchone()
+    assert isinstance(written, str) and json.loads(written) == json.loads(data)  # the same JSON, as TEXT
+
+
+def _store_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "cancelproxy.store.sqlite" and r.levelname == "ERROR"]
+
+
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
+async def test_sqlite_is_not_ready_and_refuses_writes_once_a_file_is_deleted(
+    tmp_path: Path, suffix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "records.db"
+    async with opened(SQLiteStore(str(path))) as store:
+        await store.save_many([make_record("r1")])
+        assert await store.ping() is True
+        Path(f"{path}{suffix}").unlink()
+        assert await store.ping() is False
+        with pytest.raises(StoreError, match=f"{path}{suffix} was deleted"):
+            await store.save_many([make_record("r2")])
+        assert await store.ping() is False
+        assert store.transactions == 1  # nothing was written to the file no one will find
+        assert await store.get("r1") is not None  # what it holds is still read
+    assert len(_store_errors(caplog)) == 1
+
+
+async def test_sqlite_is_not_ready_once_its_file_is_replaced_and_heals_when_it_is_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, aside = tmp_path / "records.db", tmp_path / "aside.db"
+    async with opened(SQLiteStore(str(path))) as store:
+        await store.save_many([make_record("r1")])
+        os.rename(path, aside)
+        shutil.copyfile(aside, tmp_path / "copy.db")
+        os.replace(tmp_path / "copy.db", path)  # a restored backup: another file at the path
+        assert await store.ping() is False
+        with pytest.raises(StoreError, match="replaced by another file"):
+            await store.save_many([make_record("r2")])
+        os.replace(aside, path)  # the file it opened, back where it was
+        assert await store.ping() is True
+        await store.save_many([make_record("r2")])
+    async with opened(SQLiteStore(str(path))) as reopened:
+        assert await reopened.get("r2") is not None
+    assert len(_store_errors(caplog)) == 1
 
 
 # ---- Redis ----------------------------------------------------------------------
@@ -253,7 +328,7 @@ async def test_redis_errors_while_down_and_recovers_on_restart(redis_server: Red
         await store.save_many([make_record("r1")])
         redis_server.stop()
         assert await store.ping() is False
-        with pytest.raises(RedisError):
+        with pytest.raises(StoreError):
             await store.save_many([make_record("r2")])
         assert store.transactions == 1
         redis_server.start()  # same port, empty: the server keeps nothing
@@ -267,7 +342,39 @@ async def test_redis_open_raises_when_unreachable(redis_server: RedisServer) -> 
     redis_server.stop()
     store = RedisStore(redis_server.url, unique_key_prefix())
     try:
-        with pytest.raises(RedisError):
+        with pytest.raises(StoreError):
             await store.open()
     finally:
         await store.close()  # closing after a failed open is harmless
+
+
+async def test_redis_reconnects_the_connections_a_restart_broke(redis_server: RedisServer) -> None:
+    async with opened(RedisStore(redis_server.url, unique_key_prefix())) as store:
+        await asyncio.gather(*(store.get(f"r{i}") for i in range(20)))  # 20 connections in the pool
+        redis_server.stop()
+        redis_server.start()  # same port, empty: each pooled connection was closed by the old server
+        assert await asyncio.gather(*(store.get(f"r{i}") for i in range(20))) == [None] * 20
+        redis_server.stop()
+        redis_server.start()
+        await asyncio.gather(*(store.save_many([make_record(f"r{i}")]) for i in range(5)))
+        assert len(await store.session("s1")) == 5
+        redis_server.stop()
+        redis_server.start()
+        assert await store.ping() is True
+
+
+async def test_redis_serves_more_concurrent_commands_than_its_pool_holds(redis_url: str) -> None:
+    async with opened(RedisStore(redis_url, unique_key_prefix())) as store:
+        await store.save_many([make_record("r1")])
+        found = await asyncio.gather(*(store.get("r1") for _ in range(REDIS_MAX_CONNECTIONS + 50)))
+        assert all(record is not None for record in found)
+
+
+async def test_redis_errors_quote_no_record(redis_server: RedisServer) -> None:
+    # A short prefix and id, as the quoted command is cut at 100 characters.
+    async with opened(RedisStore(redis_server.url, "p:")) as store:
+        await store.client.config_set("maxmemory", 1)  # every write is refused: OOM
+        secret = "sess-1b0e8f"
+        with pytest.raises(StoreError, match="OutOfMemoryError") as raised:
+            await store.save_many([make_record("r", secret, content="the answer so far")])
+        assert secret not in "".join(traceback.format_exception(raised.value))

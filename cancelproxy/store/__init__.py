@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .base import Store
+from .base import Store, StoreError
 from .memory import MemoryStore
 
-__all__ = ["MemoryStore", "Store", "open_store"]
+__all__ = ["MemoryStore", "Store", "StoreError", "open_store"]
 
 
 def open_store(url: str, *, key_prefix: str) -> Store:

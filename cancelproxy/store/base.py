@@ -1,4 +1,4 @@
-"""What every store backend provides."""
+"""What every store backend provides, and the one error they raise."""
 
 from __future__ import annotations
 
@@ -7,16 +7,37 @@ from typing import Protocol
 
 from ..records import Record
 
-__all__ = ["Store"]
+__all__ = ["Store", "StoreError"]
+
+
+class StoreError(Exception):
+    """A backend could not do what was asked (down, refusing, or no longer
+    the file it opened).
+
+    Its message is fit for a log line and an error answer: it names what
+    failed, never a record's data. That is why backends raise this instead of
+    their drivers' errors, some of which quote the command they ran (and so
+    a stored answer).
+    """
 
 
 class Store(Protocol):
     """Records by request id and by session.
 
-    ``save_many`` upserts snapshots (the caller keeps mutating its own
-    records) in one transaction or pipeline, and the write is durable when it
-    returns: a cancel is acknowledged right after a final state is saved.
-    Backends raise on failure; the caller (``store.writer``) retries and logs.
+    - ``save_many`` upserts snapshots (the caller keeps mutating its own
+      records: they are serialised before it first yields) in one transaction
+      or pipeline, in the order given, so the last state of a request in a
+      batch is the one kept. The write is durable when it returns, which is
+      what a cancel's acknowledgement and a request's first byte wait for: a
+      backend that cannot promise it (its file was deleted under it) raises
+      instead.
+    - Every method raises ``StoreError`` on failure (``open`` may also raise
+      the backend's own errors for a configuration that can never work). A
+      backend retries nothing but a connection that broke while idle (once);
+      ``store.writer`` keeps failed writes and retries them, and read routes
+      answer 503.
+    - ``ping`` never raises: it is ``/readyz``'s answer, False whenever a
+      write would not be durable now.
     """
 
     async def open(self) -> None:
@@ -42,5 +63,5 @@ class Store(Protocol):
         ...
 
     async def ping(self) -> bool:
-        """Whether the backend is reachable (``/readyz``)."""
+        """Whether the backend is reachable and writes to it are durable (``/readyz``)."""
         ...

@@ -11,18 +11,28 @@ Layout, every key under ``key_prefix``::
 sees a record without its index entries. How durable an acknowledged write is
 depends on the server: only ``appendonly yes`` with ``appendfsync always``
 survives a power loss.
+
+A pooled connection outlives a Redis restart only as a closed socket, and
+redis-py (with RESP3, its default) hands it out unchecked: the client
+reconnects and retries a command once when its connection fails, so a
+restart costs no read or write an error. Every command here is idempotent
+(SET, ZADD, SADD/SREM, DEL of known keys), so running one twice is harmless.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import cast
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as BrokenConnection
+from redis.exceptions import RedisError, ResponseError
 
 from ..records import Record
+from .base import StoreError
 
 __all__ = ["RedisStore"]
 
@@ -30,6 +40,16 @@ __all__ = ["RedisStore"]
 # refused) would hang open() and every /readyz ping until the OS gives up.
 # No socket_timeout: the client is shared with pub/sub, whose reads idle.
 CONNECT_TIMEOUT_S = 5.0
+# Connections per process. Past them a command waits for one to be free
+# (redis-py's default pool fails it instead: the 101st concurrent read would
+# answer 503, a cancel order would not be published); the bound keeps a
+# burst from opening thousands of sockets on a Redis every replica shares.
+MAX_CONNECTIONS = 256
+POOL_WAIT_S = 5.0
+# Once, at once, and only on a broken connection: if Redis is really down, a
+# refused connection fails again in microseconds, and a timeout (an
+# unreachable host) is not retried, so an outage never doubles a caller's wait.
+RETRIES_ON_A_BROKEN_CONNECTION = 1
 # Records deleted per round trip by prune: bounds the size of one MULTI/EXEC
 # (Redis runs it without serving anyone else) on a first prune of a big backlog.
 PRUNE_BATCH = 500
@@ -39,19 +59,42 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _dump(record: Record) -> str:
-    return json.dumps(record.to_dict(), separators=(",", ":"), ensure_ascii=False)
+def _dump(record: Record) -> bytes:
+    return record.to_json()
 
 
 def _load(raw: bytes | str) -> Record:
-    return Record.from_dict(json.loads(raw))
+    return Record.from_json(raw)
+
+
+@contextlib.asynccontextmanager
+async def _mapped(what: str) -> AsyncIterator[None]:
+    """redis-py's errors as ``StoreError``.
+
+    A command Redis refuses inside a pipeline comes back with the command
+    quoted in its message (a record's JSON, for a SET): only its kind is kept,
+    which says why (OutOfMemoryError, ReadOnlyError, NoPermissionError...).
+    """
+    try:
+        yield
+    except ResponseError as exc:
+        raise StoreError(f"redis: {what} refused ({type(exc).__name__})") from None
+    except (RedisError, OSError) as exc:
+        raise StoreError(f"redis: {what} failed: {exc}") from exc
 
 
 class RedisStore:
     def __init__(self, url: str, key_prefix: str = "cancelproxy:") -> None:
         self.key_prefix = key_prefix
         # Public so that another module can reuse the connection pool for pub/sub.
-        self.client: Redis = Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S)
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=POOL_WAIT_S,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            retry=Retry(NoBackoff(), retries=RETRIES_ON_A_BROKEN_CONNECTION, supported_errors=(BrokenConnection,)),
+        )
+        self.client: Redis = Redis.from_pool(pool)  # closing the client closes its pool
         # Committed save_many transactions: the proxy reports it to show that
         # writes are batched.
         self.transactions = 0
@@ -67,7 +110,8 @@ class RedisStore:
     async def open(self) -> None:
         # Fail now, at startup, rather than at the first save.
         try:
-            await self.client.ping()
+            async with _mapped("connect"):
+                await self.client.ping()
         except BaseException:
             await self.client.aclose()
             raise
@@ -78,7 +122,7 @@ class RedisStore:
     async def save_many(self, records: Sequence[Record]) -> None:
         if not records:
             return
-        async with self.client.pipeline(transaction=True) as pipe:
+        async with _mapped("write"), self.client.pipeline(transaction=True) as pipe:
             for record in records:
                 rid = record.request_id
                 pipe.set(self._rec(rid), _dump(record))
@@ -97,7 +141,8 @@ class RedisStore:
         self.transactions += 1
 
     async def get(self, request_id: str) -> Record | None:
-        raw = await self.client.get(self._rec(request_id))
+        async with _mapped("read"):
+            raw = await self.client.get(self._rec(request_id))
         return _load(raw) if raw is not None else None
 
     async def _records(self, ids: Iterable[bytes | str]) -> list[Record]:
@@ -105,19 +150,28 @@ class RedisStore:
         keys = [self._rec(_text(i)) for i in ids]
         if not keys:
             return []  # MGET with no keys is an error
-        return [_load(raw) for raw in await self.client.mget(keys) if raw is not None]
+        async with _mapped("read"):
+            raws = await self.client.mget(keys)
+        return [_load(raw) for raw in raws if raw is not None]
 
     async def session(self, session_id: str) -> list[Record]:
         # The set is ordered by created_at; ids that a concurrent prune has
         # just deleted are skipped.
-        ids = await self.client.zrange(self._sess(session_id), 0, -1)
+        async with _mapped("read"):
+            ids = await self.client.zrange(self._sess(session_id), 0, -1)
         return await self._records(cast("list[bytes]", ids))
 
     async def in_progress(self) -> list[Record]:
-        records = await self._records(await self.client.smembers(self._inprog))
+        async with _mapped("read"):
+            ids = await self.client.smembers(self._inprog)
+        records = await self._records(ids)
         return sorted(records, key=lambda r: r.created_at)
 
     async def prune(self, ended_before: float) -> int:
+        async with _mapped("prune"):
+            return await self._prune(ended_before)
+
+    async def _prune(self, ended_before: float) -> int:
         deleted = 0
         # "(" makes the bound exclusive: ended_at < ended_before, as documented.
         cutoff = f"({float(ended_before)!r}"

@@ -2,21 +2,37 @@
 
 Each record is kept whole as JSON (the simplest faithful round trip of every
 field); only what is queried has a column of its own.
+
+A database deleted or replaced while it is open goes on working for SQLite:
+it writes to the files it holds open, which no one will find again, and every
+record is gone at the next start. So the store remembers which files it
+opened (the database, its -wal and its -shm) and checks, before and after each
+write and on every ping, that they are still the files at those paths. If not,
+it says so once, refuses writes (the writer keeps them in memory) and is not
+ready. It does not open the path again by itself: a file reaped by a cleaner,
+removed to start afresh or replaced by a restored backup look the same from
+here, and a guess would either hide a loss behind a green /readyz or migrate
+whatever file was put there. A restart, the operator's call, opens what is at
+the path then; putting the same files back heals the store at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import logging
+import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import aiosqlite
 
 from ..records import Record
+from .base import StoreError
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "SchemaVersionError"]
+
+_log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -62,12 +78,29 @@ class SchemaVersionError(RuntimeError):
 
 
 def _row(record: Record) -> tuple[str, str, float, str, float | None, str]:
-    data = json.dumps(record.to_dict(), separators=(",", ":"), ensure_ascii=False)
+    # Decoded to str: bound as TEXT, as the rows of older versions are (a BLOB
+    # would read as JSONB to SQLite's own json functions).
+    data = record.to_json().decode()
     return (record.request_id, record.session_id, record.created_at, record.status, record.ended_at, data)
 
 
 def _record(data: str) -> Record:
-    return Record.from_dict(json.loads(data))
+    return Record.from_json(data)
+
+
+@contextlib.asynccontextmanager
+async def _mapped(what: str) -> AsyncIterator[None]:
+    """sqlite3 errors as ``StoreError`` (their messages never hold bound values).
+
+    aiosqlite raises ValueError once the connection is gone.
+    """
+    try:
+        yield
+    except (sqlite3.Error, ValueError) as exc:
+        raise StoreError(f"sqlite: {what} failed: {exc}") from exc
+
+
+FileIdentity = tuple[int, int]  # (st_dev, st_ino): which file a path names
 
 
 async def _rollback(db: aiosqlite.Connection) -> None:
@@ -89,6 +122,9 @@ class SQLiteStore:
         # could run between a batch's INSERTs and its COMMIT and see rows that
         # are then rolled back, and a second BEGIN would fail outright.
         self._lock = asyncio.Lock()
+        # The files opened, by path; set by open().
+        self._files: dict[str, FileIdentity] = {}
+        self._moved_said = False
 
     async def open(self) -> None:
         # isolation_level=None: no implicit transactions from the sqlite3
@@ -109,6 +145,15 @@ class SQLiteStore:
             await db.close()
             raise
         self._db = db
+        self._files = {}
+        # After the migration's write: in WAL mode the -wal and -shm files now
+        # exist and stay while the connection is open. In another journal mode
+        # (a file system without shared memory refuses WAL) only the database
+        # stays, its journal comes and goes with each transaction.
+        for name in (self.path, f"{self.path}-wal", f"{self.path}-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                found = os.stat(name)
+                self._files[name] = (found.st_dev, found.st_ino)
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         # BEGIN IMMEDIATE takes the write lock before the version is read, so
@@ -140,8 +185,39 @@ class SQLiteStore:
     @property
     def _conn(self) -> aiosqlite.Connection:
         if self._db is None:
-            raise RuntimeError("SQLiteStore is not open")
+            raise StoreError("sqlite: the store is not open")
         return self._db
+
+    def _moved(self) -> str | None:
+        """How the files opened differ from those at their paths now, if they do."""
+        for name, opened in self._files.items():
+            try:
+                found = os.stat(name)
+            except FileNotFoundError:
+                return f"{name} was deleted while in use"
+            except OSError as exc:  # its directory is gone or unreadable
+                return f"{name} cannot be checked: {exc.strerror}"
+            if (found.st_dev, found.st_ino) != opened:
+                return f"{name} was replaced by another file while in use"
+        return None
+
+    def _still_opened(self) -> None:
+        """Raise unless writes still reach the files that will be opened at the next start."""
+        moved = self._moved()
+        if moved is None:
+            if self._moved_said:
+                self._moved_said = False
+                _log.info("store: %s is back, writes are durable again", self.path)
+            return
+        if not self._moved_said:
+            self._moved_said = True
+            _log.error(
+                "store: %s: what is written now would be lost at the next start, so writes are refused "
+                "(kept in memory) and the store is not ready; restart the proxy to open %s again",
+                moved,
+                self.path,
+            )
+        raise StoreError(f"sqlite: {moved}")
 
     async def save_many(self, records: Sequence[Record]) -> None:
         if not records:
@@ -149,8 +225,9 @@ class SQLiteStore:
         # Serialize before taking the lock: these are snapshots of records
         # the caller keeps mutating.
         rows = [_row(record) for record in records]
-        async with self._lock:
+        async with self._lock, _mapped("write"):
             db = self._conn
+            self._still_opened()  # nothing goes to files no one will find
             await db.execute("BEGIN IMMEDIATE")
             try:
                 await db.executemany(_UPSERT, rows)
@@ -159,9 +236,12 @@ class SQLiteStore:
                 await _rollback(db)
                 raise
             self.transactions += 1
+            # The files may have gone while the commit ran: durable means
+            # durable in the files the next start opens.
+            self._still_opened()
 
     async def get(self, request_id: str) -> Record | None:
-        async with self._lock:
+        async with self._lock, _mapped("read"):
             async with self._conn.execute("SELECT data FROM records WHERE request_id = ?", (request_id,)) as cursor:
                 row = await cursor.fetchone()
         return _record(row[0]) if row is not None else None
@@ -170,21 +250,21 @@ class SQLiteStore:
         # rowid breaks ties in created_at by first insertion (an upsert keeps
         # the rowid), as the memory store does.
         query = "SELECT data FROM records WHERE session_id = ? ORDER BY created_at, rowid"
-        async with self._lock:
+        async with self._lock, _mapped("read"):
             async with self._conn.execute(query, (session_id,)) as cursor:
                 rows = await cursor.fetchall()
         return [_record(row[0]) for row in rows]
 
     async def in_progress(self) -> list[Record]:
         query = "SELECT data FROM records WHERE status = 'in_progress' ORDER BY created_at"
-        async with self._lock:
+        async with self._lock, _mapped("read"):
             async with self._conn.execute(query) as cursor:
                 rows = await cursor.fetchall()
         return [_record(row[0]) for row in rows]
 
     async def prune(self, ended_before: float) -> int:
         # One statement in autocommit mode is its own transaction.
-        async with self._lock:
+        async with self._lock, _mapped("prune"):
             async with self._conn.execute("DELETE FROM records WHERE ended_at < ?", (ended_before,)) as cursor:
                 return cursor.rowcount
 
@@ -192,9 +272,10 @@ class SQLiteStore:
         if self._db is None:
             return False
         try:
-            async with self._lock:
+            async with self._lock, _mapped("ping"):
                 async with self._db.execute("SELECT 1") as cursor:
                     await cursor.fetchone()
-        except (sqlite3.Error, ValueError):  # aiosqlite raises ValueError once the connection is gone
+                self._still_opened()
+        except StoreError:
             return False
         return True
