@@ -13,6 +13,7 @@ import aiojobs.aiohttp
 from aiohttp import web
 from yarl import URL
 
+from .aborts import Aborter
 from .audit import AuditSink, install_sighup
 from .cluster import Cluster, LocalCluster, RedisCluster
 from .config import Config
@@ -23,7 +24,7 @@ from .metrics import Metrics
 from .mock import start_mock
 from .protocols import PROTOCOLS
 from .registry import Registry
-from .routes import add_routes, cancel_here
+from .routes import add_routes, cancel_here, cancel_response
 from .server import run
 from .services import SERVICES, Services
 from .store import Store, open_store
@@ -64,6 +65,7 @@ def create_app(config: Config) -> web.Application:
     add_routes(app.router)
     app.router.add_get("/metrics", _metrics)
     for prefix in ("", "/{upstream}"):
+        app.router.add_post(prefix + "/v1/responses/{response_id}/cancel", cancel_response)
         for protocol in PROTOCOLS:
             app.router.add_post(f"{prefix}/v1/{protocol.path}", generation_handler(protocol))
         app.router.add_route("*", prefix + "/v1/{tail:.*}", handle_passthrough)
@@ -112,6 +114,9 @@ def _services_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
             await writer.start()
             teardown.push_async_callback(writer.close)  # its last flush runs after the relays ended
 
+            metrics = Metrics()
+            aborter = Aborter(client, metrics, log)
+            teardown.push_async_callback(aborter.close)
             services = Services(
                 config=config,
                 client=client,
@@ -120,7 +125,8 @@ def _services_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
                 registry=Registry(),
                 cluster=cluster,
                 audit=audit,
-                metrics=Metrics(),
+                metrics=metrics,
+                aborter=aborter,
                 base_urls=base_urls,
                 log=log,
             )

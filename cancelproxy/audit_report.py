@@ -1,6 +1,6 @@
 """``cancelproxy audit FILE``: a summary of an audit trail (see ``audit.py``).
 
-What was asked and how it ended (counts by status, stop reason, upstream,
+What was asked and how it ended (counts by status, stop reason, protocol, upstream,
 model), what it used (tokens, exact as the provider reported them vs the
 proxy's estimates), and how fast it was (time to first token, cancel
 latency, duration).
@@ -97,6 +97,7 @@ class Summary:
     last_ts: datetime | None
     by_status: dict[str, int]
     by_stop_reason: dict[str, int]
+    by_protocol: dict[str, int]
     by_upstream: dict[str, int]
     by_model: dict[str, int]
     tokens_exact: TokenTotals
@@ -126,6 +127,7 @@ class Summary:
             "last_ts": iso(self.last_ts),
             "by_status": self.by_status,
             "by_stop_reason": self.by_stop_reason,
+            "by_protocol": self.by_protocol,
             "by_upstream": self.by_upstream,
             "by_model": self.by_model,
             "tokens": {
@@ -148,6 +150,7 @@ class _Entry:
     ts: datetime
     status: str
     stop_reason: str
+    protocol: str
     upstream: str
     model: str
     ttft_ms: float | None
@@ -204,6 +207,8 @@ def _parse_line(line: str) -> _Entry:
         ts=ts,
         status=data["status"],
         stop_reason=_label(data, "stop_reason"),
+        # Lines from before there were several protocols were all chat.
+        protocol=_label(data, "protocol") if "protocol" in data else "chat",
         upstream=_label(data, "upstream"),
         model=_label(data, "model"),
         ttft_ms=_number(data, "ttft_ms"),
@@ -235,6 +240,7 @@ def summarise(lines: Iterable[str], since: datetime | None) -> Summary:
     last_ts: datetime | None = None
     by_status: Counter[str] = Counter()
     by_stop_reason: Counter[str] = Counter()
+    by_protocol: Counter[str] = Counter()
     by_upstream: Counter[str] = Counter()
     by_model: Counter[str] = Counter()
     exact = estimated = TokenTotals()
@@ -256,6 +262,7 @@ def summarise(lines: Iterable[str], since: datetime | None) -> Summary:
         last_ts = entry.ts if last_ts is None else max(last_ts, entry.ts)
         by_status[entry.status] += 1
         by_stop_reason[entry.stop_reason] += 1
+        by_protocol[entry.protocol] += 1
         by_upstream[entry.upstream] += 1
         by_model[entry.model] += 1
         if entry.usage is not None:
@@ -274,6 +281,7 @@ def summarise(lines: Iterable[str], since: datetime | None) -> Summary:
         last_ts=last_ts,
         by_status=_ranked(by_status),
         by_stop_reason=_ranked(by_stop_reason),
+        by_protocol=_ranked(by_protocol),
         by_upstream=_ranked(by_upstream),
         by_model=_ranked(by_model),
         tokens_exact=exact,
@@ -334,6 +342,7 @@ def render(summary: Summary) -> str:
     for title, counts in (
         ("status", summary.by_status),
         ("stop_reason", summary.by_stop_reason),
+        ("protocol", summary.by_protocol),
         ("upstream", summary.by_upstream),
         ("model", summary.by_model),
     ):

@@ -42,6 +42,7 @@ class CancelOrder:
     admin: bool
     session_id: str | None = None
     request_id: str | None = None
+    response_id: str | None = None  # a Responses API id, as the upstream named it
 
 
 @dataclass
@@ -56,6 +57,8 @@ class CancelResult:
     known: list[str] = field(default_factory=list)
     session_id: str | None = None
     unanswered: list[str] = field(default_factory=list)  # replicas that did not answer in time
+    # For a response_id order: the Response object as it stands after the stop.
+    response: dict[str, Any] | None = None
 
     def add(self, other: CancelResult) -> None:
         self.stopped += other.stopped
@@ -63,6 +66,7 @@ class CancelResult:
         self.known += other.known
         self.session_id = self.session_id or other.session_id
         self.unanswered += other.unanswered
+        self.response = self.response or other.response
 
 
 # Stops what this replica runs of an order.
@@ -238,6 +242,7 @@ class RedisCluster:
             "not_durable": result.not_durable,
             "known": result.known,
             "session_id": result.session_id,
+            "response": result.response,
         }
         try:
             await self._client.publish(str(message.get("reply_to")), json.dumps(reply))
@@ -263,13 +268,14 @@ class _Replies:
             value = reply.get(key)
             return [str(i) for i in value] if isinstance(value, list) else []
 
-        session_id = reply.get("session_id")
+        session_id, response = reply.get("session_id"), reply.get("response")
         self.result.add(
             CancelResult(
                 stopped=ids("stopped"),
                 not_durable=ids("not_durable"),
                 known=ids("known"),
                 session_id=session_id if isinstance(session_id, str) else None,
+                response=response if isinstance(response, dict) else None,
             )
         )
         if not self.expected:

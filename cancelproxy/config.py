@@ -20,6 +20,7 @@ from yarl import URL
 
 __all__ = [
     "BUILTIN_MOCK",
+    "AbortHook",
     "AuditConfig",
     "Config",
     "ConfigError",
@@ -55,6 +56,23 @@ class Listen:
 
 
 @dataclass(frozen=True)
+class AbortHook:
+    """The request an upstream's engine needs to stop a generation whose client left.
+
+    Some engines keep generating after the connection closes (SGLang's zombie
+    requests; llama.cpp streams kept on purpose). After closing the
+    connection the proxy sends this: ``path`` on the upstream's origin, and a
+    ``body`` (JSON). ``{upstream_id}`` (the id the engine put in its answer)
+    and ``{request_id}`` (the proxy's) are filled in.
+    """
+
+    method: str = "POST"
+    path: str = "/abort_request"
+    body: Any = None  # a JSON value whose strings may hold the placeholders; None: no body
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
 class Upstream:
     name: str
     base_url: str
@@ -65,6 +83,7 @@ class Upstream:
     # is taken out of base_url: aiohttp's client refuses a URL with credentials
     # beside an Authorization header, and a client's must never win over it.
     basic_auth: str = field(default="", repr=False)
+    abort: AbortHook | None = None
 
     def serves(self, model: str) -> bool:
         return any(fnmatchcase(model, pattern) for pattern in self.models)
@@ -282,7 +301,7 @@ def _store(reader: _Reader, raw: Mapping[str, Any]) -> StoreConfig:
 
 def _upstream(reader: _Reader, raw: Any, key: str) -> Upstream:
     item = _mapping(raw, key)
-    _reject_unknown(item, f"{key}.", {"name", "base_url", "api_key", "models"})
+    _reject_unknown(item, f"{key}.", {"name", "base_url", "api_key", "models", "abort"})
     name = reader.string(item, f"{key}.name", "name", None)
     if not _NAME_RE.match(name):
         raise ConfigError(f"{key}.name: '{name}' must be lowercase letters, digits, '-' or '_'")
@@ -306,7 +325,33 @@ def _upstream(reader: _Reader, raw: Any, key: str) -> Upstream:
     models_raw = item.get("models", [])
     if not isinstance(models_raw, list) or not all(isinstance(m, str) for m in models_raw):
         raise ConfigError(f"{key}.models: must be a list of glob patterns")
-    return Upstream(name=name, base_url=base_url, api_key=api_key, models=tuple(models_raw), basic_auth=basic_auth)
+    abort = _abort_hook(reader, item["abort"], f"{key}.abort") if item.get("abort") is not None else None
+    return Upstream(
+        name=name, base_url=base_url, api_key=api_key, models=tuple(models_raw), basic_auth=basic_auth, abort=abort
+    )
+
+
+_ABORT_METHODS = ("POST", "DELETE", "PUT", "GET")
+
+
+def _abort_hook(reader: _Reader, raw: Any, key: str) -> AbortHook:
+    item = _mapping(raw, key)
+    _reject_unknown(item, f"{key}.", {"method", "path", "body", "timeout_s"})
+    method = reader.string(item, f"{key}.method", "method", AbortHook.method).upper()
+    if method not in _ABORT_METHODS:
+        raise ConfigError(f"{key}.method: '{method}' must be one of {', '.join(_ABORT_METHODS)}")
+    path = reader.string(item, f"{key}.path", "path", None)
+    if not path.startswith("/"):
+        raise ConfigError(f"{key}.path: '{path}' must start with / (a path on the upstream's host)")
+    body = item.get("body")
+    if body is not None and not isinstance(body, (dict, list, str)):
+        raise ConfigError(f"{key}.body: must be a mapping, a list or a string (sent as JSON)")
+    return AbortHook(
+        method=method,
+        path=path,
+        body=body,
+        timeout_s=reader.seconds(item, f"{key}.timeout_s", "timeout_s", AbortHook.timeout_s),
+    )
 
 
 class _Reader:

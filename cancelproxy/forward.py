@@ -70,9 +70,16 @@ def generation_handler(protocol: WireProtocol) -> Handler:
         # request goes upstream: the relay waits for it (bounded) before the
         # answer begins, so a crash never loses a request whose id a client has.
         durable = services.writer.save_start(live)
-        services.metrics.request_started(target.upstream.name)
+        services.metrics.request_started(target.upstream.name, protocol.name)
         generation = Generation(
-            services, protocol, live, payload, rewrite=prepared.rewrite, client=request.remote, durable=durable
+            services,
+            protocol,
+            live,
+            payload,
+            rewrite=prepared.rewrite,
+            client=request.remote,
+            durable=durable,
+            target=target,
         )
         return await Relay(services, request, target, ids, generation).run()
 

@@ -20,7 +20,9 @@ from .live import LiveRequest, StopCause
 from .outcome import Ending, audit_entry, final_record
 from .protocols.base import WireProtocol
 from .records import Record
+from .relay import Target
 from .services import Services
+from .sessions import CREDENTIAL_HEADERS
 from .tee import Tee, is_event_stream
 
 __all__ = ["Generation"]
@@ -29,6 +31,7 @@ __all__ = ["Generation"]
 # milliseconds; past this the store is failing, and a client is never held
 # for the bookkeeping's sake (the write goes on and is retried).
 _DURABLE_START_BOUND_S = 2.0
+_CREDENTIALS = frozenset(name.lower() for name in CREDENTIAL_HEADERS)
 
 
 class Generation:
@@ -42,6 +45,7 @@ class Generation:
         rewrite: Callable[[bytes], bytes] | None,
         client: str | None,
         durable: asyncio.Future[bool],
+        target: Target,
     ) -> None:
         self._services = services
         self._protocol = protocol
@@ -50,6 +54,7 @@ class Generation:
         self._rewrite = rewrite
         self._client = client
         self._durable = durable  # the record's first write (StoreWriter.save_start)
+        self._target = target  # where an abort hook goes, and with which credential
 
     # -- the relay's hooks --------------------------------------------------
 
@@ -116,6 +121,7 @@ class Generation:
             # stays in the registry, so reads show its final state meanwhile.
             urgent = live.stop_reason in ("cancel", "shutdown")
             self._report(record, bytes_out)  # the outcome is known: no need to wait for the disk
+            self._abort_upstream(record)
             live.durable = await services.writer.save_final(record, at_once=urgent)
         except Exception:
             # The client is never failed for the bookkeeping's sake; the loss is logged.
@@ -140,6 +146,21 @@ class Generation:
         )
         return final_record(self.live.snapshot(), ending)
 
+    def _abort_upstream(self, record: Record) -> None:
+        """An engine that keeps generating once its client left gets its own stop request."""
+        upstream = self._target.upstream
+        if upstream.abort is None or self.live.stop_reason is None:
+            return
+        credentials = {k: v for k, v in self._target.headers.items() if k.lower() in _CREDENTIALS}
+        self._services.aborter.abort(
+            upstream.name,
+            upstream.abort,
+            self._services.base_urls[upstream.name],
+            upstream_id=record.upstream_id,
+            request_id=record.request_id,
+            headers=credentials,
+        )
+
     def _report(self, record: Record, bytes_out: int) -> None:
         """The audit line and the metrics of a finished request."""
         live = self.live
@@ -148,4 +169,4 @@ class Generation:
             cancel_s = max(0.0, live.upstream_closed_at - live.stop_requested_at)
         entry, ttft_s = audit_entry(record, cancel_s=cancel_s, bytes_out=bytes_out, client=self._client)
         self._services.audit.write(entry)
-        self._services.metrics.request_finished(record.upstream, record.status, record.stop_reason, ttft_s, cancel_s)
+        self._services.metrics.request_finished(record, ttft_s, cancel_s)

@@ -4,12 +4,14 @@ Every metric lives in a ``Metrics`` object's own registry, never in
 prometheus_client's global default one: several apps may live in one process
 (the tests make many), and each must count only its own requests.
 
-    cancelproxy_in_progress_requests{upstream}                  gauge
-    cancelproxy_requests_total{upstream,status,stop_reason}     counter ("" = no stop_reason)
-    cancelproxy_time_to_first_token_seconds{upstream}           histogram
-    cancelproxy_cancel_latency_seconds{upstream}                histogram: cancel received -> upstream closed
-    cancelproxy_upstream_errors_total{upstream,code}            counter
-    cancelproxy_store_write_transactions                        gauge: the store's committed write transactions
+    cancelproxy_in_progress_requests{upstream,protocol}                  gauge
+    cancelproxy_requests_total{upstream,protocol,status,stop_reason}     counter ("" = no stop_reason)
+    cancelproxy_tokens_total{upstream,protocol,kind,estimated}           counter: kind prompt|completion
+    cancelproxy_time_to_first_token_seconds{upstream}                    histogram
+    cancelproxy_cancel_latency_seconds{upstream}                         histogram: cancel received -> upstream closed
+    cancelproxy_upstream_errors_total{upstream,code}                     counter
+    cancelproxy_upstream_aborts_total{upstream,outcome}                  counter: an upstream's abort: hook
+    cancelproxy_store_write_transactions                                 gauge: the store's committed write transactions
 
 prometheus_client also exports a ``*_created`` series per counter and
 histogram series unless PROMETHEUS_DISABLE_CREATED_SERIES=true is in the
@@ -22,6 +24,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .records import Record
 
 __all__ = ["CANCEL_BUCKETS", "TTFT_BUCKETS", "Metrics", "metrics_handler"]
 
@@ -40,13 +44,19 @@ class Metrics:
         self._in_progress = Gauge(
             "cancelproxy_in_progress_requests",
             "Generation requests in progress.",
-            ["upstream"],
+            ["upstream", "protocol"],
             registry=self.registry,
         )
         self._requests = Counter(
             "cancelproxy_requests",  # exposed as cancelproxy_requests_total
             "Finished generation requests, by how they ended.",
-            ["upstream", "status", "stop_reason"],
+            ["upstream", "protocol", "status", "stop_reason"],
+            registry=self.registry,
+        )
+        self._tokens = Counter(
+            "cancelproxy_tokens",  # exposed as cancelproxy_tokens_total
+            "Tokens of finished generation requests: the provider's count, or the proxy's estimate.",
+            ["upstream", "protocol", "kind", "estimated"],
             registry=self.registry,
         )
         self._ttft = Histogram(
@@ -69,6 +79,12 @@ class Metrics:
             ["upstream", "code"],
             registry=self.registry,
         )
+        self._aborts = Counter(
+            "cancelproxy_upstream_aborts",  # exposed as cancelproxy_upstream_aborts_total
+            "Abort requests sent to an engine after its connection was closed: sent, failed, timed_out, skipped.",
+            ["upstream", "outcome"],
+            registry=self.registry,
+        )
         # A gauge mirroring the store's own count (which may restart with the
         # store), so it is set, not incremented.
         self._store_transactions = Gauge(
@@ -77,20 +93,20 @@ class Metrics:
             registry=self.registry,
         )
 
-    def request_started(self, upstream: str) -> None:
-        self._in_progress.labels(upstream=upstream).inc()
+    def request_started(self, upstream: str, protocol: str) -> None:
+        self._in_progress.labels(upstream=upstream, protocol=protocol).inc()
 
-    def request_finished(
-        self,
-        upstream: str,
-        status: str,
-        stop_reason: str | None,
-        ttft_s: float | None,
-        cancel_s: float | None,
-    ) -> None:
+    def request_finished(self, record: Record, ttft_s: float | None, cancel_s: float | None) -> None:
         """Once per started request, whatever its end; ``None`` for what did not happen."""
-        self._in_progress.labels(upstream=upstream).dec()
-        self._requests.labels(upstream=upstream, status=status, stop_reason=stop_reason or "").inc()
+        upstream, protocol = record.upstream, record.protocol
+        self._in_progress.labels(upstream=upstream, protocol=protocol).dec()
+        self._requests.labels(
+            upstream=upstream, protocol=protocol, status=record.status, stop_reason=record.stop_reason or ""
+        ).inc()
+        if record.usage is not None:
+            estimated = "true" if record.usage.estimated else "false"
+            for kind, count in (("prompt", record.usage.prompt_tokens), ("completion", record.usage.completion_tokens)):
+                self._tokens.labels(upstream=upstream, protocol=protocol, kind=kind, estimated=estimated).inc(count)
         if ttft_s is not None:
             self._ttft.labels(upstream=upstream).observe(ttft_s)
         if cancel_s is not None:
@@ -98,6 +114,9 @@ class Metrics:
 
     def upstream_error(self, upstream: str, code: str) -> None:
         self._upstream_errors.labels(upstream=upstream, code=code).inc()
+
+    def upstream_abort(self, upstream: str, outcome: str) -> None:
+        self._aborts.labels(upstream=upstream, outcome=outcome).inc()
 
     def set_store_transactions(self, n: int) -> None:
         self._store_transactions.set(n)

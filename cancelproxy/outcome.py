@@ -78,6 +78,7 @@ def audit_entry(
         "request_id": record.request_id,
         "session_id": record.session_id,
         "upstream": record.upstream,
+        "protocol": record.protocol,
         "model": record.model,
         "stream": record.stream,
         "status": record.status,

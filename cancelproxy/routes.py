@@ -15,12 +15,14 @@ from aiohttp import web
 
 from .cluster import CancelOrder, CancelResult
 from .errors import NotFound, StoreUnavailable, error_response
+from .forward import handle_passthrough
 from .live import LiveRequest
+from .protocols.responses import ResponsesTranscript
 from .records import Record
 from .services import SERVICES, Services
 from .sessions import Caller
 
-__all__ = ["add_routes", "cancel_here"]
+__all__ = ["add_routes", "cancel_here", "cancel_response"]
 
 
 def _caller(request: web.Request, services: Services) -> Caller:
@@ -52,19 +54,30 @@ def _cancel_answer(session_id: str | None, result: CancelResult) -> web.Response
 async def cancel_here(services: Services, order: CancelOrder) -> CancelResult:
     """Stop what this replica runs of ``order``."""
     registry = services.registry
-    if order.request_id is not None:
+    if order.response_id is not None:
+        candidates = [live for live in registry.all() if _response_id(live) == order.response_id]
+    elif order.request_id is not None:
         candidates = [live for live in [registry.get(order.request_id)] if live is not None]
     else:
         candidates = registry.of_session(order.session_id or "")
     caller = Caller(order.credential, order.admin)
     owned = [live for live in candidates if caller.owns(live.credential)]
     stopped = await registry.cancel(owned, "cancel", services.config.limits.cancel_timeout_s)
+    response = None
+    if order.response_id is not None and owned and isinstance(owned[0].transcript, ResponsesTranscript):
+        response = owned[0].transcript.response_object()
     return CancelResult(
         stopped=stopped.request_ids,
         not_durable=stopped.not_durable,
         known=[live.request_id for live in owned],
         session_id=owned[0].session_id if owned else order.session_id,
+        response=response,
     )
+
+
+def _response_id(live: LiveRequest) -> str | None:
+    transcript = live.transcript
+    return transcript.response_id if isinstance(transcript, ResponsesTranscript) else None
 
 
 async def _cancel(services: Services, order: CancelOrder) -> CancelResult:
@@ -116,6 +129,20 @@ async def cancel_request(request: web.Request) -> web.Response:
     if result.unanswered:
         return _cancel_answer(None, result)  # it may run on a replica that did not answer
     return error_response(NotFound(f"no request '{request_id}'", code="request_not_found"))
+
+
+async def cancel_response(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/responses/{id}/cancel`` (the SDKs' ``responses.cancel()``): a response
+    this proxy is streaming is stopped like any request, and answered with its Response
+    object (``status: "cancelled"``, the partial output). Any other id is the
+    upstream's own (OpenAI's background responses): forwarded."""
+    services = request.app[SERVICES]
+    caller = _caller(request, services)
+    order = CancelOrder(credential=caller.credential, admin=caller.admin, response_id=request.match_info["response_id"])
+    result = await _cancel(services, order)
+    if result.response is not None:
+        return web.json_response(result.response)
+    return await handle_passthrough(request)
 
 
 async def _stored(services: Services, request_id: str) -> Record | None:

@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from .aborts import Aborter
 from .audit import AuditSink
 from .cluster import Cluster
 from .config import Config
@@ -34,6 +35,7 @@ class Services:
     cluster: Cluster
     audit: AuditSink
     metrics: Metrics
+    aborter: Aborter
     # Upstream name -> base URL to send to (``builtin:mock`` resolved to its port).
     base_urls: dict[str, URL]
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("cancelproxy"))

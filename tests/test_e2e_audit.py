@@ -20,8 +20,8 @@ from .helpers import content_of, open_stream, provider_request
 KEY = "sk-audit-SECRET-9f8e7d6c5b4a"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 AUDIT_FIELDS = {
-    "ts", "request_id", "session_id", "upstream", "model", "stream", "status", "stop_reason", "finish_reason",
-    "ttft_ms", "duration_ms", "cancel_ms", "usage", "bytes_out", "client", "credential", "error",
+    "ts", "request_id", "session_id", "upstream", "protocol", "model", "stream", "status", "stop_reason",
+    "finish_reason", "ttft_ms", "duration_ms", "cancel_ms", "usage", "bytes_out", "client", "credential", "error",
 }  # fmt: skip
 
 
@@ -38,7 +38,10 @@ async def _metrics(root: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 
 
 def _requests_total(metrics: dict[Any, float], status: str, stop_reason: str = "") -> float:
-    key = ("cancelproxy_requests_total", (("status", status), ("stop_reason", stop_reason), ("upstream", "mock")))
+    key = (
+        "cancelproxy_requests_total",
+        (("protocol", "chat"), ("status", status), ("stop_reason", stop_reason), ("upstream", "mock")),
+    )
     return metrics.get(key, 0.0)
 
 
@@ -60,7 +63,7 @@ async def test_one_audit_line_per_request_and_metrics_that_move(mock_provider: M
             ids["cancelled"] = stream.response.headers["x-request-id"]
             await provider_request(mock_provider.root, tag, wait="started")
             during = await _metrics(proxy.root)
-            assert during[("cancelproxy_in_progress_requests", (("upstream", "mock"),))] == 1
+            assert during[("cancelproxy_in_progress_requests", (("protocol", "chat"), ("upstream", "mock")))] == 1
             async with aiohttp.ClientSession() as http:
                 async with http.post(f"{proxy.root}/requests/{ids['cancelled']}/cancel", headers=AUTH) as r:
                     assert (await r.json())["cancelled"] is True
@@ -103,6 +106,7 @@ async def test_one_audit_line_per_request_and_metrics_that_move(mock_provider: M
     for line in lines:
         assert set(line) == AUDIT_FIELDS
         assert line["upstream"] == "mock" and line["model"] == "mock-1" and line["stream"] is True
+        assert line["protocol"] == "chat"
         assert line["client"] == "127.0.0.1"
         assert line["credential"].startswith("sha256:")
         assert line["duration_ms"] > 0 and line["bytes_out"] > 0
@@ -132,7 +136,7 @@ async def test_one_audit_line_per_request_and_metrics_that_move(mock_provider: M
 
     for status, stop_reason in (("completed", ""), ("stopped", "cancel"), ("stopped", "disconnect"), ("failed", "")):
         assert _requests_total(after, status, stop_reason) == _requests_total(before, status, stop_reason) + 1
-    assert after[("cancelproxy_in_progress_requests", (("upstream", "mock"),))] == 0
+    assert after[("cancelproxy_in_progress_requests", (("protocol", "chat"), ("upstream", "mock")))] == 0
     assert after[("cancelproxy_upstream_errors_total", (("code", "upstream_broken"), ("upstream", "mock")))] == 1
     assert after[("cancelproxy_cancel_latency_seconds_count", (("upstream", "mock"),))] >= 2
 

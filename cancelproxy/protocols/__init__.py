@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from .base import Answer, Prepared, RequestFacts, Transcript, WireProtocol
 from .chat import CHAT
+from .completions import COMPLETIONS
+from .messages import MESSAGES
+from .responses import RESPONSES
 
 __all__ = ["PROTOCOLS", "Answer", "Prepared", "RequestFacts", "Transcript", "WireProtocol"]
 
-PROTOCOLS: tuple[WireProtocol, ...] = (CHAT,)
+PROTOCOLS: tuple[WireProtocol, ...] = (CHAT, RESPONSES, MESSAGES, COMPLETIONS)

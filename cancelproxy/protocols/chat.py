@@ -25,7 +25,7 @@ from ..records import Usage
 from .base import Answer, Prepared, RequestFacts
 from .openai import Chunks, int_field, joined, str_field
 
-__all__ = ["CHAT", "Chat", "ChatTranscript", "hide_injected_usage"]
+__all__ = ["CHAT", "Chat", "ChatTranscript", "ask_for_usage", "chat_usage", "hide_injected_usage"]
 
 
 # What asking for usage adds to every other chunk of a stream.
@@ -143,7 +143,7 @@ class ChatTranscript(Chunks):
                 for _, t in sorted(self._tools.items())
             ],
             finish_reason=self.finish_reason,
-            usage=_usage(self.usage),
+            usage=chat_usage(self.usage),
             upstream_id=self.upstream_id,
             model=self.model,
             error=self.error,
@@ -153,7 +153,7 @@ class ChatTranscript(Chunks):
         return {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
 
 
-def _usage(raw: dict[str, Any] | None) -> Usage | None:
+def chat_usage(raw: dict[str, Any] | None) -> Usage | None:
     """Chat usage (OpenAI's, DeepSeek's ``prompt_cache_hit_tokens``) under the record's names."""
     if raw is None:
         return None
@@ -171,25 +171,29 @@ def _usage(raw: dict[str, Any] | None) -> Usage | None:
     )
 
 
+def ask_for_usage(payload: dict[str, Any]) -> Prepared:
+    """Make a stream report its exact usage, even if the client did not ask.
+
+    Without ``stream_options.include_usage`` a stream never says what it
+    cost. The proxy asks for it, and what that adds is hidden again.
+    """
+    options = payload.get("stream_options")
+    if payload.get("stream") is not True or (options is not None and not isinstance(options, dict)):
+        return Prepared()
+    if options and options.get("include_usage"):
+        return Prepared()  # the client asked: it gets it
+    asked = {**payload, "stream_options": {**(options or {}), "include_usage": True}}
+    body = json.dumps(asked, ensure_ascii=False, separators=(",", ":")).encode()
+    return Prepared(body=body, rewrite=hide_injected_usage)
+
+
 class Chat:
     name = "chat"
     path = "chat/completions"
     key_header = "Authorization"
 
     def prepare(self, payload: dict[str, Any]) -> Prepared:
-        """Make a stream report its exact usage, even if the client did not ask.
-
-        Without ``stream_options.include_usage`` a stream never says what it
-        cost. The proxy asks for it, and what that adds is hidden again.
-        """
-        options = payload.get("stream_options")
-        if payload.get("stream") is not True or (options is not None and not isinstance(options, dict)):
-            return Prepared()
-        if options and options.get("include_usage"):
-            return Prepared()  # the client asked: it gets it
-        asked = {**payload, "stream_options": {**(options or {}), "include_usage": True}}
-        body = json.dumps(asked, ensure_ascii=False, separators=(",", ":")).encode()
-        return Prepared(body=body, rewrite=hide_injected_usage)
+        return ask_for_usage(payload)
 
     def transcript(self, facts: RequestFacts) -> ChatTranscript:
         return ChatTranscript(facts)
