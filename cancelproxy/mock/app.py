@@ -82,10 +82,10 @@ async def _get_request(request: web.Request) -> web.Response:
     until = request.query.get("wait")
     try:
         timeout = float(request.query.get("timeout", "10"))
-        if until not in (None, "started", "ended"):
+        if until not in (None, "started", "ended", "closed"):
             raise ValueError(until)
     except ValueError:
-        return openai_error(400, "wait must be started|ended, timeout a number", "invalid_request_error", None)
+        return openai_error(400, "wait must be started|ended|closed, timeout a number", "invalid_request_error", None)
     if until is None:
         record = recorder.latest(tag)
     elif (record := await recorder.wait(tag, until, timeout)) is None:

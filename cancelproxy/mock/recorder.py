@@ -101,8 +101,12 @@ class Recorder:
             self._changes.notify()
 
     def latest(self, tag: str, until: str = "started") -> Json | None:
+        """The newest record tagged ``tag`` once it has ``until``: started, ended, or
+        closed (its client's connection; a generation with ignore_close goes on)."""
         record = next((r for r in reversed(self.records) if r["tag"] == tag), None)
         if record is None or (until == "ended" and record["state"] == "running"):
+            return None
+        if until == "closed" and record["client_closed_at"] is None:
             return None
         return record
 
