@@ -69,7 +69,7 @@ async def test_non_streaming_ignore_close_goes_on_too(client: TestClient) -> Non
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_sglang_abort_stops_a_zombie_by_its_upstream_id(client: TestClient, protocol: str) -> None:
-    await leave_mid_stream(client, protocol, tokens=100_000, rate=50, ignore_close=True, tag="zz")
+    await leave_mid_stream(client, protocol, tokens=100_000, rate=200, ignore_close=True, tag="zz")
     rid = UPSTREAM_IDS[protocol].format(tag="zz")
     resp = await client.post("/abort_request", json={"rid": rid})
     assert resp.status == 200 and await resp.read() == b""  # SGLang's answer: an empty 200
@@ -78,8 +78,8 @@ async def test_sglang_abort_stops_a_zombie_by_its_upstream_id(client: TestClient
     [entry] = await aborts(client, tag="zz", count="1")
     assert entry["kind"] == "sglang" and entry["rid"] == rid and entry["outcome"] == "stopped"
     assert entry["body"] == {"rid": rid} and entry["path"] == "/abort_request"
-    settled = rec["tokens_sent"]
-    assert (await record(client, "zz"))["tokens_sent"] == settled
+    await asyncio.sleep(0.1)  # not synchronisation: a grace period in which a stopped generation must not count
+    assert (await record(client, "zz"))["tokens_sent"] == rec["tokens_sent"]
 
 
 async def test_llamacpp_delete_stops_a_zombie_by_conversation_id(client: TestClient) -> None:
@@ -105,9 +105,10 @@ async def test_abort_of_a_connected_stream_drops_it(client: TestClient) -> None:
     resp = await client.post(PATHS["chat"], json=request_body("chat", tokens=100_000, rate=50, tag="live"))
     assert await resp.content.readany()
     assert (await client.post("/abort_request", json={"rid": "chatcmpl-mock-live"})).status == 200
-    with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ClientConnectionError)):
-        async for _ in resp.content.iter_any():
-            pass
+    async with asyncio.timeout(10):  # a stream the abort failed to drop runs for half an hour
+        with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ClientConnectionError)):
+            async for _ in resp.content.iter_any():
+                pass
     rec = await record(client, "live")
     assert rec["state"] == "aborted" and rec["client_closed_at"] is not None
 
