@@ -22,7 +22,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", help="listen address (default: listen.host)")
     serve.add_argument("--port", type=int, help="listen port (default: listen.port)")
 
-    mock = commands.add_parser("mock-upstream", help="an OpenAI-compatible provider that streams deterministic tokens")
+    mock = commands.add_parser(
+        "mock-upstream",
+        help="a provider that streams deterministic tokens: OpenAI chat, Responses and completions, Anthropic Messages",
+        description="Serves /v1/chat/completions, /v1/responses, /v1/messages, /v1/completions and /v1/models "
+        "(each also without /v1), the engine aborts POST /abort_request and DELETE /v1/stream/{id}, and what it "
+        "saw at /_mock/requests and /_mock/aborts. A request's 'mock' object steers it (see the README).",
+    )
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=9000)
     mock.add_argument("--tokens", type=int, default=40, help="content deltas per answer (default: 40)")
