@@ -39,6 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--tokens", type=int, default=200)
     demo.add_argument("--rate", type=float, default=20.0)
     demo.add_argument("--stop-after", type=int, default=10, help="deltas to receive before pressing Stop")
+    demo.add_argument(
+        "--protocol",
+        default="chat",
+        choices=("chat", "responses", "messages", "completions"),
+        help="the wire format to show it with (default: chat)",
+    )
 
     audit = commands.add_parser("audit", help="summarise an audit trail: counts, tokens, latencies")
     audit.add_argument("file", metavar="FILE", help="the audit file (audit.path), or - for stdin")
@@ -59,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_audit(args.file, args.since, args.json)
     from .demo import run_demo
 
-    return run_demo(tokens=args.tokens, rate=args.rate, stop_after=args.stop_after)
+    return run_demo(protocol=args.protocol, tokens=args.tokens, rate=args.rate, stop_after=args.stop_after)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .node import node_project
+
 # A real Redis for every test that asks for one (never skipped: see redis_server.py).
 from .redis_server import redis_key_prefix, redis_server, redis_url  # noqa: F401
 
@@ -165,6 +167,12 @@ def start_proxy(
     )
     program.start()
     return Proxy(program, port, config_path)
+
+
+@pytest.fixture(scope="session")
+def node_sdks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Node.js project with the official SDKs installed (see node.py)."""
+    return node_project(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

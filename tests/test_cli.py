@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -14,10 +16,14 @@ def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-def test_demo_stops_a_stream_and_shows_the_stored_partial() -> None:
-    result = _run("-m", "cancelproxy", "demo", "--tokens", "100", "--rate", "100", "--stop-after", "5")
+@pytest.mark.parametrize("protocol", ["chat", "responses", "messages", "completions"])
+def test_demo_stops_a_stream_and_shows_the_stored_partial(protocol: str) -> None:
+    result = _run(
+        "-m", "cancelproxy", "demo", "--protocol", protocol, "--tokens", "100", "--rate", "100", "--stop-after", "5"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert '"cancelled": true' in result.stdout
+    assert f'"protocol": "{protocol}"' in result.stdout
     assert "stored partial == what the client received: yes" in result.stdout
     assert "its request ended: closed_by_client" in result.stdout
 

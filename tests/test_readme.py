@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -85,22 +84,9 @@ def test_python_sdk_snippet(port: int, tmp_path: Path) -> None:
     assert result.stdout == content_of(40) + "\n"
 
 
-@pytest.fixture(scope="module")
-def node_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.fail("node and npm are needed to run the README's JavaScript (install nodejs)")
-    project = tmp_path_factory.mktemp("node")
-    (project / "package.json").write_text('{"type": "module", "private": true}')
-    subprocess.run(
-        [npm, "install", "--silent", "--no-audit", "--no-fund", "openai@^7"], cwd=project, check=True, timeout=300
-    )
-    return project
-
-
-def test_node_sdk_snippet(port: int, node_project: Path) -> None:
-    (node_project / "chat.mjs").write_text(as_written(snippet("node-sdk"), port))
-    result = subprocess.run(["node", "chat.mjs"], cwd=node_project, capture_output=True, text=True, timeout=60)
+def test_node_sdk_snippet(port: int, node_sdks: Path) -> None:
+    (node_sdks / "chat.mjs").write_text(as_written(snippet("node-sdk"), port))
+    result = subprocess.run(["node", "chat.mjs"], cwd=node_sdks, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout == content_of(40) + "\n"
 
@@ -116,8 +102,21 @@ def test_frontend_pattern(port: int, tmp_path: Path) -> None:
 def test_compose_snippet_names_the_proxy_and_an_app() -> None:
     import yaml
 
-    match = re.search(r"```yaml\n(.*?)```", README, re.S)
-    assert match
-    services = yaml.safe_load(match.group(1))["services"]
+    blocks = [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", README, re.S)]
+    (compose,) = [block for block in blocks if "services" in block]
+    services = compose["services"]
     assert set(services) == {"cancelproxy", "app"}
     assert services["app"]["environment"]["OPENAI_BASE_URL"] == "http://cancelproxy:8080/v1"
+
+
+def test_the_abort_hook_example_is_a_valid_config() -> None:
+    import yaml
+
+    from cancelproxy.config import parse_config
+
+    blocks = [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", README, re.S)]
+    (example,) = [block for block in blocks if "upstreams" in block]
+    config = parse_config(example, env={})
+    hooks = {upstream.name: upstream.abort for upstream in config.upstreams}
+    assert hooks["sglang"] is not None and hooks["sglang"].body == {"rid": "{upstream_id}"}
+    assert hooks["llamacpp"] is not None and hooks["llamacpp"].method == "DELETE"
