@@ -24,11 +24,14 @@ from .metrics import Metrics
 from .mock import start_mock
 from .protocols import PROTOCOLS
 from .registry import Registry
+from .replay import Replays
+from .resume import add_resume_routes
 from .routes import add_routes, cancel_here, cancel_response
 from .server import run
 from .services import SERVICES, Services
 from .store import Store, open_store
 from .store.redis import RedisStore
+from .store.streams import RedisStreams
 from .store.writer import StoreWriter
 from .upkeep import Upkeep
 
@@ -63,6 +66,7 @@ def create_app(config: Config) -> web.Application:
     # groups them into few transactions).
     aiojobs.aiohttp.setup(app, limit=None, close_timeout=config.limits.cancel_timeout_s)
     add_routes(app.router)
+    add_resume_routes(app.router)
     app.router.add_get("/metrics", _metrics)
     for prefix in ("", "/{upstream}"):
         app.router.add_post(prefix + "/v1/responses/{response_id}/cancel", cancel_response)
@@ -107,8 +111,18 @@ def _services_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
             await _open_store(store, config, log)
             teardown.push_async_callback(store.close)
             cluster: Cluster = LocalCluster()
+            streams: RedisStreams | None = None
             if isinstance(store, RedisStore):
                 cluster = RedisCluster(store.client, config.store.key_prefix, config.store.heartbeat_s, log)
+                streams = RedisStreams(
+                    store.client,
+                    config.store.key_prefix,
+                    keep_s=config.resume.keep_s,
+                    heartbeat_s=config.store.heartbeat_s,
+                    log=log,
+                )
+                await streams.start()
+                teardown.push_async_callback(streams.close)
 
             writer = StoreWriter(store, flush_interval_s=config.store.flush_interval_ms / 1000, log=log)
             await writer.start()
@@ -127,6 +141,10 @@ def _services_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
                 audit=audit,
                 metrics=metrics,
                 aborter=aborter,
+                replays=Replays(
+                    max_total_bytes=config.resume.max_total_bytes, keep_s=config.resume.keep_s, mirror=streams
+                ),
+                streams=streams,
                 base_urls=base_urls,
                 log=log,
             )

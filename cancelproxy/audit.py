@@ -3,9 +3,9 @@
 ``audit.path`` is ``-`` for stdout or a file, appended to and created if
 missing. A line has exactly the keys the proxy builds::
 
-    ts, request_id, session_id, upstream, model, stream, status, stop_reason,
-    finish_reason, ttft_ms, duration_ms, cancel_ms, usage, bytes_out, client,
-    credential, error
+    ts, request_id, session_id, upstream, protocol, model, stream, status,
+    stop_reason, finish_reason, ttft_ms, duration_ms, cancel_ms, usage,
+    bytes_out, readers, resumes, client, credential, error
 
 ``cancelproxy audit FILE`` (``audit_report.py``) summarises such a file.
 

@@ -26,6 +26,8 @@ __all__ = [
     "ConfigError",
     "Limits",
     "Listen",
+    "OnDisconnect",
+    "ResumeConfig",
     "StoreConfig",
     "Upstream",
     "load_config",
@@ -143,6 +145,24 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class OnDisconnect:
+    # How long a generation whose client went away goes on for a reader that
+    # resumes it (0: a dropped client stops it at once). A request may ask for
+    # its own with the X-Disconnect-Grace header, up to max_grace_s.
+    grace_s: float = 0.0
+    max_grace_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class ResumeConfig:
+    # What the streams kept for resumed readers may hold together (each one
+    # at most limits.max_body_bytes); the oldest ended ones go first.
+    max_total_bytes: int = 256 * 1024 * 1024
+    # How long an ended stream stays resumable (redis: its stream's expiry).
+    keep_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     upstreams: tuple[Upstream, ...]
     default_upstream: str
@@ -156,6 +176,8 @@ class Config:
     # stopped (upstream closed, client ended cleanly, record interrupted).
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
+    on_disconnect: OnDisconnect = OnDisconnect()
+    resume: ResumeConfig = ResumeConfig()
 
     def upstream(self, name: str) -> Upstream | None:
         for upstream in self.upstreams:
@@ -193,6 +215,8 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
             "cancel_finish_reason",
             "shutdown_grace_s",
             "log_level",
+            "on_disconnect",
+            "resume",
         },
     )
     reader = _Reader(env)
@@ -258,7 +282,28 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     if log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: '{log_level}' must be one of debug, info, warning, error")
 
+    disconnect_raw = _mapping(top.get("on_disconnect", {}), "on_disconnect")
+    _reject_unknown(disconnect_raw, "on_disconnect.", {"grace_s", "max_grace_s"})
+    on_disconnect = OnDisconnect(
+        grace_s=reader.seconds(disconnect_raw, "on_disconnect.grace_s", "grace_s", OnDisconnect.grace_s, zero=True),
+        max_grace_s=reader.seconds(
+            disconnect_raw, "on_disconnect.max_grace_s", "max_grace_s", OnDisconnect.max_grace_s, zero=True
+        ),
+    )
+    if on_disconnect.grace_s > on_disconnect.max_grace_s:
+        raise ConfigError(f"on_disconnect.grace_s: {on_disconnect.grace_s:g} is more than max_grace_s")
+    resume_raw = _mapping(top.get("resume", {}), "resume")
+    _reject_unknown(resume_raw, "resume.", {"max_total_bytes", "keep_s"})
+    resume = ResumeConfig(
+        max_total_bytes=reader.integer(
+            resume_raw, "resume.max_total_bytes", "max_total_bytes", ResumeConfig.max_total_bytes, minimum=0
+        ),
+        keep_s=reader.seconds(resume_raw, "resume.keep_s", "keep_s", ResumeConfig.keep_s),
+    )
+
     return Config(
+        on_disconnect=on_disconnect,
+        resume=resume,
         shutdown_grace_s=reader.seconds(top, "shutdown_grace_s", "shutdown_grace_s", Config.shutdown_grace_s),
         log_level=log_level,
         listen=listen,
@@ -405,14 +450,18 @@ class _Reader:
             raise ConfigError(f"{key}: must be {bound}, not {value}")
         return value
 
-    def seconds(self, raw: Mapping[str, Any], key: str, field_name: str, default: float) -> float:
+    def seconds(
+        self, raw: Mapping[str, Any], key: str, field_name: str, default: float, *, zero: bool = False
+    ) -> float:
+        """A number of seconds, more than 0 (or 0 too, with ``zero``)."""
         value = self._scalar(raw, key, field_name, default)
         try:
             seconds = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: must be a number of seconds, not {value!r}") from None
-        if isinstance(value, bool) or not seconds > 0:
-            raise ConfigError(f"{key}: must be a positive number of seconds, not {value!r}")
+        if isinstance(value, bool) or not (seconds >= 0 if zero else seconds > 0) or seconds != seconds:
+            kind = "a number of seconds, 0 or more" if zero else "a positive number of seconds"
+            raise ConfigError(f"{key}: must be {kind}, not {value!r}")
         return seconds
 
 

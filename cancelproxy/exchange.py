@@ -19,6 +19,7 @@ from aiohttp import web
 
 from .errors import ProxyError, error_response, sse_error_event
 from .live import StopCause
+from .sse import Event
 from .tee import PassThroughTee, Tee
 
 __all__ = ["Exchange", "PassThrough"]
@@ -41,7 +42,23 @@ class Exchange(Protocol):
 
     def close_upstream(self) -> None: ...
 
-    def client_gone(self) -> None: ...
+    def client_gone(self) -> bool:
+        """The client left; True if the generation goes on without it (readers
+        that resumed it follow, or its disconnect grace is running)."""
+        ...
+
+    def stop_for_shutdown(self) -> None:
+        """The proxy is stopping while the generation goes on without its client."""
+        ...
+
+    def sent(self, data: bytes, events: list[Event]) -> None:
+        """``data`` went to the client (or, with the client gone, would have):
+        ``events`` are the events it carries, for the record."""
+        ...
+
+    def ended_with(self, data: bytes) -> None:
+        """The proxy's own ending (cancelled, failed) went to the client."""
+        ...
 
     def settle(self) -> None:
         """The upstream finished or failed on its own: the outcome is known."""
@@ -78,7 +95,16 @@ class PassThrough:
     def close_upstream(self) -> None:
         pass
 
-    def client_gone(self) -> None:
+    def client_gone(self) -> bool:
+        return False
+
+    def stop_for_shutdown(self) -> None:
+        pass
+
+    def sent(self, data: bytes, events: list[Event]) -> None:
+        pass
+
+    def ended_with(self, data: bytes) -> None:
         pass
 
     def settle(self) -> None:

@@ -40,6 +40,7 @@ def generation_handler(protocol: WireProtocol) -> Handler:
         services = request.app[SERVICES]
         try:
             ids = _ids(request)
+            grace_s = _grace(request, services)
             body = await _read_body(request, services.config.limits.max_body_bytes)
             payload = _parse_json(body)
             target = _target(services, request, body, payload.get("model"), protocol.key_header)
@@ -64,7 +65,12 @@ def generation_handler(protocol: WireProtocol) -> Handler:
         prepared = protocol.prepare(payload)
         if prepared.body is not None:
             target = dataclasses.replace(target, body=prepared.body)
-        live = LiveRequest(record, protocol.transcript(RequestFacts(record.request_id, model, stream)))
+        live = LiveRequest(
+            record,
+            protocol.transcript(RequestFacts(record.request_id, model, stream)),
+            grace_s=grace_s,
+            remote_readers=services.streams.remote_readers if services.streams is not None else None,
+        )
         services.registry.add(live)
         # Written at once, group-committed with the other starts, while the
         # request goes upstream: the relay waits for it (bounded) before the
@@ -95,6 +101,25 @@ async def handle_passthrough(request: web.Request) -> web.StreamResponse:
     except ProxyError as error:
         return error_response(error)
     return await Relay(services, request, target, ids, PassThrough()).run()
+
+
+def _grace(request: web.Request, services: Services) -> float:
+    """How long the generation goes on once its client left, waiting for a reader to resume it."""
+    policy = services.config.on_disconnect
+    asked = request.headers.get("X-Disconnect-Grace")
+    if asked is None:
+        return policy.grace_s
+    try:
+        seconds = float(asked)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise BadRequest(
+            "X-Disconnect-Grace must be a number of seconds, 0 or more",
+            param="X-Disconnect-Grace",
+            code="invalid_grace",
+        )
+    return min(seconds, policy.max_grace_s)
 
 
 def _ids(request: web.Request) -> dict[str, str]:

@@ -21,8 +21,10 @@ from .outcome import Ending, audit_entry, final_record
 from .protocols.base import WireProtocol
 from .records import Record
 from .relay import Target
+from .replay import EventLog
 from .services import Services
 from .sessions import CREDENTIAL_HEADERS
+from .sse import Event, SSEFramer
 from .tee import Tee, is_event_stream
 
 __all__ = ["Generation"]
@@ -55,6 +57,9 @@ class Generation:
         self._client = client
         self._durable = durable  # the record's first write (StoreWriter.save_start)
         self._target = target  # where an abort hook goes, and with which credential
+        self._tee: Tee | None = None
+        self.log: EventLog | None = None  # what the client was sent, for readers that resume
+        self._ending_logged = False
 
     # -- the relay's hooks --------------------------------------------------
 
@@ -72,8 +77,28 @@ class Generation:
     def close_upstream(self) -> None:
         self.live.close_upstream()
 
-    def client_gone(self) -> None:
-        self.live.request_stop("disconnect")  # keeps "cancel" if a cancel came first
+    def client_gone(self) -> bool:
+        # Stopped at once (keeping "cancel" if a cancel came first), unless
+        # readers that resumed it follow, or its disconnect grace runs: only a
+        # stream can be resumed.
+        if self.log is None:
+            self.live.request_stop("disconnect")
+            return False
+        return self.live.reader_left()
+
+    def stop_for_shutdown(self) -> None:
+        self.live.request_stop("shutdown")
+
+    def sent(self, data: bytes, events: list[Event]) -> None:
+        if self._tee is not None:
+            self._tee.commit(events)
+        if self.log is not None:
+            self.log.append(data, [end for end, _ in events])
+
+    def ended_with(self, data: bytes) -> None:
+        self._ending_logged = True
+        if self.log is not None:
+            self.log.append(data, _event_ends(data))
 
     def settle(self) -> None:
         self.live.settled = True
@@ -90,15 +115,21 @@ class Generation:
 
     def tee(self, status: int, headers: Mapping[str, str]) -> Tee:
         limits = self._services.config.limits
-        return Tee(
+        event_stream = is_event_stream(headers)
+        if event_stream and self.live.record.stream:
+            self.log = self._services.replays.open(
+                self.live.request_id, self._protocol.name, limit=limits.max_body_bytes
+            )
+        self._tee = Tee(
             self.live.transcript,
-            event_stream=is_event_stream(headers),
+            event_stream=event_stream,
             max_body_copy=limits.max_body_bytes,
             max_event_bytes=limits.max_event_bytes,
             content_encoding=headers.get("Content-Encoding", ""),
             rewrite=self._rewrite,
             on_commit=self.live.tokens_sent,
         )
+        return self._tee
 
     def cancelled_ending(self) -> bytes:
         return self.live.transcript.cancelled_ending(self._services.config.cancel_finish_reason)
@@ -112,9 +143,11 @@ class Generation:
     async def finish(self, failure: ProxyError | None, upstream_status: int | None, bytes_out: int) -> None:
         """Write the record's final state; then the request is no longer in progress."""
         live, services = self.live, self._services
+        live.done()
         try:
             record = self._final_record(failure, upstream_status)
             live.record = record
+            self._close_log(record, failure)
             live.ended.set()
             # A cancel's ack and shutdown wait for this write: it goes at once.
             # Other final states ride the next batch; until it lands the request
@@ -132,6 +165,18 @@ class Generation:
             services.registry.remove(live)
 
     # -- the end ------------------------------------------------------------
+
+    def _close_log(self, record: Record, failure: ProxyError | None) -> None:
+        """The log ends as a resumed reader must see it end: with what the client
+        got, or, if it was gone, the ending it would have got."""
+        if self.log is None:
+            return
+        if not self._ending_logged:
+            if record.status in ("stopped", "interrupted"):
+                self.ended_with(self.cancelled_ending())
+            elif failure is not None:
+                self.ended_with(self.error_event(failure))
+        self.log.close()
 
     def _final_record(self, failure: ProxyError | None, upstream_status: int | None) -> Record:
         transcript = self.live.transcript
@@ -167,6 +212,19 @@ class Generation:
         cancel_s = None
         if live.stop_requested_at is not None and live.upstream_closed_at is not None:
             cancel_s = max(0.0, live.upstream_closed_at - live.stop_requested_at)
-        entry, ttft_s = audit_entry(record, cancel_s=cancel_s, bytes_out=bytes_out, client=self._client)
+        entry, ttft_s = audit_entry(
+            record,
+            cancel_s=cancel_s,
+            bytes_out=bytes_out,
+            client=self._client,
+            readers=live.most_readers,
+            resumes=live.resumes,
+        )
         self._services.audit.write(entry)
         self._services.metrics.request_finished(record, ttft_s, cancel_s)
+
+
+def _event_ends(data: bytes) -> list[int]:
+    """Where the events of bytes the proxy wrote itself end."""
+    _, events = SSEFramer().feed(data)
+    return [end for end, _ in events]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -46,7 +46,17 @@ class LiveRequest:
     # Bumped whenever the partial answer grows: the store writer flushes only
     # the requests whose version moved since its last batch.
     version: int = 0
+    # Who follows it: its own client (until it leaves) and readers that
+    # resumed it. With none left for ``grace_s``, it is stopped ("disconnect").
+    grace_s: float = 0.0
+    readers: int = 1
+    most_readers: int = 1
+    resumes: int = 0
+    # Readers on other replicas (Redis): they keep it alive too.
+    remote_readers: Callable[[str], Awaitable[int]] | None = None
     _close_upstream: Callable[[], object] | None = None
+    _grace_timer: asyncio.TimerHandle | None = None
+    _confirming: asyncio.Task[None] | None = None
 
     @property
     def request_id(self) -> str:
@@ -89,6 +99,52 @@ class LiveRequest:
             close, self._close_upstream = self._close_upstream, None
             close()
             self.upstream_closed_at = time.monotonic()
+
+    def reader_joined(self) -> None:
+        """A reader resumed it: it is followed again, whatever grace was running."""
+        self.readers += 1
+        self.resumes += 1
+        self.most_readers = max(self.most_readers, self.readers)
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
+
+    def reader_left(self) -> bool:
+        """A reader (its own client, or a resumed one) is gone; True if the
+        generation goes on (others follow, or the grace is running)."""
+        self.readers -= 1
+        if self.readers > 0 or self.settled or self.stop_reason is not None:
+            return self.readers > 0 and not self.settled and self.stop_reason is None
+        if self.grace_s <= 0:
+            self.request_stop("disconnect")
+            return False
+        self._grace_timer = asyncio.get_running_loop().call_later(self.grace_s, self._grace_over)
+        return True
+
+    def _grace_over(self) -> None:
+        self._grace_timer = None
+        if self.readers > 0:
+            return
+        if self.remote_readers is None:
+            self.request_stop("disconnect")
+            return
+        self._confirming = asyncio.ensure_future(self._confirm_gone(self.remote_readers))
+
+    async def _confirm_gone(self, remote_readers: Callable[[str], Awaitable[int]]) -> None:
+        """The grace ran out here: stop unless a reader on another replica follows."""
+        if await remote_readers(self.request_id) > 0 and self.stop_reason is None and not self.settled:
+            self._grace_timer = asyncio.get_running_loop().call_later(self.grace_s, self._grace_over)
+        elif self.readers == 0:
+            self.request_stop("disconnect")
+
+    def done(self) -> None:
+        """It is over: no grace is left running for it."""
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
+        if self._confirming is not None:
+            self._confirming.cancel()
+            self._confirming = None
 
     def request_stop(self, reason: StopCause) -> bool:
         """Stop this request; False if it already ended on its own.

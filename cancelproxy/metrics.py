@@ -12,6 +12,8 @@ prometheus_client's global default one: several apps may live in one process
     cancelproxy_upstream_errors_total{upstream,code}                     counter
     cancelproxy_upstream_aborts_total{upstream,outcome}                  counter: an upstream's abort: hook
     cancelproxy_store_write_transactions                                 gauge: the store's committed write transactions
+    cancelproxy_resume_readers                                           gauge: readers following a resumed stream
+    cancelproxy_resumes_total                                            counter: streams resumed
 
 prometheus_client also exports a ``*_created`` series per counter and
 histogram series unless PROMETHEUS_DISABLE_CREATED_SERIES=true is in the
@@ -85,6 +87,14 @@ class Metrics:
             ["upstream", "outcome"],
             registry=self.registry,
         )
+        self._readers = Gauge(
+            "cancelproxy_resume_readers", "Readers following a resumed stream now.", registry=self.registry
+        )
+        self._resumes = Counter(
+            "cancelproxy_resumes",  # exposed as cancelproxy_resumes_total
+            "Streams resumed (GET /requests/{id}/stream, /sessions/{id}/stream).",
+            registry=self.registry,
+        )
         # A gauge mirroring the store's own count (which may restart with the
         # store), so it is set, not incremented.
         self._store_transactions = Gauge(
@@ -114,6 +124,13 @@ class Metrics:
 
     def upstream_error(self, upstream: str, code: str) -> None:
         self._upstream_errors.labels(upstream=upstream, code=code).inc()
+
+    def reader_joined(self) -> None:
+        self._readers.inc()
+        self._resumes.inc()
+
+    def reader_left(self) -> None:
+        self._readers.dec()
 
     def upstream_abort(self, upstream: str, outcome: str) -> None:
         self._aborts.labels(upstream=upstream, outcome=outcome).inc()

@@ -68,7 +68,13 @@ def final_record(snapshot: Record, ending: Ending) -> Record:
 
 
 def audit_entry(
-    record: Record, *, cancel_s: float | None, bytes_out: int, client: str | None
+    record: Record,
+    *,
+    cancel_s: float | None,
+    bytes_out: int,
+    client: str | None,
+    readers: int = 1,
+    resumes: int = 0,
 ) -> tuple[dict[str, Any], float | None]:
     """The audit line of a final record, and its time to first token (seconds)."""
     ended = record.ended_at if record.ended_at is not None else record.created_at
@@ -90,6 +96,8 @@ def audit_entry(
         # "estimated" always, so a summary can count exact and estimated apart.
         "usage": {**record.usage.to_dict(), "estimated": record.usage.estimated} if record.usage is not None else None,
         "bytes_out": bytes_out,
+        "readers": readers,  # the most that followed it at once, its own client included
+        "resumes": resumes,  # readers that resumed it
         "client": client,
         "credential": record.credential,
         "error": record.error,

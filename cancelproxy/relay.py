@@ -63,7 +63,7 @@ from .errors import (
 from .exchange import Exchange
 from .routing import response_headers
 from .services import Services
-from .sse import Event, EventTooLarge
+from .sse import SSE_HEADERS, Event, EventTooLarge
 from .tee import PassThroughTee, Tee, is_event_stream
 
 __all__ = ["Relay", "Target"]
@@ -71,11 +71,6 @@ __all__ = ["Relay", "Target"]
 # aiohttp's client would otherwise add its own Accept, Accept-Encoding and
 # User-Agent: the provider must see the client's headers, not ours.
 _SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
-_SSE_HEADERS = {
-    "Content-Type": "text/event-stream; charset=utf-8",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
 
 
 @dataclass(frozen=True)
@@ -109,33 +104,64 @@ class Relay:
         self.bytes_out = 0
 
     async def run(self) -> web.StreamResponse:
+        carried_on = False  # the generation outlives its client (readers follow, or a grace runs)
         try:
             try:
                 await self._pump()
             except asyncio.CancelledError:
-                self._client_gone()  # aiohttp cancelled us: the client went away
+                carried_on = self._client_gone()  # aiohttp cancelled us: the client went away
                 raise
             except DownstreamGone:
-                self._client_gone()
-            except UpstreamError as exc:
-                self._fail(exc)
+                carried_on = self._client_gone()
             except Exception as exc:
-                # A bug must still end as an error the client can read and a
-                # record that says "failed", never as a torn answer "completed".
-                self._services.log.exception("relay of %s failed unexpectedly", self._ids["X-Request-Id"])
-                self._fail(InternalError(f"the proxy failed while relaying: {type(exc).__name__}"))
+                self._failed(exc)
             finally:
-                self._close_upstream()
+                if not carried_on:
+                    self._close_upstream()
+            if carried_on:
+                return self._gone()
             # The client's end first: it must not wait for the store. A cancel
             # route waits for the exchange's finish, which comes after.
             return await self._answer()
         finally:
-            status = self._upstream.status if self._upstream is not None else None
-            # A job the app owns: a client that leaves cannot cut the final
-            # write short, shutdown waits for it, and the handler returns at
+            # Jobs the app owns: a client that leaves cannot cut the final
+            # write short, shutdown waits for them, and the handler returns at
             # once (aiohttp reads a keep-alive connection's next request only
             # after the handler returned: it must not wait for a disk sync).
-            await spawn(self._request, self._exchange.finish(self._failure, status, self.bytes_out))
+            if carried_on:
+                await spawn(self._request, self._carry_on())
+            else:
+                await spawn(self._request, self._finish())
+
+    async def _carry_on(self) -> None:
+        """The rest of a generation whose client left while others follow it (or
+        its grace runs): the upstream is read to its end, into the record and
+        the log that resumed readers follow, until it ends or is stopped."""
+        try:
+            try:
+                await self._stream()
+            except asyncio.CancelledError:
+                self._exchange.stop_for_shutdown()
+                raise
+            except Exception as exc:
+                self._failed(exc)
+            finally:
+                self._close_upstream()
+        finally:
+            await self._finish()
+
+    async def _finish(self) -> None:
+        status = self._upstream.status if self._upstream is not None else None
+        await self._exchange.finish(self._failure, status, self.bytes_out)
+
+    def _failed(self, exc: Exception) -> None:
+        if isinstance(exc, UpstreamError):
+            self._fail(exc)
+            return
+        # A bug must still end as an error the client can read and a
+        # record that says "failed", never as a torn answer "completed".
+        self._services.log.exception("relay of %s failed unexpectedly", self._ids["X-Request-Id"], exc_info=exc)
+        self._fail(InternalError(f"the proxy failed while relaying: {type(exc).__name__}"))
 
     # -- the stream -------------------------------------------------------
 
@@ -151,12 +177,19 @@ class Relay:
         self._exchange.attach_upstream(upstream.close)
         if self._stopping:
             return
-        self._tee = tee = self._exchange.tee(upstream.status, upstream.headers)
+        self._tee = self._exchange.tee(upstream.status, upstream.headers)
         if is_event_stream(upstream.headers):
             # Send the status and headers now, as the upstream did; a
             # non-streaming answer waits for its first body byte so a cancel
             # before it can still answer 499.
             await self._prepare()
+        await self._stream()
+
+    async def _stream(self) -> None:
+        """The answer's body, from where it stands to its end (or a stop)."""
+        upstream = self._upstream
+        assert upstream is not None
+        tee = self._tee
         loop = asyncio.get_running_loop()
         first_byte_by = self._started + self._limits.first_byte_timeout_s
         try:
@@ -247,7 +280,7 @@ class Relay:
         if whole:
             await self._write(whole, events)
         else:
-            self._tee.commit(events)  # events the client never gets (a hidden usage chunk) still count
+            self._exchange.sent(whole, events)  # events the client never gets (a hidden usage chunk) still count
 
     async def _end_of_body(self, upstream: aiohttp.ClientResponse) -> None:
         """The upstream's body ended: forward what was held back, and tell a cut stream from a whole one."""
@@ -290,8 +323,12 @@ class Relay:
         Once the bytes are in the transport they may reach the client even if
         the drain that follows fails or times out (a client that stopped
         reading): from then on the record holds them too, so it never holds
-        less than the client could read.
+        less than the client could read. With the client gone (the generation
+        goes on for readers that resume it), only the record and the log get them.
         """
+        if self._client_left:
+            self._exchange.sent(data, events or [])
+            return
         # Per chunk: only the first write prepares the response.
         response = self._response or await self._prepare()
         transport = self._request.transport
@@ -303,14 +340,14 @@ class Relay:
             raise DownstreamGone(str(exc)) from exc
         finally:
             self.bytes_out += len(data)
-            if events is not None:
-                self._tee.commit(events)
+            self._exchange.sent(data, events or [])
 
     # -- how it ended -----------------------------------------------------
 
-    def _client_gone(self) -> None:
+    def _client_gone(self) -> bool:
+        """The client left; True if the generation goes on without it."""
         self._client_left = True
-        self._exchange.client_gone()
+        return self._exchange.client_gone() and self._upstream is not None
 
     def _fail(self, error: ProxyError) -> None:
         # A stop closes the upstream, which the reader sees as an error: that
@@ -354,10 +391,12 @@ class Relay:
                 return self._exchange.error_response(RequestCancelled("the request was cancelled"), self._ids)
             return self._gone()  # a JSON body already begun cannot be ended cleanly
         if response is None:
-            response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **self._ids})
+            response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **self._ids})
             self._response = response
             await response.prepare(self._request)
-        await response.write(self._exchange.cancelled_ending())
+        ending = self._exchange.cancelled_ending()
+        await response.write(ending)
+        self._exchange.ended_with(ending)
         await response.write_eof()
         return response
 
@@ -367,7 +406,9 @@ class Relay:
             return self._exchange.error_response(failure, self._ids)
         if is_event_stream(response.headers):
             # An explicit error event: no client may take a torn stream for a whole one.
-            await response.write(self._exchange.error_event(failure))
+            event = self._exchange.error_event(failure)
+            await response.write(event)
+            self._exchange.ended_with(event)
             await response.write_eof()
             return response
         return self._gone()

@@ -22,11 +22,24 @@ from .records import Record
 from .services import SERVICES, Services
 from .sessions import Caller
 
-__all__ = ["add_routes", "cancel_here", "cancel_response"]
+__all__ = ["add_routes", "caller_of", "cancel_here", "cancel_response", "find_record"]
 
 
-def _caller(request: web.Request, services: Services) -> Caller:
+def caller_of(request: web.Request, services: Services) -> Caller:
     return Caller.of(request.headers, services.config.admin_token)
+
+
+async def find_record(services: Services, caller: Caller, request_id: str) -> Record:
+    """A request's record as it stands: running here, else a final state the store
+    may not have yet, else the store. Not the caller's: as if it did not exist."""
+    live = services.registry.get(request_id)
+    if live is not None:
+        record: Record | None = live.snapshot()
+    else:
+        record = services.writer.unwritten(request_id) or await _stored(services, request_id)
+    if record is None or not caller.owns(record.credential):
+        raise NotFound(f"no request '{request_id}'", code="request_not_found")
+    return record
 
 
 def _live(live: LiveRequest) -> Record:
@@ -108,7 +121,7 @@ async def _cancel(services: Services, order: CancelOrder) -> CancelResult:
 
 async def cancel_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    caller = _caller(request, services)
+    caller = caller_of(request, services)
     session_id = request.match_info["session_id"]
     order = CancelOrder(credential=caller.credential, admin=caller.admin, session_id=session_id)
     return _cancel_answer(session_id, await _cancel(services, order))
@@ -116,7 +129,7 @@ async def cancel_session(request: web.Request) -> web.Response:
 
 async def cancel_request(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    caller = _caller(request, services)
+    caller = caller_of(request, services)
     request_id = request.match_info["request_id"]
     order = CancelOrder(credential=caller.credential, admin=caller.admin, request_id=request_id)
     result = await _cancel(services, order)
@@ -137,7 +150,7 @@ async def cancel_response(request: web.Request) -> web.StreamResponse:
     object (``status: "cancelled"``, the partial output). Any other id is the
     upstream's own (OpenAI's background responses): forwarded."""
     services = request.app[SERVICES]
-    caller = _caller(request, services)
+    caller = caller_of(request, services)
     order = CancelOrder(credential=caller.credential, admin=caller.admin, response_id=request.match_info["response_id"])
     result = await _cancel(services, order)
     if result.response is not None:
@@ -156,7 +169,7 @@ async def read_request(request: web.Request) -> web.Response:
     """One record. ``?wait=1`` first waits (at most cancel_timeout_s) for its final
     state: a frontend that aborted a fetch reads the partial answer it keeps."""
     services = request.app[SERVICES]
-    caller = _caller(request, services)
+    caller = caller_of(request, services)
     request_id = request.match_info["request_id"]
     active = services.registry.get(request_id)
     if active is not None and caller.owns(active.credential) and request.query.get("wait") not in (None, "", "0"):
@@ -164,20 +177,16 @@ async def read_request(request: web.Request) -> web.Response:
             await asyncio.wait_for(active.finished.wait(), services.config.limits.cancel_timeout_s)
         except TimeoutError:
             pass  # answer with the state as it stands
-        active = services.registry.get(request_id)
-    # Running here, else a final state the store may not have yet, else the store.
-    if active is not None:
-        record: Record | None = _live(active)
-    else:
-        record = services.writer.unwritten(request_id) or await _stored(services, request_id)
-    if record is None or not caller.owns(record.credential):
-        return error_response(NotFound(f"no request '{request_id}'", code="request_not_found"))
+    try:
+        record = await find_record(services, caller, request_id)
+    except NotFound as error:
+        return error_response(error)
     return web.json_response(record.public())
 
 
 async def read_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    caller = _caller(request, services)
+    caller = caller_of(request, services)
     session_id = request.match_info["session_id"]
     try:
         stored = await services.store.session(session_id)

@@ -19,7 +19,9 @@ from .cluster import Cluster
 from .config import Config
 from .metrics import Metrics
 from .registry import Registry
+from .replay import Replays
 from .store import Store
+from .store.streams import RedisStreams
 from .store.writer import StoreWriter
 
 __all__ = ["SERVICES", "Services"]
@@ -36,6 +38,9 @@ class Services:
     audit: AuditSink
     metrics: Metrics
     aborter: Aborter
+    replays: Replays
+    # Redis only: streams mirrored for readers on other replicas.
+    streams: RedisStreams | None
     # Upstream name -> base URL to send to (``builtin:mock`` resolved to its port).
     base_urls: dict[str, URL]
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("cancelproxy"))

@@ -20,7 +20,16 @@ LLM provider) are not recognised: such a stream would stay pending until
 
 from __future__ import annotations
 
-__all__ = ["Event", "EventTooLarge", "SSEFramer"]
+__all__ = ["SSE_HEADERS", "Event", "EventTooLarge", "SSEFramer"]
+
+# The headers of an event stream the proxy answers itself (a resumed stream,
+# a stop before the upstream answered): never cached, never held by a
+# buffering proxy in front (nginx's X-Accel-Buffering).
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
 
 # (offset just past the event's blank line in the bytes handed back, data payload)
 Event = tuple[int, bytes]

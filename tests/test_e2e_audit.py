@@ -21,7 +21,8 @@ KEY = "sk-audit-SECRET-9f8e7d6c5b4a"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 AUDIT_FIELDS = {
     "ts", "request_id", "session_id", "upstream", "protocol", "model", "stream", "status", "stop_reason",
-    "finish_reason", "ttft_ms", "duration_ms", "cancel_ms", "usage", "bytes_out", "client", "credential", "error",
+    "finish_reason", "ttft_ms", "duration_ms", "cancel_ms", "usage", "bytes_out", "readers", "resumes", "client",
+    "credential", "error",
 }  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 import uuid
@@ -160,3 +161,98 @@ async def test_redis_going_away_breaks_no_client(
             assert (record["status"], record["stop_reason"]) == ("stopped", "cancel")
     finally:
         proxy.program.stop()
+
+
+def _resuming_replica(mock: MockProvider, tmp_path: Path, url: str, prefix: str) -> Proxy:
+    store = {"url": url, "key_prefix": prefix, "flush_interval_ms": 50, "heartbeat_s": 0.2}
+    return start_proxy(tmp_path, proxy_config(mock, store=store, on_disconnect={"grace_s": 2, "max_grace_s": 30}))
+
+
+async def _first_events(url: str, body: dict[str, Any], n: int) -> tuple[bytes, str]:
+    """Stream, read ``n`` events, drop the connection."""
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(url, json=body, headers=AUTH)
+        request_id = response.headers["X-Request-Id"]
+        raw = b""
+        while raw.count(b"\n\ndata: ") + raw.startswith(b"data: ") < n + 1:
+            piece = await response.content.readany()
+            assert piece, raw
+            raw += piece
+        response.close()
+    return raw[: _nth_event_end(raw, n)], request_id
+
+
+def _nth_event_end(raw: bytes, n: int) -> int:
+    end = 0
+    for _ in range(n):
+        end = raw.index(b"\n\n", end) + 2
+    return end
+
+
+async def test_a_reader_on_b_follows_a_live_and_a_cancel_on_b_ends_it(
+    mock_provider: MockProvider, redis_url: str, tmp_path: Path
+) -> None:
+    prefix = unique_key_prefix()
+    a, b = (_resuming_replica(mock_provider, tmp_path, redis_url, prefix) for _ in range(2))
+    tag = f"resume-cross-{uuid.uuid4().hex[:8]}"
+    try:
+        # Longer than the grace: only B's reader keeps A's generation going.
+        body = {"model": "mock-1", "stream": True, "messages": [], "mock": {"tokens": 5000, "rate": 40, "tag": tag}}
+        first, request_id = await _first_events(f"{a.base_url}/chat/completions", body, 3)
+        upstream = await provider_request(mock_provider.root, tag)
+        async with aiohttp.ClientSession() as session:
+            url = f"{b.root}/requests/{request_id}/stream?after=3"
+            async with session.get(url, headers=AUTH) as resumed:
+                assert resumed.status == 200
+                got = b""
+                while got.count(b"\n\n") < 150:  # past the grace: it goes on because B reads
+                    piece = await resumed.content.readany()
+                    assert piece, got
+                    got += piece
+                ack = await _post(f"{b.root}/requests/{request_id}/cancel")
+                socket_at_ack = tcp_state(mock_provider.port, upstream["peer_port"])
+                got += await resumed.read()
+        assert ack["request_ids"] == [request_id] and socket_at_ack != TCP_ESTABLISHED
+        events = (first + got).split(b"\n\n")
+        assert events[-3].startswith(b'data: {"id":"chatcmpl-mock-') and b'"finish_reason":"cancelled"' in events[-3]
+        assert events[-2] == b"data: [DONE]"
+        status, record = await _get(f"{b.root}/requests/{request_id}?wait=1")
+        assert (record["status"], record["stop_reason"]) == ("stopped", "cancel")
+    finally:
+        a.program.stop()
+        b.program.stop()
+
+
+async def test_a_resume_on_b_after_a_was_killed_ends_as_interrupted(
+    mock_provider: MockProvider, redis_url: str, tmp_path: Path
+) -> None:
+    prefix = unique_key_prefix()
+    a, b = (_resuming_replica(mock_provider, tmp_path, redis_url, prefix) for _ in range(2))
+    tag = f"resume-killed-{uuid.uuid4().hex[:8]}"
+    try:
+        body = {"model": "mock-1", "stream": True, "messages": [], "mock": {"tokens": 5000, "rate": 40, "tag": tag}}
+        async with aiohttp.ClientSession() as session:
+            response = await session.post(f"{a.base_url}/chat/completions", json=body, headers=AUTH)
+            request_id = response.headers["X-Request-Id"]
+            shown = b""
+            while shown.count(b"\n\n") < 10:
+                shown += await response.content.readany()
+            assert a.program.process is not None
+            a.program.process.send_signal(signal.SIGKILL)
+            with contextlib.suppress(aiohttp.ClientError):
+                shown += await response.read()
+            url = f"{b.root}/requests/{request_id}/stream"
+            async with session.get(url, headers=AUTH) as resumed:
+                replayed = await resumed.read()
+        # The partial as far as A had mirrored it (never more than its client
+        # was sent), then the ending of a stopped stream.
+        events = replayed.split(b"\n\n")
+        assert b'"finish_reason":"cancelled"' in events[-3] and events[-2] == b"data: [DONE]"
+        partial = b"".join(event + b"\n\n" for event in events[:-3])
+        assert shown.startswith(partial) and partial.count(b"\n\n") >= 5
+        await _until(
+            lambda: _get(f"{b.root}/requests/{request_id}"), lambda answer: answer[1].get("status") == "interrupted"
+        )
+    finally:
+        a.program.stop()
+        b.program.stop()

@@ -12,6 +12,7 @@ from .completions import COMPLETIONS
 from .messages import MESSAGES
 from .responses import RESPONSES
 
-__all__ = ["PROTOCOLS", "Answer", "Prepared", "RequestFacts", "Transcript", "WireProtocol"]
+__all__ = ["PROTOCOLS", "PROTOCOLS_BY_NAME", "Answer", "Prepared", "RequestFacts", "Transcript", "WireProtocol"]
 
 PROTOCOLS: tuple[WireProtocol, ...] = (CHAT, RESPONSES, MESSAGES, COMPLETIONS)
+PROTOCOLS_BY_NAME: dict[str, WireProtocol] = {protocol.name: protocol for protocol in PROTOCOLS}

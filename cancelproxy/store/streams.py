@@ -1,0 +1,200 @@
+"""Streams in Redis, for readers on another replica: what a generation's client was sent, mirrored.
+
+With several replicas, a reader may resume on B a generation that runs on A.
+A mirrors each stream's log (``replay.EventLog``) into a Redis Stream, one
+entry per chunk the client was sent::
+
+    stream:{request_id}   XADD  d=<bytes>  e=<event ends in them, "12,40">  ... then  end=1
+    readers:{request_id}  ZSET  reader ids scored by their last beat (a reader on B keeps A's generation alive)
+
+``XADD`` is bounded (``MAXLEN ~``) and batched: entries are queued and sent
+pipelined by one task, so the generation never waits for Redis. B replays the
+entries with ``XRANGE`` and follows live with a blocking ``XREAD`` (no
+polling loop); between blocks it checks that A is alive, and if A is gone
+the stream ends as its record does: interrupted. A stream expires
+``resume.keep_s`` after it ended (and, as a safety net, an hour after its
+last entry if its replica died before ending it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+__all__ = ["RedisStreams", "RemoteEntry"]
+
+# Entries per stream kept at most (approximately: MAXLEN ~ lets Redis trim by
+# whole nodes). The bytes are bounded before: a log stops at max_body_bytes.
+MAXLEN = 100_000
+# A stream whose replica died before ending it is dropped this long after its last entry.
+ORPHAN_EXPIRY_S = 3600
+# How long a blocking read waits before it checks that the writing replica still lives.
+_BLOCK_MS = 1000
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    data: bytes
+    event_ends: list[int]
+    last: bool = False  # the end marker: the stream's own replica ended it
+
+
+class RedisStreams:
+    def __init__(
+        self, client: Redis, key_prefix: str, *, keep_s: float, heartbeat_s: float, log: logging.Logger
+    ) -> None:
+        self._client = client
+        self._prefix = key_prefix
+        self._keep_s = keep_s
+        self._heartbeat_s = heartbeat_s
+        self._log = log
+        self._queue: list[tuple[str, dict[str, bytes | str] | None]] = []
+        self._queued = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        self._failing = False
+
+    def _stream(self, request_id: str) -> str:
+        return f"{self._prefix}stream:{request_id}"
+
+    def _readers(self, request_id: str) -> str:
+        return f"{self._prefix}readers:{request_id}"
+
+    # ---- the writing replica ----------------------------------------------
+
+    async def start(self) -> None:
+        self._sender = asyncio.create_task(self._send_forever())
+
+    async def close(self) -> None:
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+        with contextlib.suppress(RedisError, OSError):
+            await self._send(self._take())  # what was queued before the end
+
+    def publish(self, request_id: str, data: bytes, event_ends: list[int]) -> None:
+        self._queue.append((request_id, {"d": data, "e": ",".join(map(str, event_ends))}))
+        self._queued.set()
+
+    def end(self, request_id: str) -> None:
+        self._queue.append((request_id, None))
+        self._queued.set()
+
+    def _take(self) -> list[tuple[str, dict[str, bytes | str] | None]]:
+        batch, self._queue = self._queue, []
+        self._queued.clear()
+        return batch
+
+    async def _send_forever(self) -> None:
+        while True:
+            await self._queued.wait()
+            batch = self._take()
+            try:
+                await self._send(batch)
+            except (RedisError, OSError) as exc:
+                # Resume across replicas is best effort: a reader here still
+                # gets the whole stream; one on another replica may not.
+                if not self._failing:
+                    self._log.warning("streams: cannot mirror streams to Redis: %s", type(exc).__name__)
+                self._failing = True
+                await asyncio.sleep(0.5)
+            else:
+                self._failing = False
+
+    async def _send(self, batch: list[tuple[str, dict[str, bytes | str] | None]]) -> None:
+        if not batch:
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            touched: dict[str, bool] = {}
+            for request_id, fields in batch:
+                key = self._stream(request_id)
+                entry: dict[Any, Any] = fields or {"end": "1"}
+                pipe.xadd(key, entry, maxlen=MAXLEN, approximate=True)
+                touched[key] = touched.get(key, False) or fields is None
+            for key, ended in touched.items():
+                pipe.expire(key, max(1, int(self._keep_s)) if ended else ORPHAN_EXPIRY_S)
+            await pipe.execute()
+
+    async def remote_readers(self, request_id: str) -> int:
+        """Readers on other replicas that beat within three heartbeats."""
+        try:
+            return int(
+                await self._client.zcount(self._readers(request_id), time.time() - 3 * self._heartbeat_s, "+inf")
+            )
+        except (RedisError, OSError):
+            return 0
+
+    # ---- a reading replica --------------------------------------------------
+
+    async def exists(self, request_id: str) -> bool:
+        try:
+            return bool(await self._client.exists(self._stream(request_id)))
+        except (RedisError, OSError):
+            return False
+
+    @contextlib.asynccontextmanager
+    async def reading(self, request_id: str) -> AsyncIterator[None]:
+        """While inside, this replica's reader counts as following the generation, wherever it runs."""
+        key, reader = self._readers(request_id), secrets.token_hex(8)
+
+        async def beat() -> None:
+            while True:
+                with contextlib.suppress(RedisError, OSError):
+                    async with self._client.pipeline(transaction=True) as pipe:
+                        pipe.zadd(key, {reader: time.time()})
+                        pipe.expire(key, ORPHAN_EXPIRY_S)
+                        await pipe.execute()
+                await asyncio.sleep(self._heartbeat_s)
+
+        beating = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
+            with contextlib.suppress(RedisError, OSError):
+                await self._client.zrem(key, reader)
+
+    async def follow(self, request_id: str, alive: Callable[[], Awaitable[bool]]) -> AsyncGenerator[RemoteEntry, None]:
+        """Every entry of the stream, then each new one as it comes, until its
+        end marker (yielded as an empty ``last`` entry), or until ``alive()``
+        says its replica is gone (then nothing marks the end)."""
+        key, last = self._stream(request_id), "0-0"
+        while True:
+            entries = _entries(await self._client.xread({key: last}, count=500, block=_BLOCK_MS))
+            if not entries:
+                if not await alive():
+                    return
+                continue
+            for entry_id, fields in entries:
+                last = entry_id
+                if b"end" in fields:
+                    yield RemoteEntry(b"", [], last=True)
+                    return
+                ends = fields.get(b"e", b"")
+                yield RemoteEntry(fields.get(b"d", b""), [int(e) for e in ends.split(b",")] if ends else [])
+
+
+def _entries(found: Any) -> list[tuple[str, dict[bytes, bytes]]]:
+    """XREAD's answer for one stream as (entry id, fields): ``[[key, entries]]``
+    in RESP2, ``{key: [entries]}`` in RESP3."""
+    if not found:
+        return []
+    entries = next(iter(found.values())) if isinstance(found, dict) else found[0][1]
+    if entries and isinstance(entries[0], list) and entries[0] and isinstance(entries[0][0], tuple):
+        entries = entries[0]  # RESP3 nests the entries once more
+    return [(_text(entry_id), {bytes(k): bytes(v) for k, v in fields.items()}) for entry_id, fields in entries]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
