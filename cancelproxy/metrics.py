@@ -10,6 +10,7 @@ prometheus_client's global default one: several apps may live in one process
     cancelproxy_cancel_latency_seconds{upstream}                histogram: cancel received -> upstream closed
     cancelproxy_upstream_errors_total{upstream,code}            counter
     cancelproxy_store_write_transactions                        gauge: the store's committed write transactions
+    cancelproxy_gc_*{generation}                                garbage collections (gcstats.py, registered by the app)
 
 prometheus_client also exports a ``*_created`` series per counter and
 histogram series unless PROMETHEUS_DISABLE_CREATED_SERIES=true is in the
