@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.gcfigures import FULL, GcWindow, parse
 from cancelproxy import create_app
 from cancelproxy.config import parse_config
 from cancelproxy.gcstats import GC_PAUSE_BUCKETS, GcStats
@@ -93,3 +94,26 @@ async def test_the_proxy_process_exposes_them(proxy: Proxy) -> None:
     assert FAMILIES <= families.keys()
     for name in FAMILIES:
         assert {s.labels["generation"] for s in families[name].samples} == {"0", "1", "2"}
+
+
+def test_the_benchmark_reads_a_window_of_them() -> None:
+    """bench/gcfigures.py: a window's longest pause is exact when it set a new
+    maximum, else an upper bound."""
+    stats = GcStats()
+    stats.install()
+    try:
+        start = parse(_render(stats))
+        gc.collect(2)
+        after_full = parse(_render(stats))
+        gc.collect(0)
+        after_young = parse(_render(stats))
+    finally:
+        stats.remove()
+    full = GcWindow.between(start, after_full)
+    assert full.collections[FULL] >= 1
+    longest = full.longest[FULL]
+    assert longest is not None and longest.exact and longest.seconds == after_full.longest_s[FULL]
+    assert full.share(process_cpu_s=1.0) == sum(full.cpu_s)
+    young = GcWindow.between(after_full, after_young)
+    assert young.longest[FULL] is None  # no full collection in that window
+    assert young.collections[0] >= 1 and young.longest[0] is not None
