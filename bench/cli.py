@@ -17,7 +17,8 @@ from types import FrameType
 from typing import Any
 
 from . import machine, nginx
-from .fleet import ROOT, running_fleet
+from .fleet import FLOOR, ROOT, running_fleet
+from .gcfigures import GcWatch
 from .procs import raise_nofile_limit
 from .procstat import event_loop_of
 from .profile import Profiles, find_py_spy
@@ -30,7 +31,7 @@ from .workers import WorkerPool, event_loop_name
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="direct (client → mock), nginx and cancelproxy side by side, on 127.0.0.1 only",
+        description="direct (client → mock), the aiohttp floor, nginx and cancelproxy side by side, on 127.0.0.1 only",
     )
     parser.add_argument("--quick", action="store_true", help="small counts: the whole run in under a minute")
     parser.add_argument(
@@ -47,16 +48,21 @@ def _parser() -> argparse.ArgumentParser:
         "--profile",
         type=Path,
         metavar="DIR",
-        help="record the mock and cancelproxy with py-spy during each scenario, into DIR",
+        help="record the mock, the aiohttp floor and cancelproxy with py-spy during each scenario, into DIR",
     )
     parser.add_argument(
         "--slow-rounds",
         type=int,
         metavar="N",
-        help="slow_streams rounds per proxy (default 3): more rounds tell a leak from a warm-up",
+        help="slow_streams rounds per proxy (default 3, --quick 2): more rounds tell a leak from a warm-up",
     )
     parser.add_argument("--clients", type=int, default=2, help="client processes for concurrent load (default 2)")
     return parser
+
+
+_PYTHON_PROGRAMS = ("mock", FLOOR, "cancelproxy")
+# Scenarios whose tables have GC columns of their own: no note over the whole scenario.
+_OWN_GC_FIGURES = {"concurrent_streams"}
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -85,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         running_fleet(Path(tmp), store=args.store) as fleet,
     ):
         for program in fleet.programs:
-            if program.name in ("mock", "cancelproxy"):
+            if program.name in _PYTHON_PROGRAMS:
                 info[f"{program.name} event loop"] = event_loop_of(program.pid)
         print(f"# cancelproxy benchmark ({settings.mode})\n\n`{command}`\n\n{machine.markdown(info)}\n", flush=True)
         print(_setup(fleet.nginx_skipped, settings.clients, args.store), flush=True)
@@ -107,8 +113,11 @@ def _run_all(ctx: Context, chosen: list[str], profile_dir: Path | None, tables: 
     for name in chosen:
         began = time.monotonic()
         try:
+            gc_watch = GcWatch(ctx.targets)
             table = _run_scenario(name, ctx, profile_dir)
             ctx.fleet.check_alive()
+            if name not in _OWN_GC_FIGURES:
+                gc_watch.report(table)
         except Exception:
             failed.append(name)
             print(f"### {name}: FAILED\n\n```\n{traceback.format_exc()}```\n", flush=True)
@@ -126,7 +135,7 @@ def _run_scenario(name: str, ctx: Context, profile_dir: Path | None) -> Table:
     binary = find_py_spy()
     if binary is None:
         raise RuntimeError("--profile needs py-spy: pip install py-spy")
-    pids = {p.name: p.pid for p in ctx.fleet.programs if p.name in ("mock", "cancelproxy")}
+    pids = {p.name.replace(" ", "-"): p.pid for p in ctx.fleet.programs if p.name in _PYTHON_PROGRAMS}
     with Profiles(binary, profile_dir, name, pids) as profiles:
         table = scenario(name)(ctx)
     print(f"```\n{profiles.summaries()}\n```\n", flush=True)
@@ -134,7 +143,10 @@ def _run_scenario(name: str, ctx: Context, profile_dir: Path | None) -> Table:
 
 
 def _setup(nginx_skipped: str | None, clients: int, store: str | None) -> str:
-    targets = ["**direct** (client → mock provider)"]
+    targets = [
+        "**direct** (client → mock provider)",
+        f"**{FLOOR}** (`python -m bench.floor`: the least an aiohttp proxy does, run as cancelproxy is)",
+    ]
     if nginx_skipped is None:
         targets.append(
             "**nginx** (1 worker process, as cancelproxy is one process; proxy_buffering off, upstream keepalive 512)"

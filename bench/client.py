@@ -50,9 +50,10 @@ def listen_overflows() -> int:
     return 0
 
 
-def session(limit: int = 0, total_s: float | None = None) -> aiohttp.ClientSession:
+def session(limit: int = 0, total_s: float | None = None, force_close: bool = False) -> aiohttp.ClientSession:
+    """``force_close``: a new connection for every request, closed after it."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=limit),
+        connector=aiohttp.TCPConnector(limit=limit, force_close=force_close),
         timeout=aiohttp.ClientTimeout(total=total_s, connect=30, sock_read=60),
     )
 

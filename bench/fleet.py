@@ -1,4 +1,4 @@
-"""The programs under test: the mock provider, cancelproxy and (if present) nginx."""
+"""The programs under test: the mock provider, the aiohttp floor, cancelproxy and (if present) nginx."""
 
 from __future__ import annotations
 
@@ -16,19 +16,25 @@ from .procs import Program, free_port
 from .procstat import children
 
 ROOT = Path(__file__).resolve().parent.parent
+FLOOR = "aiohttp floor"  # the target name of bench/floor.py
 
 
 @dataclass
 class Target:
     """Where a client sends its requests, and which processes serve them there."""
 
-    name: str  # direct | nginx | cancelproxy
+    name: str  # direct | nginx | aiohttp floor | cancelproxy
     root: str  # http://127.0.0.1:PORT
     server_pids: Callable[[], list[int]] = field(default=lambda: [])
+    gc_metrics: bool = False  # serves GET /metrics with the garbage collector's figures (GcStats)
 
     @property
     def chat_url(self) -> str:
         return f"{self.root}/v1/chat/completions"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.root}/metrics"
 
 
 @dataclass
@@ -86,6 +92,20 @@ def running_fleet(tmp: Path, with_nginx: bool = True, store: str | None = None) 
         programs = [mock]
         targets = [Target("direct", mock_root)]
 
+        # The floor before nginx: each row's ratio to the floor is known when the row is made.
+        port = free_port()
+        floor = Program(
+            FLOOR,
+            [sys.executable, "-m", "bench.floor", "--port", str(port), "--upstream", mock_root],
+            cwd=ROOT,
+            ready_marker="listening on",
+        )
+        stack.callback(floor.stop)
+        floor.start()
+        programs.append(floor)
+        floor_pid = floor.pid
+        targets.append(Target(FLOOR, f"http://127.0.0.1:{port}", lambda: [floor_pid], gc_metrics=True))
+
         skipped: str | None = None
         binary = nginx.find_nginx() if with_nginx else None
         if binary is None:
@@ -111,5 +131,5 @@ def running_fleet(tmp: Path, with_nginx: bool = True, store: str | None = None) 
         proxy.start()
         programs.append(proxy)
         proxy_pid = proxy.pid
-        targets.append(Target("cancelproxy", f"http://127.0.0.1:{port}", lambda: [proxy_pid]))
+        targets.append(Target("cancelproxy", f"http://127.0.0.1:{port}", lambda: [proxy_pid], gc_metrics=True))
         yield Fleet(mock, mock_root, targets, skipped, tmp, programs)

@@ -67,3 +67,22 @@ def bottleneck(window: CpuWindow, cores: int, clients: int) -> str | None:
     if window.machine_busy >= SATURATED:
         busiest.append(f"the machine: all {cores} cores {window.machine_busy:.0%} busy")
     return ", ".join(busiest) if busiest else None
+
+
+def ratio(value: float | None, floor: float | None) -> float | None:
+    """``value`` as a multiple of the floor's figure; None where that means nothing:
+    a figure missing, the floor's ≤ 0 or the value < 0 (an added latency within the noise)."""
+    if value is None or floor is None or floor <= 0 or value < 0:
+        return None
+    return value / floor
+
+
+def ratios_cell(ratios: list[float | None]) -> str:
+    return " / ".join("n/a" if r is None else f"{r:.2f}" for r in ratios)
+
+
+FLOOR_NOTE = (
+    "÷ floor: the figure divided by the aiohttp floor's in the same run (bench/floor.py: one ClientSession, "
+    "bytes passed through, no record, tee, audit, metrics or cancel route); n/a where the floor's figure is ≤ 0 "
+    "or the target's < 0 (an added latency within the noise)"
+)

@@ -1,4 +1,4 @@
-"""How much load each scenario makes: ``--quick`` (under a minute) or full (under ~10 minutes)."""
+"""How much load each scenario makes: ``--quick`` (about a minute) or full (about 5 minutes)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ class Settings:
     slow_streams: int
     slow_rounds: int  # proxies only; direct runs one round (it has no proxy memory to watch)
     cancel_sequential: int
-    cancel_concurrent: int
+    cancel_concurrent: int  # cancel's concurrent run, and cancel_new_conn
     disconnect_repeats: int
+    concurrent_streams: int
+    concurrent_tokens: int  # per stream, at 50 a second
 
     @property
     def mode(self) -> str:
@@ -36,10 +38,12 @@ QUICK = Settings(
     throughput_chunks=200,
     throughput_rounds=1,
     slow_streams=200,
-    slow_rounds=3,
+    slow_rounds=2,
     cancel_sequential=30,
     cancel_concurrent=100,
     disconnect_repeats=20,
+    concurrent_streams=100,
+    concurrent_tokens=50,
 )
 FULL = Settings(
     quick=False,
@@ -55,4 +59,6 @@ FULL = Settings(
     cancel_sequential=200,
     cancel_concurrent=500,
     disconnect_repeats=200,
+    concurrent_streams=100,
+    concurrent_tokens=250,
 )

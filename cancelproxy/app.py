@@ -19,6 +19,7 @@ from .cluster import Cluster, LocalCluster, RedisCluster
 from .config import Config
 from .errors import DownstreamGone, NotFound, ProxyError, error_response
 from .forward import generation_handler, handle_passthrough
+from .gcstats import GcStats
 from .logs import setup_logging
 from .metrics import Metrics
 from .mock import start_mock
@@ -131,6 +132,15 @@ def _services_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
             metrics = Metrics()
             aborter = Aborter(client, metrics, log)
             teardown.push_async_callback(aborter.close)
+            # Always on: a collection stops the loop, so its time is a figure
+            # worth watching in production; the callback costs a few µs per
+            # collection, not per request. gc.callbacks is process-wide: the
+            # callback lives exactly as long as this app.
+            gc_stats = GcStats()
+            metrics.registry.register(gc_stats)
+            gc_stats.install()
+            teardown.callback(gc_stats.remove)
+
             services = Services(
                 config=config,
                 client=client,

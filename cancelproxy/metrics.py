@@ -14,6 +14,7 @@ prometheus_client's global default one: several apps may live in one process
     cancelproxy_store_write_transactions                                 gauge: the store's committed write transactions
     cancelproxy_resume_readers                                           gauge: readers following a resumed stream
     cancelproxy_resumes_total                                            counter: streams resumed
+    cancelproxy_gc_*{generation}                                         collections (gcstats.py, from the app)
 
 prometheus_client also exports a ``*_created`` series per counter and
 histogram series unless PROMETHEUS_DISABLE_CREATED_SERIES=true is in the

@@ -1,8 +1,8 @@
-"""The benchmark harness works: ``python -m bench --quick --only latency cancel disconnect``.
+"""The benchmark harness works: ``python -m bench --quick --only SCENARIOS`` (four of them).
 
 Only that it runs and reports: exit 0, one table per scenario with a row per
-target (nginx when installed), figures where figures belong. No timing is
-asserted: the numbers depend on the machine.
+target (the aiohttp floor; nginx when installed), figures where figures belong.
+No timing is asserted: the numbers depend on the machine.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.fleet import FLOOR
 from bench.nginx import find_nginx
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["latency", "cancel", "disconnect"]
+SCENARIOS = ["latency", "cancel_new_conn", "disconnect", "concurrent_streams"]
 
 
 def _tables(output: str) -> dict[str, list[list[str]]]:
@@ -55,7 +56,7 @@ def test_quick_bench_runs_and_reports(tmp_path: Path) -> None:
     assert "FAILED" not in done.stdout
     assert "cores:" in done.stdout and "nginx:" in done.stdout  # the machine is described
 
-    targets = ["direct", "nginx", "cancelproxy"] if find_nginx() else ["direct", "cancelproxy"]
+    targets = ["direct", FLOOR, "nginx", "cancelproxy"] if find_nginx() else ["direct", FLOOR, "cancelproxy"]
     if not find_nginx():
         assert "apt-get install nginx-light" in done.stdout
     tables = _tables(done.stdout)
@@ -65,20 +66,28 @@ def test_quick_bench_runs_and_reports(tmp_path: Path) -> None:
     assert list(latency) == targets
     for row in latency.values():
         assert all(_is_number(cell) for cell in row[1:3]), row  # p50, p99
-    assert all(_is_number(cell) for cell in latency["cancelproxy"][3:5])  # added p50, p99
+    assert all(_is_number(cell) for cell in latency["cancelproxy"][3:6])  # added p50, p99, CPU
+    assert _is_number(latency["cancelproxy"][6].split(" / ")[2])  # CPU ÷ the floor's
 
-    cancel = tables["cancel"]
+    cancel = tables["cancel_new_conn"]
     assert [row[0] for row in cancel if not row[0].startswith("cancelproxy")] == targets[:-1]
     assert all("n/a" in row[2] for row in cancel if not row[0].startswith("cancelproxy"))
     proxied = [row for row in cancel if row[0].startswith("cancelproxy")]
-    assert len(proxied) == 2  # one at a time, and concurrent
-    for row in proxied:
-        assert all(_is_number(figure) for figure in row[2].split(" / ")), row
+    assert len(proxied) == 1
+    assert all(_is_number(figure) for cell in proxied[0][2:4] for figure in cell.split(" / ")), proxied
+    assert proxied[0][4] == "0 / 0"  # no token after an acknowledged cancel
 
     disconnect = tables["disconnect"]
     assert sorted({row[0] for row in disconnect}) == sorted(targets)
     assert len(disconnect) == 2 * len(targets)  # mid-stream and silent
     assert all(_is_number(cell) for row in disconnect for cell in row[2:5])
+
+    streams = {row[0]: row for row in tables["concurrent_streams"]}
+    assert list(streams) == targets
+    for name in (FLOOR, "cancelproxy"):  # the GC figures of both Python proxies
+        assert _is_number(streams[name][4]), streams[name]  # GC % of the server's CPU
+        assert all(_is_number(n) for n in streams[name][5].split(" / ")), streams[name]  # collections per generation
+    assert _is_number(streams["cancelproxy"][7].split(" / ")[0])  # CPU per chunk ÷ the floor's
 
     document = json.loads(results.read_text())
     assert document["failed"] == []

@@ -54,7 +54,9 @@ _SCENARIOS = {
     "throughput": "throughput:run",
     "slow_streams": "slow_streams:run",
     "cancel": "cancel:run",
+    "cancel_new_conn": "cancel_new_conn:run",
     "disconnect": "disconnect:run",
+    "concurrent_streams": "concurrent_streams:run",
 }
 NAMES = list(_SCENARIOS)
 

@@ -136,15 +136,20 @@ async def concurrent_job(
     ramp_s: float,
     cancel_from: float,
     window_s: float,
+    new_connections: bool = False,
 ) -> dict[str, Any]:
     """Streams ``indices`` of ``total``: started over ``ramp_s``, cancelled one by one
-    over ``window_s`` from ``cancel_from``, while the others stream on."""
+    over ``window_s`` from ``cancel_from``, while the others stream on.
+    ``new_connections``: each cancel opens a connection of its own (and closes it
+    after), so its time includes the connect to a busy server."""
+    prefix = f"{run_id}-cancel{'C' if new_connections else 'N'}"
     opener = Opener()
-    async with session() as http, session() as canceller, session() as observer:
-        # An idle keep-alive connection per stream for its cancel, as each user's
-        # browser would have: a cancel is timed from its request, not from a TCP
-        # connect to a busy server.
-        await _warm(canceller, root, len(indices))
+    async with session() as http, session(force_close=new_connections) as canceller, session() as observer:
+        if not new_connections:
+            # An idle keep-alive connection per stream for its cancel, as each user's
+            # browser would have: a cancel is timed from its request, not from a TCP
+            # connect to a busy server.
+            await _warm(canceller, root, len(indices))
         await sleep_until(start_at)
         overflows = listen_overflows()
         async with asyncio.timeout(cancel_from - time.monotonic() + window_s + 60):
@@ -155,7 +160,7 @@ async def concurrent_job(
                         canceller,
                         opener,
                         root,
-                        f"{run_id}-cancelN-{i}",
+                        f"{prefix}-{i}",
                         start_at + ramp_s * i / total,
                         cancel_from + window_s * i / total,
                     )
@@ -171,12 +176,38 @@ async def concurrent_job(
         ]
         # Every provider connection must end, cancelled or not: wait for all of them.
         overflows = listen_overflows() - overflows
-        records = await mock_records(observer, mock_root, {f"{run_id}-cancelN-{i}" for i in indices}, 60)
+        records = await mock_records(observer, mock_root, {f"{prefix}-{i}" for i in indices}, 60)
     return {
         "samples": [_sample(records[tag], sent, acked) for tag, sent, acked in ok],
         "errors": errors,
         "overflows": overflows,
     }
+
+
+COLUMNS = [
+    "target",
+    "streams",
+    "cancel → provider closed p50 / p99 ms",
+    "ack p50 / p99 ms",
+    "tokens after ack: total / streams",
+    CPU_COLUMN,
+    "SYN drops",
+    "errors",
+]
+TOKENS_NOTE = (
+    "tokens after ack: per stream 0 if the mock's last_token_at ≤ the instant the client had the cancel's "
+    f"answer, else at most 1 + ⌊Δ·{RATE:g}⌋; acks include the record's final write to SQLite"
+)
+SYN_NOTE = (
+    "SYN drops: the kernel's ListenOverflows during the run (a full listen queue; each drop costs a client a "
+    "≥ 1 s retransmit, and the cancel or stream start waits for it)"
+)
+
+
+def no_cancel_rows(ctx: Context, table: Table) -> None:
+    for target in ctx.targets:
+        if target.name != "cancelproxy":
+            table.add(target.name, ["n/a", "n/a (no cancel route)", "n/a", "n/a", "n/a", "n/a", "n/a"], {})
 
 
 def run(ctx: Context) -> Table:
@@ -186,20 +217,9 @@ def run(ctx: Context) -> Table:
         "cancel",
         f"cancel → provider connection closed (streams at rate {RATE:g}, {READ_FIRST} deltas "
         "read, then POST /requests/{id}/cancel)",
-        [
-            "target",
-            "streams",
-            "cancel → provider closed p50 / p99 ms",
-            "ack p50 / p99 ms",
-            "tokens after ack: total / streams",
-            CPU_COLUMN,
-            "SYN drops",
-            "errors",
-        ],
+        COLUMNS,
     )
-    for target in ctx.targets:
-        if target.name != "cancelproxy":
-            table.add(target.name, ["n/a", "n/a (no cancel route)", "n/a", "n/a", "n/a", "n/a", "n/a"], {})
+    no_cancel_rows(ctx, table)
     proxy = ctx.fleet.target("cancelproxy")
     assert proxy is not None
     ctx.fleet.clear_mock()
@@ -216,7 +236,7 @@ def run(ctx: Context) -> Table:
     meter.start()
     overflows = listen_overflows()
     one_at_a_time = ctx.pool.run([job], timeout_s=60 + settings.cancel_sequential)[0]
-    _add(
+    add_row(
         table,
         f"cancelproxy, 1 at a time × {settings.cancel_sequential}",
         one_at_a_time,
@@ -224,10 +244,30 @@ def run(ctx: Context) -> Table:
         [],
         listen_overflows() - overflows,
     )
+    label = f"cancelproxy, {n} concurrent"
+    ramp_s, window_s, window = run_concurrent(ctx, table, label, new_connections=False)
+    table.notes += [
+        f"{n} concurrent: started over {ramp_s:.1f} s, then cancelled one by one over {window_s:.1f} s while the "
+        f"others stream on: the proxy relays up to {n} × {RATE:g} = {n * RATE:,.0f} deltas/s meanwhile; every stream's "
+        "cancel has an idle keep-alive connection opened beforehand (a user's browser would have one)",
+        SYN_NOTE,
+        TOKENS_NOTE,
+    ]
+    limit = bottleneck(window, ctx.fleet_cores, settings.clients)
+    if limit:
+        table.notes.append(f"{n} concurrent: limited by {limit}")
+    return table
 
+
+def run_concurrent(ctx: Context, table: Table, label: str, new_connections: bool) -> tuple[float, float, CpuWindow]:
+    """``settings.cancel_concurrent`` streams through cancelproxy, cancelled one by
+    one while the others stream on; a row of ``table``. (ramp s, cancel window s, CPU)."""
+    n = ctx.settings.cancel_concurrent
+    proxy = ctx.fleet.target("cancelproxy")
+    assert proxy is not None
     ctx.fleet.clear_mock()
     ramp_s = n / 500  # asked for at 500 new streams a second (the Opener bounds those still connecting)
-    start_at = ctx.start_at(3.0)  # after the cancel connections are open
+    start_at = ctx.start_at(1.0 if new_connections else 3.0)  # after any cancel connections are open
     cancel_from = start_at + ramp_s + 1.0
     window_s = n / 250
     per_worker = [list(range(w, n, ctx.pool.size)) for w in range(ctx.pool.size)]
@@ -244,6 +284,7 @@ def run(ctx: Context) -> Table:
                 "ramp_s": ramp_s,
                 "cancel_from": cancel_from,
                 "window_s": window_s,
+                "new_connections": new_connections,
             },
         )
         for indices in per_worker
@@ -254,23 +295,11 @@ def run(ctx: Context) -> Table:
     window = meter.stop(wall_s=cancel_from + window_s - start_at)
     overflows = max(r["overflows"] for r in results)  # one kernel counter, read by each process
     errors = [e for r in results for e in r["errors"]]
-    _add(table, f"cancelproxy, {n} concurrent", [s for r in results for s in r["samples"]], window, errors, overflows)
-    table.notes += [
-        f"{n} concurrent: started over {ramp_s:.1f} s, then cancelled one by one over {window_s:.1f} s while the "
-        f"others stream on: the proxy relays up to {n} × {RATE:g} = {n * RATE:,.0f} deltas/s meanwhile; every stream's "
-        "cancel has an idle keep-alive connection opened beforehand (a user's browser would have one)",
-        "SYN drops: the kernel's ListenOverflows during the run (a full listen queue; each drop costs a client a "
-        "≥ 1 s retransmit, and the cancel or stream start waits for it)",
-        "tokens after ack: per stream 0 if the mock's last_token_at ≤ the instant the client had the cancel's "
-        f"answer, else at most 1 + ⌊Δ·{RATE:g}⌋; acks include the record's final write to SQLite",
-    ]
-    limit = bottleneck(window, ctx.fleet_cores, settings.clients)
-    if limit:
-        table.notes.append(f"{n} concurrent: limited by {limit}")
-    return table
+    add_row(table, label, [s for r in results for s in r["samples"]], window, errors, overflows)
+    return ramp_s, window_s, window
 
 
-def _add(
+def add_row(
     table: Table, label: str, samples: list[dict[str, Any]], window: CpuWindow, errors: list[str], overflows: int
 ) -> None:
     cancel = [s["cancel_s"] for s in samples]

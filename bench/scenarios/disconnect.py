@@ -14,7 +14,8 @@ from typing import Any
 import aiohttp
 
 from ..client import JSON, ContentCounter, chat_body, check, mock_record, read_deltas, session
-from ..report import Table
+from ..fleet import FLOOR
+from ..report import FLOOR_NOTE, Table, ratio, ratios_cell
 from ..stats import ms, percentile
 from ..workers import Job
 from . import Context
@@ -62,7 +63,7 @@ def run(ctx: Context) -> Table:
     table = Table(
         "disconnect",
         f"client closes its connection → provider connection closed, {count} times per target and case",
-        ["target", "case", "p50 ms", "p99 ms", "max ms"],
+        ["target", "case", "p50 ms", "p99 ms", "max ms", "÷ floor: p50 / p99"],
         text_columns=2,
     )
     urls = {t.name: t.chat_url for t in ctx.targets}
@@ -86,8 +87,14 @@ def run(ctx: Context) -> Table:
                 "samples": len(values),
                 "not_closed_by_client": sum(s["state"] != "closed_by_client" for s in samples),
             }
+            floor = table.data.get(FLOOR, {}).get(kind)
+            over = None
+            if floor is not None and name not in ("direct", FLOOR):
+                over = [ratio(stats["p50_s"], floor["p50_s"]), ratio(stats["p99_s"], floor["p99_s"])]
+                stats["ratio_to_floor"] = {"p50": over[0], "p99": over[1]}
             figures[kind] = stats
-            table.rows.append([name, label, ms(stats["p50_s"]), ms(stats["p99_s"]), ms(stats["max_s"])])
+            cells = [ms(stats["p50_s"]), ms(stats["p99_s"]), ms(stats["max_s"])]
+            table.rows.append([name, label, *cells, "—" if over is None else ratios_cell(over)])
             if stats["not_closed_by_client"]:
                 table.notes.append(
                     f"{name}, {kind}: {stats['not_closed_by_client']} provider connections ended "
@@ -95,6 +102,8 @@ def run(ctx: Context) -> Table:
                 )
         table.data[name] = figures
     table.notes.append(
-        "direct is the floor: the mock noticing its own client's FIN; one request at a time, so no process is saturated"
+        "direct is the baseline: the mock noticing its own client's FIN; one request at a time, so no process is "
+        "saturated"
     )
+    table.notes.append(FLOOR_NOTE)
     return table

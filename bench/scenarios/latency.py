@@ -12,8 +12,9 @@ import time
 import aiohttp
 
 from ..client import JSON, ContentCounter, chat_body, check, read_deltas, read_to_end, session
+from ..fleet import FLOOR
 from ..procstat import total_cpu
-from ..report import Table
+from ..report import FLOOR_NOTE, Table, ratio, ratios_cell
 from ..stats import ms, percentile, signed_ms
 from ..workers import Job
 from . import Context
@@ -83,8 +84,18 @@ def _run(ctx: Context, ttft: bool) -> Table:
         table = Table(
             "latency", f"non-streaming request (tokens 1, rate 0), {count} sequential requests per target", []
         )
-    table.columns = ["target", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "server CPU ms / request"]
+    table.columns = [
+        "target",
+        "p50 ms",
+        "p99 ms",
+        "added p50 ms",
+        "added p99 ms",
+        "server CPU ms / request",
+        "÷ floor: added p50 / added p99 / CPU",
+    ]
     base = {p: percentile(samples["direct"], p) for p in (50, 99)}
+    floor = samples.get(FLOOR)
+    floor_added = {p: percentile(floor, p) - base[p] for p in (50, 99)} if floor else {}
     for name, values in samples.items():
         p50, p99 = percentile(values, 50), percentile(values, 99)
         cpu = None if name == "direct" else cpu_ms[name]
@@ -96,18 +107,27 @@ def _run(ctx: Context, ttft: bool) -> Table:
         }
         cells = [ms(p50), ms(p99)]
         if name == "direct":
-            cells += ["—", "—", "n/a"]
+            cells += ["—", "—", "n/a", "—"]
         else:
-            figures |= {"added_p50_s": p50 - base[50], "added_p99_s": p99 - base[99]}
-            cells += [signed_ms(p50 - base[50]), signed_ms(p99 - base[99]), f"{cpu_ms[name]:.3f}"]
+            added = {p: percentile(values, p) - base[p] for p in (50, 99)}
+            figures |= {"added_p50_s": added[50], "added_p99_s": added[99]}
+            cells += [signed_ms(added[50]), signed_ms(added[99]), f"{cpu_ms[name]:.3f}"]
+            if name == FLOOR or floor is None:
+                cells.append("—")
+            else:
+                over = [ratio(added[50], floor_added[50]), ratio(added[99], floor_added[99])]
+                over.append(ratio(cpu_ms[name], cpu_ms[FLOOR]))
+                figures["ratio_to_floor"] = dict(zip(["added_p50", "added_p99", "cpu_per_request"], over, strict=True))
+                cells.append(ratios_cell(over))
         table.add(name, cells, figures)
     table.notes += [
         f"one keep-alive client connection per target, {settings.latency_warmup} warm-up requests each; targets "
         f"take turns in blocks of {BLOCK}; p50/p99 nearest-rank over all samples; added = target − direct",
-        "direct is the floor (client + mock round trip, same run): what a hop adds cannot be read below it; "
+        "direct is the baseline (client + mock round trip, same run): what a hop adds cannot be read below it; "
         "one request at a time, so no process is saturated",
         "server CPU / request: the server's utime+stime over the run (all its threads; nginx: master + worker) "
         "divided by the requests it served, warm-up included",
+        FLOOR_NOTE,
     ]
     return table
 

@@ -16,8 +16,9 @@ from typing import Any
 import aiohttp
 
 from ..client import OPENING, ContentCounter, Opener, chat_body, check, listen_overflows, session, sleep_until
+from ..fleet import FLOOR
 from ..procstat import RssSampler, total_cpu, total_rss_kb
-from ..report import CPU_COLUMN, Table, bottleneck, cpu_cell
+from ..report import CPU_COLUMN, FLOOR_NOTE, Table, bottleneck, cpu_cell, ratio, ratios_cell
 from ..stats import percentile
 from ..workers import Job
 from . import Context
@@ -29,7 +30,7 @@ GAP_S = 1 / RATE
 
 
 async def _stream(
-    http: aiohttp.ClientSession, opener: Opener, url: str, body: bytes
+    http: aiohttp.ClientSession, opener: Opener, url: str, body: bytes, tokens: int
 ) -> tuple[float, float, float, list[float]]:
     """(sent, headers received, last delta, gaps between deltas) of one stream."""
     counter = ContentCounter()
@@ -41,19 +42,21 @@ async def _stream(
         while data := await response.content.readany():
             now = time.monotonic()
             arrivals += [now] * counter.feed(data)
-    if len(arrivals) != TOKENS:
-        raise RuntimeError(f"{len(arrivals)} deltas of {TOKENS}")
+    if len(arrivals) != tokens:
+        raise RuntimeError(f"{len(arrivals)} deltas of {tokens}")
     return sent, headers, arrivals[-1], [b - a for a, b in itertools.pairwise(arrivals)]
 
 
-async def slow_job(url: str, streams: int, start_at: float, timeout_s: float) -> dict[str, Any]:
-    body = chat_body(stream=True, tokens=TOKENS, rate=RATE)
+async def slow_job(
+    url: str, streams: int, start_at: float, timeout_s: float, tokens: int = TOKENS, rate: float = RATE
+) -> dict[str, Any]:
+    body = chat_body(stream=True, tokens=tokens, rate=rate)
     opener = Opener()
     async with session(limit=0) as http:
         await sleep_until(start_at)
         async with asyncio.timeout(timeout_s):
             done = await asyncio.gather(
-                *(_stream(http, opener, url, body) for _ in range(streams)), return_exceptions=True
+                *(_stream(http, opener, url, body, tokens) for _ in range(streams)), return_exceptions=True
             )
     ok = [d for d in done if isinstance(d, tuple)]
     errors = [repr(d) for d in done if not isinstance(d, tuple)]
@@ -97,13 +100,16 @@ def run(ctx: Context) -> Table:
             "peak in flight",
             "added gap p50 / p99 ms",
             "server CPU s",
+            "server CPU µs / chunk",
             "RSS KB / stream",
             f"RSS MB before → after rounds 1..{rounds}",
+            "÷ floor: peak in flight / RSS per stream / CPU per chunk",
             CPU_COLUMN,
             "SYN drops",
             "errors",
         ],
     )
+    floor: dict[str, Any] | None = None
     for target in ctx.targets:
         pids = target.server_pids
         proxied = target.name != "direct"
@@ -144,7 +150,9 @@ def run(ctx: Context) -> Table:
                 }
             _settle(ctx.settings.quick)
             after_kb.append(total_rss_kb(pids()))
-        table.add(target.name, *_row(target.name, proxied, n, before_kb, after_kb, first))
+        cells, figures = _row(target.name, proxied, n, before_kb, after_kb, first, floor)
+        table.add(target.name, cells, figures)
+        floor = figures if target.name == FLOOR else floor
         if first["in_flight"] < n:
             table.notes.append(
                 f"{target.name}: only {first['in_flight']} of {n} streams were ever in flight at once: the last one "
@@ -163,17 +171,33 @@ def run(ctx: Context) -> Table:
         "the mock's 128-connection listen backlog (aiohttp's default; cancelproxy's is 4096) is not overflowed; "
         "SYN drops = the kernel's "
         "ListenOverflows during the round (a dropped SYN costs the client a 1 s retransmit)",
+        "server CPU / chunk: round 1's server CPU ÷ the deltas it relayed (stream set-ups and tear-downs included)",
+        FLOOR_NOTE,
     ]
     return table
 
 
 def _row(
-    name: str, proxied: bool, n: int, before_kb: int, after_kb: list[int], first: dict[str, Any]
+    name: str,
+    proxied: bool,
+    n: int,
+    before_kb: int,
+    after_kb: list[int],
+    first: dict[str, Any],
+    floor: dict[str, Any] | None,
 ) -> tuple[list[str], dict[str, Any]]:
     durations, gaps = first["durations"], first["gaps"]
     stream_p99 = percentile(durations, 99) if durations else None
     added = {p: percentile(gaps, p) - GAP_S for p in (50, 99)} if gaps else {}
     per_stream = (first["peak_kb"] - before_kb) / max(1, first["in_flight"]) if proxied else None
+    per_chunk = first["cpu_s"] / (len(durations) * TOKENS) if proxied and durations else None
+    over = None
+    if floor is not None and proxied and name != FLOOR:
+        over = [
+            ratio(first["in_flight"], floor["peak_in_flight"]),
+            ratio(per_stream, floor["rss_kb_per_stream"]),
+            ratio(per_chunk, floor["server_cpu_s_per_chunk"]),
+        ]
     cells = [
         f"{first['wall']:.2f}",
         f"{stream_p99:.2f}" if stream_p99 is not None else "n/a",
@@ -181,8 +205,10 @@ def _row(
         str(first["in_flight"]),
         " / ".join(f"{added[p] * 1000:+.1f}" for p in (50, 99)) if added else "n/a",
         f"{first['cpu_s']:.2f}" if proxied else "n/a",
+        f"{per_chunk * 1e6:.1f}" if per_chunk is not None else "n/a",
         f"{per_stream:.1f}" if per_stream is not None else "n/a",
         (f"{before_kb / 1024:.1f} → " + " / ".join(f"{kb / 1024:.1f}" for kb in after_kb)) if proxied else "n/a",
+        "—" if over is None else ratios_cell(over),
         cpu_cell(first["window"]),
         str(first["overflows"]),
         str(first["errors"]),
@@ -198,6 +224,10 @@ def _row(
         "rss_before_kb": before_kb if proxied else None,
         "rss_peak_kb": first["peak_kb"] if proxied else None,
         "rss_kb_per_stream": per_stream,
+        "server_cpu_s_per_chunk": per_chunk,
+        "ratio_to_floor": None
+        if over is None
+        else dict(zip(["peak_in_flight", "rss_kb_per_stream", "cpu_per_chunk"], over, strict=True)),
         "rss_after_rounds_kb": after_kb if proxied else None,
         "cpu_s": first["window"].seconds,
         "machine_busy": first["window"].machine_busy,

@@ -9,7 +9,8 @@ from typing import Any
 import aiohttp
 
 from ..client import ContentCounter, Opener, chat_body, check, read_to_end, session, sleep_until
-from ..report import CPU_COLUMN, Table, bottleneck, cpu_cell
+from ..fleet import FLOOR
+from ..report import CPU_COLUMN, FLOOR_NOTE, Table, bottleneck, cpu_cell, ratio, ratios_cell
 from ..stats import median
 from ..workers import Job
 from . import Context
@@ -53,9 +54,19 @@ def run(ctx: Context) -> Table:
         "throughput",
         f"{streams} concurrent streams × {chunks} chunks at rate 0 (as fast as the mock "
         f"sends), content chunks received per second by all clients; median of {rounds} round(s)",
-        ["target", "chunks/s", "ratio to direct", "wall s", CPU_COLUMN, "errors"],
+        [
+            "target",
+            "chunks/s",
+            "ratio to direct",
+            "wall s",
+            "server CPU µs / chunk",
+            "÷ floor: chunks/s / CPU per chunk",
+            CPU_COLUMN,
+            "errors",
+        ],
     )
     direct_rate: float | None = None
+    floor: tuple[float, float] | None = None  # the floor's chunks/s and CPU s per chunk
     for target in ctx.targets:
         measured = []
         for _ in range(rounds):
@@ -81,23 +92,34 @@ def run(ctx: Context) -> Table:
             window = meter.stop(wall_s=wall)
             received = sum(r["chunks"] for r in results)
             errors = sum(r["error_count"] for r in results) + (streams * chunks - received > 0)
-            measured.append((received / wall, wall, window, errors, [e for r in results for e in r["errors"]]))
+            measured.append(
+                (received / wall, wall, window, errors, [e for r in results for e in r["errors"]], received)
+            )
         rate = median([m[0] for m in measured])
-        rate, wall, window, errors, messages = next(m for m in measured if m[0] == rate)
+        rate, wall, window, errors, messages, received = next(m for m in measured if m[0] == rate)
         direct_rate = rate if target.name == "direct" else direct_rate
-        ratio = rate / direct_rate if direct_rate else None
+        to_direct = rate / direct_rate if direct_rate else None
+        # The server's CPU per chunk the clients received (its stream set-ups included).
+        per_chunk = window.seconds["server"] / received if target.name != "direct" and received else None
+        if target.name == FLOOR:
+            floor = (rate, per_chunk) if per_chunk else None
+        over = [ratio(rate, floor[0]), ratio(per_chunk, floor[1])] if floor and target.name != FLOOR else None
         table.add(
             target.name,
             [
                 f"{rate:,.0f}",
-                "1.00" if target.name == "direct" else f"{ratio:.2f}",
+                "1.00" if target.name == "direct" else f"{to_direct:.2f}",
                 f"{wall:.2f}",
+                "n/a" if per_chunk is None else f"{per_chunk * 1e6:.1f}",
+                "—" if over is None else ratios_cell(over),
                 cpu_cell(window),
                 str(errors),
             ],
             {
                 "chunks_per_s": rate,
-                "ratio_to_direct": ratio,
+                "ratio_to_direct": to_direct,
+                "server_cpu_s_per_chunk": per_chunk,
+                "ratio_to_floor": None if over is None else {"chunks_per_s": over[0], "cpu_per_chunk": over[1]},
                 "wall_s": wall,
                 "cpu_s": window.seconds,
                 "errors": errors,
@@ -108,4 +130,8 @@ def run(ctx: Context) -> Table:
         limit = bottleneck(window, ctx.fleet_cores, settings.clients)
         who = "direct is the ceiling here (clients + mock alone)" if target.name == "direct" else target.name
         table.notes.append(f"{who}: limited by {limit}" if limit else f"{who}: no process saturated")
+    table.notes.append(
+        "server CPU / chunk: the server's utime+stime over the round ÷ the content chunks the clients received"
+    )
+    table.notes.append(FLOOR_NOTE)
     return table
