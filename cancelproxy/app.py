@@ -16,6 +16,7 @@ from yarl import URL
 from .audit import AuditSink, install_sighup
 from .cluster import Cluster, LocalCluster, RedisCluster
 from .config import Config
+from .cors import setup_cors
 from .errors import DownstreamGone, NotFound, ProxyError, error_response
 from .forward import generation_handler, handle_passthrough
 from .logs import setup_logging
@@ -29,6 +30,7 @@ from .services import SERVICES, Services
 from .store import Store, open_store
 from .store.redis import RedisStore
 from .store.writer import StoreWriter
+from .ui import add_ui_routes
 from .upkeep import Upkeep
 
 __all__ = ["RUNNER_OPTIONS", "StoreOpenError", "create_app", "serve"]
@@ -61,8 +63,11 @@ def create_app(config: Config) -> web.Application:
     # limit=None: every finished stream's write starts at once (the writer
     # groups them into few transactions).
     aiojobs.aiohttp.setup(app, limit=None, close_timeout=config.limits.cancel_timeout_s)
+    setup_cors(app, config.cors)
     add_routes(app.router)
     app.router.add_get("/metrics", _metrics)
+    if config.ui.enabled:
+        add_ui_routes(app)
     for prefix in ("", "/{upstream}"):
         for protocol in PROTOCOLS:
             app.router.add_post(f"{prefix}/v1/{protocol.path}", generation_handler(protocol))
