@@ -150,7 +150,7 @@ export class CancelProxy {
       // have been registered, and has nothing to lose by being dropped.
       if (ack === null || run.answer.requestId === null) {
         run.controller.abort();
-      } else {
+      } else if (this.#live.has(run.answer)) {
         // A clean end that never comes must not leave the answer streaming for ever.
         run.deadline = setTimeout(() => run.controller.abort(), this.#cancelTimeoutMs);
       }
