@@ -30,6 +30,9 @@ _TYPES = {
     ".svg": "image/svg+xml",
 }
 
+# The module any frontend can import (the rest is the page's own).
+_MODULE = "cancelproxy.js"
+
 PAGE_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -76,6 +79,10 @@ async def _serve(request: web.Request) -> web.Response:
     if file is None:
         raise NotFound(f"no file '/ui/{name}'", code="not_found")
     headers = {**PAGE_HEADERS, "ETag": file.etag}
+    if name == _MODULE:
+        # Module scripts are fetched with CORS: a frontend of any origin may
+        # import it from here. It is public and carries no credentials.
+        headers["Access-Control-Allow-Origin"] = "*"
     if _matches(request.headers.get("If-None-Match", ""), file.etag):
         return web.Response(status=304, headers=headers)
     return web.Response(body=file.body, headers={**headers, "Content-Type": file.content_type})

@@ -188,9 +188,16 @@ async def test_answers_to_an_allowed_origin_expose_the_ids(ui_proxy: Proxy, http
     # Another origin, or a route that is not the API: no CORS headers.
     async with http.get(ui_proxy.root + "/sessions/cors-1", headers={"Origin": "http://evil.example.test"}) as response:
         assert "Access-Control-Allow-Origin" not in response.headers
-    for path in ("/ui/", "/metrics", "/healthz"):
+    for path in ("/ui/", "/ui/app.js", "/metrics", "/healthz"):
         async with http.get(ui_proxy.root + path, headers={"Origin": APP_ORIGIN}) as response:
             assert "Access-Control-Allow-Origin" not in response.headers, path
+
+
+async def test_any_frontend_may_import_the_module(
+    plain_proxy: Proxy, ui_proxy: Proxy, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(ui_proxy.root + "/ui/cancelproxy.js", headers={"Origin": "http://anywhere.test"}) as response:
+        assert response.status == 200 and response.headers["Access-Control-Allow-Origin"] == "*"
 
 
 async def test_any_origin(

@@ -112,6 +112,28 @@ test("stop() before the provider answered at all", async () => {
   assert.equal((await provider("mod-silent")).state, "closed_by_client");
 });
 
+test("stop() while the request is still on its way drops it: the proxy had nothing to cancel yet", async () => {
+  // A slow network: the request reaches the proxy only after the Stop.
+  let sent;
+  const late = new Promise((resolve) => (sent = resolve));
+  const slow = async (url, init) => {
+    if (url.endsWith("/v1/chat/completions")) {
+      await late;
+      if (init.signal.aborted) throw init.signal.reason;
+    }
+    return fetch(url, init);
+  };
+  const proxy = new CancelProxy({ baseUrl: PROXY, fetch: slow });
+  const answer = proxy.chat(chatBody({ tokens: 5, rate: 20, tag: "mod-late" }));
+  const ack = await proxy.stop();
+  assert.equal(ack.cancelled, false); // reached, but nothing was in progress
+  sent();
+  await answer.done;
+  assert.deepEqual([answer.status, answer.text, answer.requestId], ["stopped", "", null]);
+  const seen = await fetch(`${MOCK}/_mock/requests/mod-late`);
+  assert.equal(seen.status, 404); // never generated
+});
+
 test("an HTTP error fails the answer with the provider's error", async () => {
   const proxy = new CancelProxy({ baseUrl: PROXY });
   const answer = await proxy.chat(chatBody({ status: 429 })).done;
