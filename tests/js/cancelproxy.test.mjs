@@ -215,6 +215,34 @@ test("a stream cut before its ending is interrupted, not completed", async () =>
   assert.deepEqual([answer.status, answer.text, answer.events], ["interrupted", "half", 1]);
 });
 
+test("resume() asks for the events after the N it has, and goes on from its text", async () => {
+  const asked = [];
+  const chunk = (content) => JSON.stringify({ choices: [{ index: 0, delta: { content }, finish_reason: null }] });
+  const finish = JSON.stringify({ choices: [{ index: 0, delta: {}, finish_reason: "stop" }] });
+  const fake = async (url, init) => {
+    asked.push([url, init.method, init.headers["X-Session-Id"]]);
+    return new Response(`data: ${chunk("c ")}\n\ndata: ${finish}\n\ndata: [DONE]\n\n`, {
+      headers: { "Content-Type": "text/event-stream" },
+    });
+  };
+  const proxy = new CancelProxy({ baseUrl: "http://proxy.test/", sessionId: "s-1", fetch: fake });
+  const answer = await proxy.resume("req_1", { after: 3, text: "a b " }).done;
+  assert.deepEqual(asked, [["http://proxy.test/requests/req_1/stream?after=3", "GET", "s-1"]]);
+  assert.deepEqual([answer.status, answer.text, answer.events, answer.requestId], ["completed", "a b c ", 6, "req_1"]);
+});
+
+test("an onUpdate that throws does not end the stream", async (t) => {
+  const reported = t.mock.method(console, "error", () => {});
+  const proxy = new CancelProxy({ baseUrl: PROXY });
+  const onUpdate = () => {
+    throw new Error("render bug");
+  };
+  const answer = await proxy.chat(chatBody({ tokens: 3, rate: 0 }), { onUpdate }).done;
+  assert.deepEqual([answer.status, answer.text], ["completed", words(3)]);
+  assert.ok(reported.mock.calls.length > 0);
+  assert.ok(reported.mock.calls.every((call) => call.arguments[0].message === "render bug"));
+});
+
 test("historyOf leaves stopped answers out unless asked, and failed ones always", () => {
   const turns = [
     { question: "q1", answer: { status: "completed", text: "a1" } },
