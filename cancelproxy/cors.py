@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from .config import CorsConfig
-from .errors import ProxyError, error_response
+from .errors import OriginNotAllowed, error_response
 
 __all__ = ["EXPOSED_HEADERS", "setup_cors"]
 
@@ -33,12 +33,6 @@ _API_PATH = re.compile(r"^/(?:[^/]+/)?v1(?:/|$)|^/(?:sessions|requests)/|^/api/c
 _HEADER_LIST = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:\s*,\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class OriginNotAllowed(ProxyError):
-    status = 403
-    type = "invalid_request_error"
-    code = "origin_not_allowed"
 
 
 class _Policy:

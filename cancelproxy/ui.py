@@ -21,7 +21,7 @@ from aiohttp import web
 
 from .errors import NotFound
 
-__all__ = ["PAGE_HEADERS", "add_ui_routes"]
+__all__ = ["add_ui_routes"]
 
 _TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -33,7 +33,7 @@ _TYPES = {
 # The module any frontend can import (the rest is the page's own).
 _MODULE = "cancelproxy.js"
 
-PAGE_HEADERS = {
+_PAGE_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
         "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -78,7 +78,7 @@ async def _serve(request: web.Request) -> web.Response:
     file = request.app[_UI].get(name)
     if file is None:
         raise NotFound(f"no file '/ui/{name}'", code="not_found")
-    headers = {**PAGE_HEADERS, "ETag": file.etag}
+    headers = {**_PAGE_HEADERS, "ETag": file.etag}
     if name == _MODULE:
         # Module scripts are fetched with CORS: a frontend of any origin may
         # import it from here. It is public and carries no credentials.
