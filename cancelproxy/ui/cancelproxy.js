@@ -189,13 +189,22 @@ export class CancelProxy {
     // One AbortController per request: aborting one answer never touches another.
     const run = { answer, controller: new AbortController(), stopping: false, deadline: null };
     this.#live.set(answer, run);
-    const update = () => onUpdate?.(answer);
-    answer.done = this.#stream(run, path, init, update).then(() => {
-      clearTimeout(run.deadline);
-      this.#live.delete(answer);
-      update();
-      return answer;
-    });
+    const update = () => {
+      try {
+        onUpdate?.(answer);
+      } catch (error) {
+        // The caller's bug, reported (as uncaught, in a browser): it must not end the stream.
+        (globalThis.reportError ?? console.error)(error);
+      }
+    };
+    answer.done = this.#stream(run, path, init, update)
+      .catch((error) => end(answer, "failed", { message: String(error?.message ?? error), type: "client" }))
+      .then(() => {
+        clearTimeout(run.deadline);
+        this.#live.delete(answer);
+        update();
+        return answer;
+      });
     return answer;
   }
 
