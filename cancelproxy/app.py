@@ -17,6 +17,7 @@ from .aborts import Aborter
 from .audit import AuditSink, install_sighup
 from .cluster import Cluster, LocalCluster, RedisCluster
 from .config import Config
+from .cors import setup_cors
 from .errors import DownstreamGone, NotFound, ProxyError, error_response
 from .forward import generation_handler, handle_passthrough
 from .gcstats import GcStats
@@ -34,6 +35,7 @@ from .store import Store, open_store
 from .store.redis import RedisStore
 from .store.streams import RedisStreams
 from .store.writer import StoreWriter
+from .ui import add_ui_routes
 from .upkeep import Upkeep
 
 __all__ = ["RUNNER_OPTIONS", "StoreOpenError", "create_app", "serve"]
@@ -66,9 +68,12 @@ def create_app(config: Config) -> web.Application:
     # limit=None: every finished stream's write starts at once (the writer
     # groups them into few transactions).
     aiojobs.aiohttp.setup(app, limit=None, close_timeout=config.limits.cancel_timeout_s)
+    setup_cors(app, config.cors)
     add_routes(app.router)
     add_resume_routes(app.router)
     app.router.add_get("/metrics", _metrics)
+    if config.ui.enabled:
+        add_ui_routes(app)
     for prefix in ("", "/{upstream}"):
         app.router.add_post(prefix + "/v1/responses/{response_id}/cancel", cancel_response)
         for protocol in PROTOCOLS:

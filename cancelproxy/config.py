@@ -24,11 +24,13 @@ __all__ = [
     "AuditConfig",
     "Config",
     "ConfigError",
+    "CorsConfig",
     "Limits",
     "Listen",
     "OnDisconnect",
     "ResumeConfig",
     "StoreConfig",
+    "UiConfig",
     "Upstream",
     "load_config",
     "parse_config",
@@ -39,12 +41,14 @@ __all__ = [
 BUILTIN_MOCK = "builtin:mock"
 
 # Upstream names share the first path segment with the proxy's own routes.
-_RESERVED_NAMES = frozenset({"v1", "api", "sessions", "requests", "metrics", "healthz", "readyz"})
+_RESERVED_NAMES = frozenset({"v1", "api", "sessions", "requests", "metrics", "healthz", "readyz", "ui"})
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _STORE_SCHEMES = ("memory", "sqlite", "redis")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+# A browser's Origin: scheme, host and an optional port, nothing after.
+_ORIGIN_RE = re.compile(r"^https?://[^/?#\s]+$")
 
 
 class ConfigError(ValueError):
@@ -163,6 +167,20 @@ class ResumeConfig:
 
 
 @dataclass(frozen=True)
+class UiConfig:
+    # The reference chat page at /ui/. Off unless asked for: a proxy deployed
+    # as a sidecar serves no page nobody looks at.
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
+class CorsConfig:
+    # Browser origins that may call the API routes (e.g. "https://app.example.com",
+    # or "*"). Empty: no CORS answers at all, as before.
+    allow_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     upstreams: tuple[Upstream, ...]
     default_upstream: str
@@ -170,6 +188,8 @@ class Config:
     store: StoreConfig = StoreConfig()
     audit: AuditConfig = AuditConfig()
     limits: Limits = Limits()
+    ui: UiConfig = UiConfig()
+    cors: CorsConfig = CorsConfig()
     admin_token: str = field(default="", repr=False)
     cancel_finish_reason: str = "cancelled"
     # On SIGTERM/SIGINT: how long in-flight streams may go on before they are
@@ -217,6 +237,8 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
             "log_level",
             "on_disconnect",
             "resume",
+            "ui",
+            "cors",
         },
     )
     reader = _Reader(env)
@@ -301,9 +323,15 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
         keep_s=reader.seconds(resume_raw, "resume.keep_s", "keep_s", ResumeConfig.keep_s),
     )
 
+    ui_raw = _mapping(top.get("ui", {}), "ui")
+    _reject_unknown(ui_raw, "ui.", {"enabled"})
+    ui = UiConfig(enabled=reader.boolean(ui_raw, "ui.enabled", "enabled", UiConfig.enabled))
+
     return Config(
         on_disconnect=on_disconnect,
         resume=resume,
+        ui=ui,
+        cors=_cors(reader, _mapping(top.get("cors", {}), "cors")),
         shutdown_grace_s=reader.seconds(top, "shutdown_grace_s", "shutdown_grace_s", Config.shutdown_grace_s),
         log_level=log_level,
         listen=listen,
@@ -342,6 +370,24 @@ def _store(reader: _Reader, raw: Mapping[str, Any]) -> StoreConfig:
         key_prefix=reader.string(raw, "store.key_prefix", "key_prefix", defaults.key_prefix),
         heartbeat_s=reader.seconds(raw, "store.heartbeat_s", "heartbeat_s", defaults.heartbeat_s),
     )
+
+
+def _cors(reader: _Reader, raw: Mapping[str, Any]) -> CorsConfig:
+    _reject_unknown(raw, "cors.", {"allow_origins"})
+    origins_raw = raw.get("allow_origins") or []
+    if not isinstance(origins_raw, list):
+        raise ConfigError("cors.allow_origins: must be a list of origins such as https://app.example.com, or '*'")
+    origins = []
+    for i, item in enumerate(origins_raw):
+        key = f"cors.allow_origins[{i}]"
+        if not isinstance(item, str):
+            raise ConfigError(f"{key}: must be a string, not {type(item).__name__}")
+        # Browsers send an Origin in lower case; a configured one is compared so.
+        origin = reader.expand(item, key).strip().rstrip("/").lower()
+        if origin != "*" and not _ORIGIN_RE.match(origin):
+            raise ConfigError(f"{key}: '{origin}' must be an origin (scheme://host[:port], no path) or '*'")
+        origins.append(origin)
+    return CorsConfig(allow_origins=tuple(origins))
 
 
 def _upstream(reader: _Reader, raw: Any, key: str) -> Upstream:
@@ -428,6 +474,14 @@ class _Reader:
         value = self._scalar(raw, key, field_name, default)
         if not isinstance(value, str):
             raise ConfigError(f"{key}: must be a string, not {type(value).__name__}")
+        return value
+
+    def boolean(self, raw: Mapping[str, Any], key: str, field_name: str, default: bool) -> bool:
+        value = self._scalar(raw, key, field_name, default)
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            value = value.strip().lower() == "true"  # from a ${VAR}
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: must be true or false, not {value!r}")
         return value
 
     def integer(

@@ -5,6 +5,7 @@ The two sides of a proxy fail differently and must never be confused::
     ProxyError                  answered to the client in OpenAI's error shape
     ├── BadRequest              400: invalid JSON, bad X-Session-Id, malformed HTTP
     ├── RequestTimeout          408: the request's head or body came too slowly
+    ├── OriginNotAllowed        403: a browser preflight from an origin not in cors.allow_origins
     ├── BodyTooLarge            413
     ├── RequestLineTooLong      414
     ├── HeaderFieldsTooLarge    431
@@ -46,6 +47,7 @@ __all__ = [
     "InternalError",
     "HeaderFieldsTooLarge",
     "NotFound",
+    "OriginNotAllowed",
     "ProxyError",
     "RequestCancelled",
     "RequestLineTooLong",
@@ -113,6 +115,12 @@ class HeaderFieldsTooLarge(ProxyError):
     status = 431
     type = "invalid_request_error"
     code = "header_fields_too_large"
+
+
+class OriginNotAllowed(ProxyError):
+    status = 403
+    type = "invalid_request_error"
+    code = "origin_not_allowed"
 
 
 class NotFound(ProxyError):

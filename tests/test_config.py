@@ -26,6 +26,7 @@ def test_shipped_config_loads_without_any_environment() -> None:
     assert config.limits.max_body_bytes == 20971520
     assert (config.limits.head_timeout_s, config.limits.body_timeout_s, config.limits.max_connections) == (20, 60, None)
     assert config.store.url == "sqlite:///cancelproxy.db" and config.store.retention_s == 7 * 86400
+    assert config.ui.enabled is True and config.cors.allow_origins == ()
 
 
 def test_environment_variables_are_expanded() -> None:
@@ -47,6 +48,15 @@ def test_defaults_and_model_globs() -> None:
     assert config.store.url == "memory://"
     upstream = config.upstream("a")
     assert upstream is not None and upstream.serves("a-1") and not upstream.serves("b-1")
+    assert config.ui.enabled is False and config.cors.allow_origins == ()
+
+
+def test_ui_and_cors() -> None:
+    config = parse_config(
+        _minimal(ui={"enabled": "${UI:-true}"}, cors={"allow_origins": ["https://App.Example.com/", "*"]}), env={}
+    )
+    assert config.ui.enabled is True
+    assert config.cors.allow_origins == ("https://app.example.com", "*")
 
 
 @pytest.mark.parametrize(
@@ -76,6 +86,15 @@ def test_defaults_and_model_globs() -> None:
         (_minimal(admin_token="${NOT_SET}"), "admin_token: environment variable NOT_SET is not set"),
         (_minimal(cancel_finish_reason=""), "cancel_finish_reason: must not be empty"),
         ("just a string", "config: must be a mapping"),
+        (_minimal(ui={"enabled": "yes"}), "ui.enabled: must be true or false"),
+        (_minimal(ui={"enable": True}), "ui.enable: unknown key"),
+        (_minimal(cors={"allow_origins": "*"}), "cors.allow_origins: must be a list"),
+        (
+            _minimal(cors={"allow_origins": ["https://a.test/app"]}),
+            "cors.allow_origins[0]: 'https://a.test/app' must be",
+        ),
+        (_minimal(cors={"allow_origins": [3000]}), "cors.allow_origins[0]: must be a string"),
+        ({"upstreams": [{"name": "ui", "base_url": "http://x"}]}, "upstreams[0].name: 'ui' is reserved"),
         (
             {"upstreams": [{"name": "a", "base_url": "http://u:p@x", "api_key": "k"}]},
             "upstreams[0].base_url: has a user:password and api_key is set too",

@@ -1,0 +1,156 @@
+// The chat page as a person uses it, one scenario per run:
+//   node ui_scenarios.mjs NAME   (PROXY_URL, MOCK_URL, BROWSER_WS, SCENARIO_ARGS in the environment)
+// Each prints what the page showed as one JSON line; the Python tests check
+// it against the proxy's records and what the mock provider saw.
+import net from "node:net";
+import {
+  ask,
+  openPage,
+  providerRequest,
+  report,
+  setExtraBody,
+  settled,
+  shown,
+  turn,
+  waitForWords,
+  watchStatuses,
+} from "./browser.mjs";
+
+const args = JSON.parse(process.env.SCENARIO_ARGS ?? "{}");
+
+const scenarios = {
+  // Start an answer, press Stop, then ask again.
+  async stop_then_ask_again({ tag, nextTag, keepStopped, screenshots }) {
+    const { page, errors } = await openPage();
+    await watchStatuses(page);
+    if (keepStopped) await page.check("#keep-stopped");
+    await setExtraBody(page, { mock: { tokens: 400, rate: 20, tag } });
+    await ask(page, "Tell me a long story");
+    await waitForWords(page, 1, 6);
+    if (screenshots) await page.screenshot({ path: `${screenshots}/ui-streaming.png` });
+    await page.click("#stop");
+    const stopped = await settled(page, 1);
+    // The provider's own account: when did it see its connection close?
+    const provider = await providerRequest(tag, "ended", 10);
+    if (screenshots) await page.screenshot({ path: `${screenshots}/ui-stopped.png` });
+    await setExtraBody(page, { mock: { tokens: 12, rate: 50, tag: nextTag } });
+    await ask(page, "And a short one");
+    const next = await settled(page, 2);
+    // By now a token of the stopped answer would have had every chance to show.
+    const stoppedAfter = await shown(page, 1);
+    const seen = await page.evaluate(() => window.seenStatuses);
+    report({ stopped, next, stoppedAfter, seen, provider, errors });
+  },
+
+  // Close the tab while an answer streams.
+  async close_tab({ tag }) {
+    const { page, context } = await openPage();
+    await setExtraBody(page, { mock: { tokens: 400, rate: 20, tag } });
+    await ask(page, "Tell me a long story");
+    await waitForWords(page, 1, 4);
+    const before = await shown(page, 1);
+    await page.close();
+    await context.close();
+    report({ before });
+  },
+
+  // Two answers, one completed, one stopped; then a reload.
+  async reload_keeps_the_conversation() {
+    const { page, errors } = await openPage();
+    await setExtraBody(page, { mock: { tokens: 5, rate: 0 } });
+    await ask(page, "A short one");
+    const completed = await settled(page, 1);
+    await setExtraBody(page, { mock: { tokens: 400, rate: 20 } });
+    await ask(page, "A long one");
+    await waitForWords(page, 2, 3);
+    await page.click("#stop");
+    const stopped = await settled(page, 2);
+    await page.check("#keep-stopped");
+    const sessionId = await page.textContent("#session-id");
+    await page.reload();
+    const afterReload = [await settled(page, 1), await settled(page, 2)];
+    const questions = await page.locator(".turn .question").allTextContents();
+    report({
+      before: [completed, stopped],
+      afterReload,
+      questions,
+      sessionId,
+      sessionIdAfter: await page.textContent("#session-id"),
+      keepStoppedAfter: await page.isChecked("#keep-stopped"),
+      errors,
+    });
+  },
+
+  // Reload the page while an answer streams; it comes back and finishes.
+  async reload_mid_answer({ tag, tokens }) {
+    const { page, errors } = await openPage();
+    await setExtraBody(page, { mock: { tokens, rate: 20, tag } });
+    await ask(page, "Tell me a story");
+    await waitForWords(page, 1, 5);
+    const before = await shown(page, 1);
+    await page.reload();
+    await watchStatuses(page);
+    const after = await settled(page, 1);
+    const seen = await page.evaluate(() => window.seenStatuses);
+    report({ before, after, seen, errors });
+  },
+
+  // The proxy stops accepting (SIGTERM, draining its streams) before Stop is pressed.
+  async stop_with_proxy_unreachable({ tag, proxyPid, proxyPort }) {
+    const { page, errors } = await openPage();
+    await watchStatuses(page);
+    await setExtraBody(page, { mock: { tokens: 400, rate: 20, tag } });
+    await ask(page, "Tell me a long story");
+    await waitForWords(page, 1, 5);
+    process.kill(proxyPid, "SIGTERM");
+    while (await accepts(proxyPort)) {
+      await new Promise((resolve) => setTimeout(resolve, 20)); // polling a socket state: no event exists for it
+    }
+    // The cancel is refused, or, sent on a connection the page kept alive,
+    // never answered while the proxy drains: then the module's cancel timeout
+    // (5 s) is what makes it drop the stream.
+    await page.click("#stop");
+    const stopped = await settled(page, 1);
+    const provider = await providerRequest(tag, "ended", 10);
+    const seen = await page.evaluate(() => window.seenStatuses);
+    report({ stopped, provider, seen, errors });
+  },
+
+  // The provider breaks off mid-answer.
+  async provider_fails({ tag, failAfter }) {
+    const { page, errors } = await openPage();
+    await watchStatuses(page);
+    await setExtraBody(page, { mock: { tokens: 40, rate: 20, fail_after: failAfter, tag } });
+    await ask(page, "Tell me a story");
+    const failed = await settled(page, 1);
+    const seen = await page.evaluate(() => window.seenStatuses);
+    report({ failed, seen, errors });
+  },
+
+  // The page served from another origin, the proxy allowing it (CORS).
+  async from_another_origin({ pageUrl, tag }) {
+    const { page, errors } = await openPage(pageUrl);
+    await setExtraBody(page, { mock: { tokens: 400, rate: 20, tag } });
+    await ask(page, "Tell me a long story");
+    await waitForWords(page, 1, 4);
+    await page.click("#stop");
+    const stopped = await settled(page, 1);
+    report({ stopped, origin: await page.evaluate(() => location.origin), errors });
+  },
+};
+
+function accepts(port) {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, "127.0.0.1");
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once("error", () => resolve(false));
+  });
+}
+
+const name = process.argv[2];
+if (!(name in scenarios)) throw new Error(`no scenario ${name}: one of ${Object.keys(scenarios).join(", ")}`);
+await scenarios[name](args);
+process.exit(0); // the browser connection would keep node alive

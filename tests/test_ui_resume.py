@@ -1,0 +1,51 @@
+"""Resume from the page and the module: a reload mid-answer, and ``resume()``
+(``GET /requests/{id}/stream?after=N``, with ``on_disconnect.grace_s`` keeping
+a generation alive while its reader comes back)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+
+from .browser import browser_fixture, js_packages_fixture, run_node, run_scenario  # noqa: F401
+from .conftest import MockProvider, Proxy, proxy_config, start_proxy
+from .helpers import content_of, read_record
+
+
+@pytest.fixture(scope="module")
+def grace_proxy(mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    config = proxy_config(mock_provider, ui={"enabled": True}, on_disconnect={"grace_s": 30})
+    proxy = start_proxy(tmp_path_factory.mktemp("grace"), config)
+    yield proxy
+    proxy.program.stop()
+
+
+async def test_a_reload_mid_answer_resumes_it_to_the_end(
+    browser: str, grace_proxy: Proxy, mock_provider: MockProvider
+) -> None:
+    tokens = 60
+    seen = await run_scenario(
+        "reload_mid_answer", browser, grace_proxy.root, mock_provider.root, tag="ui-reload", tokens=tokens
+    )
+    before, after = seen["before"], seen["after"]
+    assert before["status"] == "streaming" and before["requestId"]
+    # The same answer, resumed and complete: nothing lost, nothing twice.
+    assert (after["status"], after["requestId"]) == ("completed", before["requestId"])
+    assert after["text"] == content_of(tokens) and after["error"] is None
+    assert all(status in ("loading", "streaming", "completed") for status in (seen["seen"] or [[]])[0])
+    record = await read_record(grace_proxy.root, before["requestId"], None)
+    assert (record["status"], record["content"]) == ("completed", content_of(tokens))
+    # The provider generated it once: the reload asked for no new answer.
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{mock_provider.root}/_mock/requests") as response:
+            seen_by_provider = [r for r in (await response.json())["requests"] if r["tag"] == "ui-reload"]
+    assert len(seen_by_provider) == 1 and seen_by_provider[0]["state"] == "completed"
+
+
+async def test_the_module_resumes(js_packages: object, grace_proxy: Proxy, mock_provider: MockProvider) -> None:
+    await run_node(
+        ["--test", "--test-reporter=spec", "resume.test.mjs"],
+        {"PROXY_URL": grace_proxy.root, "MOCK_URL": mock_provider.root},
+    )
