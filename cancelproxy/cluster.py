@@ -59,6 +59,9 @@ class CancelResult:
     unanswered: list[str] = field(default_factory=list)  # replicas that did not answer in time
     # For a response_id order: the Response object as it stands after the stop.
     response: dict[str, Any] | None = None
+    # Here: how long the stopped requests took to end, then to be stored (seconds).
+    ending_s: float = 0.0
+    storing_s: float = 0.0
 
     def add(self, other: CancelResult) -> None:
         self.stopped += other.stopped
@@ -75,6 +78,8 @@ LocalCancel = Callable[[CancelOrder], Awaitable[CancelResult]]
 
 class Cluster(Protocol):
     replica_id: str
+    # No other replica can hold a request (one process, a local store).
+    alone: bool
 
     async def start(self, cancel_here: LocalCancel) -> None: ...
 
@@ -87,6 +92,8 @@ class Cluster(Protocol):
 
 class LocalCluster:
     """One replica: this process runs everything that is in progress."""
+
+    alone = True
 
     def __init__(self) -> None:
         self.replica_id = f"replica_{secrets.token_hex(6)}"
@@ -105,6 +112,8 @@ class LocalCluster:
 
 
 class RedisCluster:
+    alone = False
+
     def __init__(self, client: aioredis.Redis, key_prefix: str, heartbeat_s: float, log: logging.Logger) -> None:
         self.replica_id = f"replica_{secrets.token_hex(6)}"
         self._client = client

@@ -40,6 +40,10 @@ class Exchange(Protocol):
         """The way to close the upstream connection from outside, now or later."""
         ...
 
+    def detach_upstream(self) -> None:
+        """The way given to ``attach_upstream`` must no longer be called."""
+        ...
+
     def close_upstream(self) -> None: ...
 
     def client_gone(self) -> bool:
@@ -78,8 +82,8 @@ class Exchange(Protocol):
 
     def error_response(self, error: ProxyError, headers: Mapping[str, str]) -> web.Response: ...
 
-    async def finish(self, failure: ProxyError | None, upstream_status: int | None, bytes_out: int) -> None:
-        """The request is over (its client has its end): account for it."""
+    def finish(self, failure: ProxyError | None, upstream_status: int | None, bytes_out: int) -> None:
+        """The request is over (its client has its end): account for it, without waiting."""
         ...
 
 
@@ -90,6 +94,9 @@ class PassThrough:
     wants_stream = False
 
     def attach_upstream(self, close: Callable[[], object]) -> None:
+        pass
+
+    def detach_upstream(self) -> None:
         pass
 
     def close_upstream(self) -> None:
@@ -125,5 +132,5 @@ class PassThrough:
     def error_response(self, error: ProxyError, headers: Mapping[str, str]) -> web.Response:
         return error_response(error, headers)
 
-    async def finish(self, failure: ProxyError | None, upstream_status: int | None, bytes_out: int) -> None:
+    def finish(self, failure: ProxyError | None, upstream_status: int | None, bytes_out: int) -> None:
         pass

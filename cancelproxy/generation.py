@@ -74,6 +74,9 @@ class Generation:
     def attach_upstream(self, close: Callable[[], object]) -> None:
         self.live.attach_upstream(close)
 
+    def detach_upstream(self) -> None:
+        self.live.detach_upstream()
+
     def close_upstream(self) -> None:
         self.live.close_upstream()
 
@@ -140,8 +143,9 @@ class Generation:
     def error_response(self, error: ProxyError, headers: Mapping[str, str]) -> web.Response:
         return error_response(error, headers, body=self._protocol.error_body(error))
 
-    async def finish(self, failure: ProxyError | None, upstream_status: int | None, bytes_out: int) -> None:
-        """Write the record's final state; then the request is no longer in progress."""
+    def finish(self, failure: ProxyError | None, upstream_status: int | None, bytes_out: int) -> None:
+        """The record's final state, queued for the store; the request stays in
+        progress (for reads and a cancel's ack) until the write returned."""
         live, services = self.live, self._services
         live.done()
         try:
@@ -155,14 +159,20 @@ class Generation:
             urgent = live.stop_reason in ("cancel", "shutdown")
             self._report(record, bytes_out)  # the outcome is known: no need to wait for the disk
             self._abort_upstream(record)
-            live.durable = await services.writer.save_final(record, at_once=urgent)
+            written = services.writer.queue_final(record, at_once=urgent)
         except Exception:
             # The client is never failed for the bookkeeping's sake; the loss is logged.
             services.log.exception("could not finish the record of %s", live.request_id)
-        finally:
-            live.ended.set()
-            live.finished.set()
-            services.registry.remove(live)
+            self._stored(None)
+            return
+        written.add_done_callback(self._stored)
+
+    def _stored(self, written: asyncio.Future[bool] | None) -> None:
+        live = self.live
+        live.durable = written is not None and not written.cancelled() and written.result()
+        live.ended.set()
+        live.finished.set()
+        self._services.registry.remove(live)
 
     # -- the end ------------------------------------------------------------
 

@@ -94,6 +94,10 @@ class LiveRequest:
         if self.stop_reason is not None:
             self.close_upstream()
 
+    def detach_upstream(self) -> None:
+        """The way to close it is no longer valid (its await is over)."""
+        self._close_upstream = None
+
     def close_upstream(self) -> None:
         if self._close_upstream is not None:
             close, self._close_upstream = self._close_upstream, None

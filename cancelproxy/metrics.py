@@ -24,6 +24,7 @@ environment (the Dockerfile sets it).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -37,6 +38,27 @@ TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 30
 # Closing the upstream connection is normally well under a millisecond to a
 # few: the low end is where a regression shows, so it is finely divided.
 CANCEL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class _Children:
+    """A labelled metric's children, looked up once per label values.
+
+    ``labels(**names)`` checks the names, takes a lock and builds a key on
+    every call: several microseconds, a few times per request. The label
+    values here come from config and fixed sets, so the children are few.
+    """
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Counter | Gauge | Histogram) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class Metrics:
@@ -103,25 +125,29 @@ class Metrics:
             "Write transactions the record store has committed.",
             registry=self.registry,
         )
+        # What every request touches, by label values.
+        self._in_progress_of = _Children(self._in_progress)
+        self._requests_of = _Children(self._requests)
+        self._tokens_of = _Children(self._tokens)
+        self._ttft_of = _Children(self._ttft)
+        self._cancel_of = _Children(self._cancel)
 
     def request_started(self, upstream: str, protocol: str) -> None:
-        self._in_progress.labels(upstream=upstream, protocol=protocol).inc()
+        self._in_progress_of(upstream, protocol).inc()
 
     def request_finished(self, record: Record, ttft_s: float | None, cancel_s: float | None) -> None:
         """Once per started request, whatever its end; ``None`` for what did not happen."""
         upstream, protocol = record.upstream, record.protocol
-        self._in_progress.labels(upstream=upstream, protocol=protocol).dec()
-        self._requests.labels(
-            upstream=upstream, protocol=protocol, status=record.status, stop_reason=record.stop_reason or ""
-        ).inc()
+        self._in_progress_of(upstream, protocol).dec()
+        self._requests_of(upstream, protocol, record.status, record.stop_reason or "").inc()
         if record.usage is not None:
             estimated = "true" if record.usage.estimated else "false"
-            for kind, count in (("prompt", record.usage.prompt_tokens), ("completion", record.usage.completion_tokens)):
-                self._tokens.labels(upstream=upstream, protocol=protocol, kind=kind, estimated=estimated).inc(count)
+            self._tokens_of(upstream, protocol, "prompt", estimated).inc(record.usage.prompt_tokens)
+            self._tokens_of(upstream, protocol, "completion", estimated).inc(record.usage.completion_tokens)
         if ttft_s is not None:
-            self._ttft.labels(upstream=upstream).observe(ttft_s)
+            self._ttft_of(upstream).observe(ttft_s)
         if cancel_s is not None:
-            self._cancel.labels(upstream=upstream).observe(cancel_s)
+            self._cancel_of(upstream).observe(cancel_s)
 
     def upstream_error(self, upstream: str, code: str) -> None:
         self._upstream_errors.labels(upstream=upstream, code=code).inc()

@@ -24,6 +24,9 @@ class Stopped:
 
     request_ids: list[str] = field(default_factory=list)
     not_durable: list[str] = field(default_factory=list)
+    # Where the wait went (seconds): until the final states were known, then stored.
+    ending_s: float = 0.0
+    storing_s: float = 0.0
 
 
 class Registry:
@@ -77,16 +80,28 @@ class Registry:
         whose final state is still not known when ``timeout`` passes: the
         caller must not be told those stopped.
         """
-        stopping = [live for live in lives if live.request_stop(reason)]
+        return await self.until_stopped(self.stop(lives, reason), timeout)
+
+    def stop(self, lives: Iterable[LiveRequest], reason: StopCause) -> list[LiveRequest]:
+        """Stop these requests now (their upstream connections close here and
+        now, before any await); those that had already ended on their own are left out."""
+        return [live for live in lives if live.request_stop(reason)]
+
+    async def until_stopped(self, stopping: list[LiveRequest], timeout: float) -> Stopped:
+        """Wait (bounded) until each stopped request's final state is known and stored."""
         if not stopping:
             return Stopped()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        started = loop.time()
+        deadline = started + timeout
         ended = await _within(stopping, lambda live: live.ended, timeout)
-        await _within(ended, lambda live: live.finished, max(0.0, deadline - loop.time()))
+        known = loop.time()
+        await _within(ended, lambda live: live.finished, max(0.0, deadline - known))
         return Stopped(
             request_ids=[live.request_id for live in ended],
             not_durable=[live.request_id for live in ended if not (live.finished.is_set() and live.durable)],
+            ending_s=known - started,
+            storing_s=loop.time() - known,
         )
 
 

@@ -39,8 +39,11 @@ Why it is built this way (see ENGINEERING.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -50,6 +53,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .config import Upstream
+from .deadline import Deadline
 from .errors import (
     DownstreamGone,
     InternalError,
@@ -71,6 +75,45 @@ __all__ = ["Relay", "Target"]
 # aiohttp's client would otherwise add its own Accept, Accept-Encoding and
 # User-Agent: the provider must see the client's headers, not ours.
 _SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
+
+
+def _closer(upstream: aiohttp.ClientResponse) -> Callable[[], None]:
+    """What closes the upstream connection of an answer from outside (a stop).
+
+    The socket is shut down first: the FIN leaves now, not when the busy loop
+    next gets to the transport's own close, so the provider stops generating
+    at once however many streams the proxy is relaying."""
+
+    def close() -> None:
+        connection = upstream.connection
+        transport = connection.transport if connection is not None else None
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        upstream.close()
+
+    return close
+
+
+class _Abandon:
+    """What closes the upstream while it has not answered yet: cancel the await of it."""
+
+    __slots__ = ("task", "used")
+
+    def __init__(self, task: asyncio.Task[object] | None) -> None:
+        self.task = task
+        self.used = False
+
+    def __call__(self) -> None:
+        if self.task is not None:
+            self.used = True
+            self.task.cancel()
+
+    def swallow(self) -> bool:
+        """Take back our own cancellation; False if another one (the client
+        leaving, shutdown) is pending too, which must then go on."""
+        return self.task is not None and self.task.uncancel() == 0
 
 
 @dataclass(frozen=True)
@@ -124,14 +167,16 @@ class Relay:
             # route waits for the exchange's finish, which comes after.
             return await self._answer()
         finally:
-            # Jobs the app owns: a client that leaves cannot cut the final
-            # write short, shutdown waits for them, and the handler returns at
-            # once (aiohttp reads a keep-alive connection's next request only
-            # after the handler returned: it must not wait for a disk sync).
+            # The final state is queued, not awaited: a client that leaves
+            # cannot cut it short, and the handler returns at once (aiohttp
+            # reads a keep-alive connection's next request only after the
+            # handler returned: it must not wait for a disk sync). The writer
+            # owns it from here; shutdown waits for the writer.
             if carried_on:
+                # The rest of the generation runs as a job the app owns.
                 await spawn(self._request, self._carry_on())
             else:
-                await spawn(self._request, self._finish())
+                self._finish()
 
     async def _carry_on(self) -> None:
         """The rest of a generation whose client left while others follow it (or
@@ -148,11 +193,11 @@ class Relay:
             finally:
                 self._close_upstream()
         finally:
-            await self._finish()
+            self._finish()
 
-    async def _finish(self) -> None:
+    def _finish(self) -> None:
         status = self._upstream.status if self._upstream is not None else None
-        await self._exchange.finish(self._failure, status, self.bytes_out)
+        self._exchange.finish(self._failure, status, self.bytes_out)
 
     def _failed(self, exc: Exception) -> None:
         if isinstance(exc, UpstreamError):
@@ -174,7 +219,7 @@ class Relay:
         if upstream is None:
             return  # stopped before the upstream answered
         self._upstream = upstream
-        self._exchange.attach_upstream(upstream.close)
+        self._exchange.attach_upstream(_closer(upstream))
         if self._stopping:
             return
         self._tee = self._exchange.tee(upstream.status, upstream.headers)
@@ -191,23 +236,25 @@ class Relay:
         assert upstream is not None
         tee = self._tee
         loop = asyncio.get_running_loop()
-        first_byte_by = self._started + self._limits.first_byte_timeout_s
+        limits = self._limits
+        first_byte_by = loop.time() + max(0.0, self._started + limits.first_byte_timeout_s - time.monotonic())
+        span = min(limits.idle_timeout_s, limits.write_timeout_s, limits.first_byte_timeout_s)
         try:
             # One deadline, moved as the stream goes: the rest of the first-byte
             # budget, then idle_timeout_s per upstream read, write_timeout_s per
             # client write. Which side it fired on decides whose fault it was.
-            async with asyncio.timeout_at(loop.time() + max(0.0, first_byte_by - time.monotonic())) as deadline:
+            async with Deadline(first_byte_by, span=span) as deadline:
                 while True:
                     self._phase = "upstream"
                     chunk = await self._read(upstream)
                     if not chunk or self._stopping:
                         break
                     self._phase = "client"
-                    deadline.reschedule(loop.time() + self._limits.write_timeout_s)
+                    deadline.when = loop.time() + limits.write_timeout_s
                     await self._forward(chunk)
                     if tee.over:
                         break  # the protocol's last event: whatever follows, no client shows
-                    deadline.reschedule(loop.time() + self._limits.idle_timeout_s)
+                    deadline.when = loop.time() + limits.idle_timeout_s
         except TimeoutError:
             if self._phase == "client":
                 raise DownstreamGone("the client stopped reading") from None
@@ -220,26 +267,27 @@ class Relay:
     async def _open(self) -> aiohttp.ClientResponse | None:
         """Send the request; the answer's status and headers, or None if stopped first.
 
-        The send runs as its own task so a cancel route can abandon it while the
-        provider is still connecting or queueing (cancelling it closes its socket).
+        Awaited inline; a cancel route that comes while the provider is still
+        connecting or queueing abandons it by cancelling this very await
+        (aiohttp closes the socket it was opening), and the relay goes on to
+        answer its client.
         """
-        sending = asyncio.create_task(self._send())
-        self._exchange.attach_upstream(sending.cancel)
-        handed_over = False
+        abandon = _Abandon(asyncio.current_task())
+        self._exchange.attach_upstream(abandon)
         try:
-            await asyncio.wait({sending}, timeout=self._limits.first_byte_timeout_s)
-            if sending.cancelled():
-                return None  # a cancel route abandoned it
-            if not sending.done():
-                raise UpstreamTimeout(f"upstream '{self._target.upstream.name}' did not answer in time")
-            response = sending.result()  # raises the mapped UpstreamError
-            handed_over = True
-            return response
+            async with asyncio.timeout(self._limits.first_byte_timeout_s):
+                return await self._send()
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream '{self._target.upstream.name}' did not answer in time") from None
+        except asyncio.CancelledError:
+            if abandon.used and abandon.swallow():
+                return None  # a cancel route abandoned it, nothing else cancelled us
+            raise
         finally:
-            if not sending.done():
-                sending.cancel()
-            elif not handed_over and not sending.cancelled() and sending.exception() is None:
-                sending.result().close()  # it answered just as we gave up
+            # Nothing of this await may be called once it is over (nor keep
+            # this relay alive through the request in progress).
+            self._exchange.detach_upstream()
+            abandon.task = None
 
     async def _send(self) -> aiohttp.ClientResponse:
         target = self._target

@@ -53,7 +53,9 @@ class EventLog:
         self.closed = False  # the stream ended: nothing more will come
         self.given_up = False  # grew past its bound: it cannot be resumed
         self.readers = 0
-        self._grew = asyncio.Event()
+        # Made by a reader that waits for more: appending to a log nobody
+        # follows (nearly all of them) costs no event.
+        self._grew: asyncio.Event | None = None
 
     @property
     def events(self) -> int:
@@ -98,8 +100,14 @@ class EventLog:
         self._wake()
 
     def _wake(self) -> None:
-        self._grew.set()
-        self._grew = asyncio.Event()
+        if self._grew is not None:
+            self._grew.set()
+            self._grew = None
+
+    def _waiting(self) -> asyncio.Event:
+        if self._grew is None:
+            self._grew = asyncio.Event()
+        return self._grew
 
     def _read(self, offset: int) -> bytes:
         """Every byte from ``offset`` on, as far as the log goes now."""
@@ -115,10 +123,10 @@ class EventLog:
         self.readers += 1
         try:
             while self.events < after and not self.closed and not self.given_up:
-                await self._grew.wait()  # the reader is ahead of the log (it got them elsewhere)
+                await self._waiting().wait()  # the reader is ahead of the log (it got them elsewhere)
             offset = 0 if after <= 0 else self._ends[min(after, self.events) - 1]
             while not self.given_up:
-                grew = self._grew
+                grew = self._waiting()
                 data = self._read(offset)
                 if data:
                     offset += len(data)

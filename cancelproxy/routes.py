@@ -66,6 +66,15 @@ def _cancel_answer(session_id: str | None, result: CancelResult) -> web.Response
 
 async def cancel_here(services: Services, order: CancelOrder) -> CancelResult:
     """Stop what this replica runs of ``order``."""
+    return await _answer_here(services, order, _stop_here(services, order))
+
+
+def _stop_here(services: Services, order: CancelOrder) -> tuple[list[LiveRequest], list[LiveRequest]]:
+    """(the order's requests here that the caller owns, those of them now stopped).
+
+    Synchronous: the upstream connections are closed before the route awaits
+    anything, so a loop busy with streams cannot make a stop wait for its turn.
+    """
     registry = services.registry
     if order.response_id is not None:
         candidates = [live for live in registry.all() if _response_id(live) == order.response_id]
@@ -75,7 +84,14 @@ async def cancel_here(services: Services, order: CancelOrder) -> CancelResult:
         candidates = registry.of_session(order.session_id or "")
     caller = Caller(order.credential, order.admin)
     owned = [live for live in candidates if caller.owns(live.credential)]
-    stopped = await registry.cancel(owned, "cancel", services.config.limits.cancel_timeout_s)
+    return owned, registry.stop(owned, "cancel")
+
+
+async def _answer_here(
+    services: Services, order: CancelOrder, found: tuple[list[LiveRequest], list[LiveRequest]]
+) -> CancelResult:
+    owned, stopping = found
+    stopped = await services.registry.until_stopped(stopping, services.config.limits.cancel_timeout_s)
     response = None
     if order.response_id is not None and owned and isinstance(owned[0].transcript, ResponsesTranscript):
         response = owned[0].transcript.response_object()
@@ -85,6 +101,8 @@ async def cancel_here(services: Services, order: CancelOrder) -> CancelResult:
         known=[live.request_id for live in owned],
         session_id=owned[0].session_id if owned else order.session_id,
         response=response,
+        ending_s=stopped.ending_s,
+        storing_s=stopped.storing_s,
     )
 
 
@@ -97,9 +115,14 @@ async def _cancel(services: Services, order: CancelOrder) -> CancelResult:
     """Stop it here and on every other replica at once; answer when all did."""
     timeout = services.config.limits.cancel_timeout_s
     started = time.monotonic()
-    result, remote = await asyncio.gather(
-        cancel_here(services, order), services.cluster.cancel_elsewhere(order, timeout)
-    )
+    found = _stop_here(services, order)  # closed here and now; the rest is waiting
+    stopped_at = time.monotonic()
+    if services.cluster.alone:
+        result, remote = await _answer_here(services, order, found), CancelResult()
+    else:
+        result, remote = await asyncio.gather(
+            _answer_here(services, order, found), services.cluster.cancel_elsewhere(order, timeout)
+        )
     stopped_here = list(result.stopped)
     result.add(remote)
     services.log.info(
@@ -113,6 +136,11 @@ async def _cancel(services: Services, order: CancelOrder) -> CancelResult:
                 "not_durable": result.not_durable,
                 "unanswered": result.unanswered,
                 "ack_ms": round((time.monotonic() - started) * 1000, 3),
+                # Where an ack's time goes: stopping (the upstreams closed), the
+                # final states becoming known, their write.
+                "stop_ms": round((stopped_at - started) * 1000, 3),
+                "ending_ms": round(result.ending_s * 1000, 3),
+                "storing_ms": round(result.storing_s * 1000, 3),
             }
         },
     )

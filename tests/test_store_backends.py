@@ -378,3 +378,15 @@ async def test_redis_errors_quote_no_record(redis_server: RedisServer) -> None:
         with pytest.raises(StoreError, match="OutOfMemoryError") as raised:
             await store.save_many([make_record("r", secret, content="the answer so far")])
         assert secret not in "".join(traceback.format_exception(raised.value))
+
+
+async def test_a_batch_larger_than_one_statement_is_one_transaction(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "big.db"))
+    await store.open()
+    try:
+        records = [make_record(f"r{i}", session_id="big") for i in range(1234)]
+        await store.save_many(records)
+        assert store.transactions == 1
+        assert [r.request_id for r in await store.session("big")] == [r.request_id for r in records]
+    finally:
+        await store.close()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -63,7 +64,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 _UPSERT = """
     INSERT INTO records (request_id, session_id, created_at, status, ended_at, data)
-    VALUES (?, ?, ?, ?, ?, ?)
+    VALUES {rows}
     ON CONFLICT (request_id) DO UPDATE SET
         session_id = excluded.session_id,
         created_at = excluded.created_at,
@@ -71,6 +72,17 @@ _UPSERT = """
         ended_at = excluded.ended_at,
         data = excluded.data
 """
+
+
+# Rows per INSERT: one statement is one transaction (autocommit) and one trip
+# to aiosqlite's thread, where BEGIN, executemany and COMMIT are three. 6
+# parameters a row stays far below SQLite's limit of 32,766 per statement.
+_ROWS_PER_STATEMENT = 500
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert(rows: int) -> str:
+    return _UPSERT.format(rows=", ".join(["(?, ?, ?, ?, ?, ?)"] * rows))
 
 
 class SchemaVersionError(RuntimeError):
@@ -228,13 +240,19 @@ class SQLiteStore:
         async with self._lock, _mapped("write"):
             db = self._conn
             self._still_opened()  # nothing goes to files no one will find
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                await db.executemany(_UPSERT, rows)
-                await db.execute("COMMIT")
-            except BaseException:
-                await _rollback(db)
-                raise
+            if len(rows) <= _ROWS_PER_STATEMENT:
+                # One statement outside a transaction is a transaction of its own.
+                await db.execute(_upsert(len(rows)), [value for row in rows for value in row])
+            else:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+                        part = rows[start : start + _ROWS_PER_STATEMENT]
+                        await db.execute(_upsert(len(part)), [value for row in part for value in row])
+                    await db.execute("COMMIT")
+                except BaseException:
+                    await _rollback(db)
+                    raise
             self.transactions += 1
             # The files may have gone while the commit ran: durable means
             # durable in the files the next start opens.

@@ -150,6 +150,11 @@ class StoreWriter:
         transaction (an fsync, with SQLite). Until it is durable,
         ``unwritten`` answers it.
         """
+        return await self.queue_final(record, at_once=at_once)
+
+    def queue_final(self, record: Record, *, at_once: bool = True) -> asyncio.Future[bool]:
+        """``save_final`` without waiting: the future is its outcome. Nobody
+        needs a task of their own to see a final state written."""
         request_id = record.request_id
         self._tracked.pop(request_id, None)
         self._pending.pop(request_id, None)
@@ -161,7 +166,7 @@ class StoreWriter:
         self._urgent[request_id] = _Urgent(final=record, waiters=[*(queued.waiters if queued else []), written])
         if at_once:
             self._commit_soon()
-        return await written
+        return written
 
     def unwritten(self, request_id: str) -> Record | None:
         """The final state of this request that the store may not have yet
