@@ -42,3 +42,16 @@ test("a resumed answer that is stopped ends with the cancelled ending, as stoppe
   assert.equal(resumed.finishReason, "cancelled");
   assert.equal(resumed.text, record.content);
 });
+
+test("a resumed stream with keep-alive comments in it reads as the original did", async () => {
+  // The provider is silent first, sending `: keep-alive` comments: they are
+  // replayed, not counted as events, and nothing trips on them.
+  const proxy = new CancelProxy({ baseUrl: PROXY });
+  const original = proxy.chat(chatBody({ tokens: 12, rate: 40, silence_s: 0.5, keepalive_s: 0.1 }));
+  await original.done;
+  const replay = await proxy.resume(original.requestId, { after: 0 }).done;
+  assert.deepEqual([replay.status, replay.text, replay.error], ["completed", words(12), null]);
+  assert.equal(replay.events, original.events);
+  const rest = await proxy.resume(original.requestId, { after: 3, text: "w0 w1 " }).done;
+  assert.equal(rest.text, words(12));
+});
