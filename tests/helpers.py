@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,21 @@ async def raw_request(port: int, head: bytes, body: bytes = b"", timeout: float 
     status_line, _, rest = raw.partition(b"\r\n")
     _, _, body_out = rest.partition(b"\r\n\r\n")
     return int(status_line.split()[1]), body_out
+
+
+def unique(prefix: str) -> str:
+    """A tag or session id no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def sdk_extra(mock: dict[str, Any], session_id: str | None = None) -> dict[str, Any]:
+    """An official SDK call's extras: the mock's knobs in the body, the session as a header."""
+    return {"extra_body": {"mock": mock}, "extra_headers": {"X-Session-Id": session_id} if session_id else {}}
+
+
+async def post_ok(url: str, headers: dict[str, str]) -> dict[str, Any]:
+    """POST with no body (a cancel route), answered 200: its JSON."""
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, headers=headers) as answer:
+            assert answer.status == 200, await answer.text()
+            return dict(await answer.json())

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from typing import Any
 
 import aiohttp
 import anthropic
@@ -20,7 +18,16 @@ import openai
 import pytest
 
 from .conftest import MockProvider, Proxy
-from .helpers import TCP_ESTABLISHED, content_of, provider_request, read_record, tcp_state
+from .helpers import (
+    TCP_ESTABLISHED,
+    content_of,
+    post_ok,
+    provider_request,
+    read_record,
+    sdk_extra,
+    tcp_state,
+    unique,
+)
 
 KEY = "sk-messages-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}  # what anthropic 2's SDK sends its api_key as
@@ -30,21 +37,6 @@ HI = [{"role": "user", "content": "hi"}]
 
 def _claude(proxy: Proxy | MockProvider) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(base_url=proxy.root, api_key=KEY, max_retries=0)
-
-
-def _unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def _extra(mock: dict[str, Any], sid: str | None = None) -> dict[str, Any]:
-    return {"extra_body": {"mock": mock}, "extra_headers": {"X-Session-Id": sid} if sid else {}}
-
-
-async def _post(url: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(url, headers=AUTH) as answer:
-            assert answer.status == 200, await answer.text()
-            return dict(await answer.json())
 
 
 async def test_a_whole_stream_is_byte_identical_to_a_direct_one(proxy: Proxy, mock_provider: MockProvider) -> None:
@@ -75,11 +67,11 @@ async def test_a_whole_stream_is_byte_identical_to_a_direct_one(proxy: Proxy, mo
 async def test_cancel_ends_the_helper_with_the_partial_message(
     proxy: Proxy, mock_provider: MockProvider, route: str
 ) -> None:
-    sid, tag = _unique("msg-sess"), _unique("msg-cancel")
+    sid, tag = unique("msg-sess"), unique("msg-cancel")
     shown: list[str] = []
     async with _claude(proxy) as claude:
         async with claude.messages.stream(
-            model="mock-1", max_tokens=1000, messages=HI, **_extra({"tokens": 500, "rate": 50, "tag": tag}, sid)
+            model="mock-1", max_tokens=1000, messages=HI, **sdk_extra({"tokens": 500, "rate": 50, "tag": tag}, sid)
         ) as stream:
             request_id = stream.response.headers["x-request-id"]
             upstream = await provider_request(mock_provider.root, tag, wait="started")
@@ -87,7 +79,7 @@ async def test_cancel_ends_the_helper_with_the_partial_message(
                 if event.type == "text":
                     shown.append(event.text)
                     if len(shown) == 5:
-                        ack = await _post(proxy.root + route.format(sid=sid, rid=request_id))
+                        ack = await post_ok(proxy.root + route.format(sid=sid, rid=request_id), AUTH)
                         socket_at_ack = tcp_state(mock_provider.port, upstream["peer_port"])
             message = await stream.get_final_message()
     assert ack["request_ids"] == [request_id] and socket_at_ack != TCP_ESTABLISHED
@@ -105,28 +97,32 @@ async def test_cancel_ends_the_helper_with_the_partial_message(
 
 
 async def test_the_plain_iterator_ends_on_message_stop(proxy: Proxy, mock_provider: MockProvider) -> None:
-    sid, tag = _unique("msg-sess"), _unique("msg-plain")
+    sid, tag = unique("msg-sess"), unique("msg-plain")
     async with _claude(proxy) as claude:
         stream = await claude.messages.create(
             model="mock-1",
             max_tokens=1000,
             messages=HI,
             stream=True,
-            **_extra({"tokens": 500, "rate": 50, "tag": tag}, sid),
+            **sdk_extra({"tokens": 500, "rate": 50, "tag": tag}, sid),
         )
         types: list[str] = []
         async for event in stream:
             types.append(event.type)
             if types.count("content_block_delta") == 2:
-                await _post(f"{proxy.root}/sessions/{sid}/cancel")
+                await post_ok(f"{proxy.root}/sessions/{sid}/cancel", AUTH)
     assert types[-3:] == ["content_block_stop", "message_delta", "message_stop"]
 
 
 async def test_a_client_that_leaves_closes_the_provider(proxy: Proxy, mock_provider: MockProvider) -> None:
-    tag = _unique("msg-leave")
+    tag = unique("msg-leave")
     async with _claude(proxy) as claude:
         stream = await claude.messages.create(
-            model="mock-1", max_tokens=1000, messages=HI, stream=True, **_extra({"tokens": 500, "rate": 50, "tag": tag})
+            model="mock-1",
+            max_tokens=1000,
+            messages=HI,
+            stream=True,
+            **sdk_extra({"tokens": 500, "rate": 50, "tag": tag}),
         )
         request_id = stream.response.headers["x-request-id"]
         async for event in stream:
@@ -144,7 +140,7 @@ async def test_a_client_that_leaves_closes_the_provider(proxy: Proxy, mock_provi
 async def test_an_upstream_that_breaks_raises_in_the_sdk_and_fails_the_record(proxy: Proxy, knob: str) -> None:
     async with _claude(proxy) as claude:
         stream = await claude.messages.create(
-            model="mock-1", max_tokens=100, messages=HI, stream=True, **_extra({"tokens": 20, "rate": 0, knob: 3})
+            model="mock-1", max_tokens=100, messages=HI, stream=True, **sdk_extra({"tokens": 20, "rate": 0, knob: 3})
         )
         request_id = stream.response.headers["x-request-id"]
         shown: list[str] = []
@@ -163,15 +159,15 @@ async def test_the_proxys_own_errors_take_anthropics_shape(proxy: Proxy, mock_pr
             assert answer.status == 400
             body = await answer.json()
     assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
-    sid, tag = _unique("msg-sess"), _unique("msg-nonstream")
+    sid, tag = unique("msg-sess"), unique("msg-nonstream")
     async with _claude(proxy) as claude:
         creating = asyncio.create_task(
             claude.messages.create(
-                model="mock-1", max_tokens=100, messages=HI, **_extra({"tokens": 100, "rate": 10, "tag": tag}, sid)
+                model="mock-1", max_tokens=100, messages=HI, **sdk_extra({"tokens": 100, "rate": 10, "tag": tag}, sid)
             )
         )
         await provider_request(mock_provider.root, tag, wait="started")
-        await _post(f"{proxy.root}/sessions/{sid}/cancel")
+        await post_ok(f"{proxy.root}/sessions/{sid}/cancel", AUTH)
         with pytest.raises(anthropic.APIStatusError) as raised:
             await creating
     assert raised.value.status_code == 499
@@ -179,20 +175,24 @@ async def test_the_proxys_own_errors_take_anthropics_shape(proxy: Proxy, mock_pr
 
 
 async def test_a_configured_key_goes_upstream_as_x_api_key(proxy: Proxy, mock_provider: MockProvider) -> None:
-    tag = _unique("msg-keyed")
+    tag = unique("msg-keyed")
     async with _claude(proxy) as claude:
         await claude.messages.create(
-            model="keyed-1", max_tokens=10, messages=HI, **_extra({"tokens": 2, "rate": 0, "tag": tag})
+            model="keyed-1", max_tokens=10, messages=HI, **sdk_extra({"tokens": 2, "rate": 0, "tag": tag})
         )
     headers = {k.lower(): v for k, v in (await provider_request(mock_provider.root, tag))["headers"].items()}
     assert headers["x-api-key"] == "sk-upstream-secret-0123456789" and "authorization" not in headers
 
 
 async def test_another_credential_can_neither_read_nor_cancel(proxy: Proxy, mock_provider: MockProvider) -> None:
-    tag = _unique("msg-access")
+    tag = unique("msg-access")
     async with _claude(proxy) as claude:
         stream = await claude.messages.create(
-            model="mock-1", max_tokens=1000, messages=HI, stream=True, **_extra({"tokens": 300, "rate": 50, "tag": tag})
+            model="mock-1",
+            max_tokens=1000,
+            messages=HI,
+            stream=True,
+            **sdk_extra({"tokens": 300, "rate": 50, "tag": tag}),
         )
         request_id, sid = stream.response.headers["x-request-id"], stream.response.headers["x-session-id"]
         async with aiohttp.ClientSession() as session:
@@ -205,14 +205,14 @@ async def test_another_credential_can_neither_read_nor_cancel(proxy: Proxy, mock
 
 
 async def test_completions_stream_cancel_and_leave(proxy: Proxy, mock_provider: MockProvider) -> None:
-    sid, tag = _unique("cmpl-sess"), _unique("cmpl-cancel")
+    sid, tag = unique("cmpl-sess"), unique("cmpl-cancel")
     async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=KEY, max_retries=0) as client:
         whole = await client.completions.create(
-            model="mock-1", prompt="hi", stream=True, **_extra({"tokens": 7, "rate": 0})
+            model="mock-1", prompt="hi", stream=True, **sdk_extra({"tokens": 7, "rate": 0})
         )
         assert "".join([c.choices[0].text async for c in whole if c.choices]) == content_of(7)
         stream = await client.completions.create(
-            model="mock-1", prompt="hi", stream=True, **_extra({"tokens": 500, "rate": 50, "tag": tag}, sid)
+            model="mock-1", prompt="hi", stream=True, **sdk_extra({"tokens": 500, "rate": 50, "tag": tag}, sid)
         )
         request_id = stream.response.headers["x-request-id"]
         upstream = await provider_request(mock_provider.root, tag, wait="started")
@@ -223,7 +223,7 @@ async def test_completions_stream_cancel_and_leave(proxy: Proxy, mock_provider: 
                 if choice.finish_reason:
                     finishes.append(choice.finish_reason)
             if len(shown) == 4:
-                await _post(f"{proxy.root}/requests/{request_id}/cancel")
+                await post_ok(f"{proxy.root}/requests/{request_id}/cancel", AUTH)
                 socket_at_ack = tcp_state(mock_provider.port, upstream["peer_port"])
     assert finishes == ["cancelled"] and socket_at_ack != TCP_ESTABLISHED
     record = await read_record(proxy.root, request_id, KEY)

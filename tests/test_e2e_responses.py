@@ -12,7 +12,6 @@ import asyncio
 import json
 import subprocess
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,16 @@ import openai
 import pytest
 
 from .conftest import MockProvider, Proxy
-from .helpers import TCP_ESTABLISHED, content_of, provider_request, read_record, tcp_state
+from .helpers import (
+    TCP_ESTABLISHED,
+    content_of,
+    post_ok,
+    provider_request,
+    read_record,
+    sdk_extra,
+    tcp_state,
+    unique,
+)
 
 KEY = "sk-responses-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -35,21 +43,6 @@ ROUTES = {
 
 def _client(proxy: Proxy | MockProvider, key: str = KEY) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=proxy.base_url, api_key=key, max_retries=0)
-
-
-def _unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def _extra(mock: dict[str, Any], sid: str | None = None) -> dict[str, Any]:
-    return {"extra_body": {"mock": mock}, "extra_headers": {"X-Session-Id": sid} if sid else {}}
-
-
-async def _post(url: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(url, headers=AUTH) as answer:
-            assert answer.status == 200, await answer.text()
-            return dict(await answer.json())
 
 
 async def test_a_whole_stream_is_byte_identical_to_a_direct_one(proxy: Proxy, mock_provider: MockProvider) -> None:
@@ -81,7 +74,7 @@ async def test_a_whole_stream_is_byte_identical_to_a_direct_one(proxy: Proxy, mo
 async def test_the_helper_and_a_function_call(proxy: Proxy) -> None:
     async with _client(proxy) as client:
         async with client.responses.stream(
-            model="mock-1", input="hi", **_extra({"tokens": 4, "rate": 0, "tool_call": True})
+            model="mock-1", input="hi", **sdk_extra({"tokens": 4, "rate": 0, "tool_call": True})
         ) as stream:
             final = await stream.get_final_response()
             request_id = stream._response.headers["x-request-id"]  # type: ignore[attr-defined]
@@ -97,12 +90,12 @@ async def test_the_helper_and_a_function_call(proxy: Proxy) -> None:
 async def test_cancel_ends_the_helper_with_a_cancelled_response(
     proxy: Proxy, mock_provider: MockProvider, route: str
 ) -> None:
-    sid, tag = _unique("resp-sess"), _unique(f"resp-cancel-{route}")
+    sid, tag = unique("resp-sess"), unique(f"resp-cancel-{route}")
     shown: list[str] = []
     ack: Any = None
     async with _client(proxy) as client:
         async with client.responses.stream(
-            model="mock-1", input="a long story", **_extra({"tokens": 500, "rate": 50, "tag": tag}, sid)
+            model="mock-1", input="a long story", **sdk_extra({"tokens": 500, "rate": 50, "tag": tag}, sid)
         ) as stream:
             request_id = stream._response.headers["x-request-id"]  # type: ignore[attr-defined]
             upstream = await provider_request(mock_provider.root, tag, wait="started")
@@ -117,7 +110,7 @@ async def test_cancel_ends_the_helper_with_a_cancelled_response(
                         assert response_id is not None
                         ack = await client.responses.cancel(response_id)
                     else:
-                        ack = await _post(proxy.root + ROUTES[route].format(sid=sid, rid=request_id))
+                        ack = await post_ok(proxy.root + ROUTES[route].format(sid=sid, rid=request_id), AUTH)
                     socket_at_ack = tcp_state(mock_provider.port, upstream["peer_port"])
             final = await stream.get_final_response()
     assert socket_at_ack != TCP_ESTABLISHED  # the provider had its FIN before the ack
@@ -135,17 +128,17 @@ async def test_cancel_ends_the_helper_with_a_cancelled_response(
 
 
 async def test_the_plain_iterator_ends_on_the_cancelled_response(proxy: Proxy, mock_provider: MockProvider) -> None:
-    sid, tag = _unique("resp-sess"), _unique("resp-plain")
+    sid, tag = unique("resp-sess"), unique("resp-plain")
     async with _client(proxy) as client:
         stream = await client.responses.create(
-            model="mock-1", input="x", stream=True, **_extra({"tokens": 500, "rate": 50, "tag": tag}, sid)
+            model="mock-1", input="x", stream=True, **sdk_extra({"tokens": 500, "rate": 50, "tag": tag}, sid)
         )
         await provider_request(mock_provider.root, tag, wait="started")
         types: list[str] = []
         async for event in stream:
             types.append(event.type)
             if types.count("response.output_text.delta") == 2:
-                await _post(f"{proxy.root}/sessions/{sid}/cancel")
+                await post_ok(f"{proxy.root}/sessions/{sid}/cancel", AUTH)
     assert types[-1] == "response.completed" and event.response.status == "cancelled"  # type: ignore[union-attr]
     assert [e.sequence_number for e in [event]] == [len(types) - 1]  # type: ignore[union-attr]
 
@@ -154,14 +147,14 @@ async def test_a_cancel_before_the_provider_answers_still_ends_the_stream(
     proxy: Proxy, mock_provider: MockProvider
 ) -> None:
     """No event was sent yet: the ending opens the response (response.created) before completing it."""
-    sid, tag = _unique("resp-sess"), _unique("resp-queued")
+    sid, tag = unique("resp-sess"), unique("resp-queued")
     async with _client(proxy) as client:
         mock = {"silence_s": 60, "headers_after_silence": True, "tag": tag}
         creating = asyncio.create_task(
-            client.responses.create(model="mock-1", input="x", stream=True, **_extra(mock, sid))
+            client.responses.create(model="mock-1", input="x", stream=True, **sdk_extra(mock, sid))
         )
         await provider_request(mock_provider.root, tag, wait="started")
-        await _post(f"{proxy.root}/sessions/{sid}/cancel")
+        await post_ok(f"{proxy.root}/sessions/{sid}/cancel", AUTH)
         events = [event async for event in await creating]
     assert [e.type for e in events] == ["response.created", "response.completed"]
     assert [e.sequence_number for e in events] == [0, 1]
@@ -169,10 +162,10 @@ async def test_a_cancel_before_the_provider_answers_still_ends_the_stream(
 
 
 async def test_a_client_that_leaves_closes_the_provider(proxy: Proxy, mock_provider: MockProvider) -> None:
-    tag = _unique("resp-leave")
+    tag = unique("resp-leave")
     async with _client(proxy) as client:
         stream = await client.responses.create(
-            model="mock-1", input="x", stream=True, **_extra({"tokens": 500, "rate": 50, "tag": tag})
+            model="mock-1", input="x", stream=True, **sdk_extra({"tokens": 500, "rate": 50, "tag": tag})
         )
         request_id = stream.response.headers["x-request-id"]
         async for event in stream:
@@ -190,7 +183,7 @@ async def test_a_client_that_leaves_closes_the_provider(proxy: Proxy, mock_provi
 async def test_an_upstream_that_breaks_fails_the_stream_and_the_record(proxy: Proxy, knob: str) -> None:
     async with _client(proxy) as client:
         stream = await client.responses.create(
-            model="mock-1", input="x", stream=True, **_extra({"tokens": 20, "rate": 0, knob: 3})
+            model="mock-1", input="x", stream=True, **sdk_extra({"tokens": 20, "rate": 0, knob: 3})
         )
         request_id = stream.response.headers["x-request-id"]
         shown: list[str] = []
@@ -206,14 +199,16 @@ async def test_an_upstream_that_breaks_fails_the_stream_and_the_record(proxy: Pr
 
 async def test_a_non_streaming_response_and_its_cancel(proxy: Proxy, mock_provider: MockProvider) -> None:
     async with _client(proxy) as client:
-        whole = await client.responses.create(model="mock-1", input="x", **_extra({"tokens": 6, "rate": 0}))
+        whole = await client.responses.create(model="mock-1", input="x", **sdk_extra({"tokens": 6, "rate": 0}))
         assert whole.output_text == content_of(6)
-        sid, tag = _unique("resp-sess"), _unique("resp-nonstream")
+        sid, tag = unique("resp-sess"), unique("resp-nonstream")
         creating = asyncio.create_task(
-            client.responses.create(model="mock-1", input="x", **_extra({"tokens": 100, "rate": 10, "tag": tag}, sid))
+            client.responses.create(
+                model="mock-1", input="x", **sdk_extra({"tokens": 100, "rate": 10, "tag": tag}, sid)
+            )
         )
         await provider_request(mock_provider.root, tag, wait="started")
-        await _post(f"{proxy.root}/sessions/{sid}/cancel")
+        await post_ok(f"{proxy.root}/sessions/{sid}/cancel", AUTH)
         with pytest.raises(openai.APIStatusError) as raised:
             await creating
     assert raised.value.status_code == 499
@@ -221,10 +216,10 @@ async def test_a_non_streaming_response_and_its_cancel(proxy: Proxy, mock_provid
 
 
 async def test_another_credential_can_neither_read_nor_cancel(proxy: Proxy, mock_provider: MockProvider) -> None:
-    tag = _unique("resp-access")
+    tag = unique("resp-access")
     async with _client(proxy) as client, _client(proxy, "sk-someone-else-0123456789") as other:
         stream = await client.responses.create(
-            model="mock-1", input="x", stream=True, **_extra({"tokens": 300, "rate": 50, "tag": tag})
+            model="mock-1", input="x", stream=True, **sdk_extra({"tokens": 300, "rate": 50, "tag": tag})
         )
         request_id = stream.response.headers["x-request-id"]
         async for event in stream:

@@ -18,12 +18,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from ..errors import ProxyError, error_body
 from ..records import Usage
 from .base import Answer, Prepared, RequestFacts
-from .openai import Chunks, int_field, joined, str_field
+from .fields import int_field, joined, parse_object, str_field
+from .openai import Chunks
 
 __all__ = ["CHAT", "Chat", "ChatTranscript", "ask_for_usage", "chat_usage", "hide_injected_usage"]
 
@@ -53,11 +52,8 @@ def hide_injected_usage(event: bytes) -> bytes:
 def _is_usage_only(event: bytes) -> bool:
     for line in event.splitlines():
         if line.startswith(b"data:"):
-            try:
-                chunk = orjson.loads(line[5:])
-            except ValueError:
-                return False
-            return isinstance(chunk, dict) and chunk.get("choices") == [] and bool(chunk.get("usage"))
+            chunk = parse_object(line[5:])
+            return chunk is not None and chunk.get("choices") == [] and bool(chunk.get("usage"))
     return False
 
 

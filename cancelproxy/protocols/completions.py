@@ -14,7 +14,8 @@ from typing import Any
 from ..errors import ProxyError, error_body
 from .base import Answer, Prepared, RequestFacts
 from .chat import ask_for_usage, chat_usage
-from .openai import Chunks, joined, str_field
+from .fields import joined, str_field
+from .openai import Chunks
 
 __all__ = ["COMPLETIONS", "Completions", "CompletionsTranscript"]
 

@@ -18,12 +18,10 @@ import json
 import math
 from typing import Any
 
-import orjson
-
 from ..errors import ProxyError
 from ..records import Usage
 from .base import Answer, Prepared, RequestFacts
-from .openai import int_field, str_field
+from .fields import int_field, parse_object, str_field
 
 __all__ = ["MESSAGES", "Messages", "MessagesTranscript", "anthropic_error_body"]
 
@@ -49,14 +47,6 @@ def anthropic_error_body(error: ProxyError) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": error.message, "code": error.code}}
 
 
-def _parse(raw: bytes) -> dict[str, Any] | None:
-    try:
-        obj = orjson.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
 class MessagesTranscript:
     def __init__(self, facts: RequestFacts) -> None:
         self._facts = facts
@@ -75,11 +65,11 @@ class MessagesTranscript:
     def ends_stream(self, payload: bytes) -> bool:
         if not any(mark in payload for mark in _ENDS):
             return False
-        obj = _parse(payload)
+        obj = parse_object(payload)
         return obj is not None and obj.get("type") in ("message_stop", "error")
 
     def add_event(self, payload: bytes) -> None:
-        obj = _parse(payload)
+        obj = parse_object(payload)
         if obj is None:
             return
         kind = obj.get("type")
@@ -137,7 +127,7 @@ class MessagesTranscript:
             self.tokens += 1
 
     def add_body(self, body: bytes) -> bool:
-        obj = _parse(body)
+        obj = parse_object(body)
         if obj is None:
             self._error = {"message": "the upstream's answer is not a JSON object", "code": "upstream_invalid_answer"}
             return False

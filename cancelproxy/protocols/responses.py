@@ -25,12 +25,10 @@ import math
 import time
 from typing import Any
 
-import orjson
-
 from ..errors import ProxyError, error_body
 from ..records import Usage
 from .base import Answer, Prepared, RequestFacts
-from .openai import int_field, str_field
+from .fields import int_field, parse_object, str_field
 
 __all__ = ["RESPONSES", "Responses", "ResponsesTranscript"]
 
@@ -48,14 +46,6 @@ _DELTAS = frozenset(
         "response.reasoning_text.delta",
     }
 )
-
-
-def _parse(raw: bytes) -> dict[str, Any] | None:
-    try:
-        obj = orjson.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 def _index(obj: dict[str, Any], key: str) -> int:
@@ -105,11 +95,11 @@ class ResponsesTranscript:
         # merely mentions one is told apart by its "type".
         if not any(mark in payload for mark in _TERMINAL_MARKS):
             return False
-        obj = _parse(payload)
+        obj = parse_object(payload)
         return obj is not None and obj.get("type") in _TERMINAL
 
     def add_event(self, payload: bytes) -> None:
-        obj = _parse(payload)
+        obj = parse_object(payload)
         if obj is None:
             return
         sequence = int_field(obj, "sequence_number")
@@ -164,7 +154,7 @@ class ResponsesTranscript:
             _append(_slot(found, _index(obj, at), blank), key, delta)
 
     def add_body(self, body: bytes) -> bool:
-        obj = _parse(body)
+        obj = parse_object(body)
         if obj is None:
             self._error = {"message": "the upstream's answer is not a JSON object", "code": "upstream_invalid_answer"}
             return False
