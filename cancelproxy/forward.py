@@ -23,10 +23,11 @@ from .generation import Generation
 from .live import LiveRequest
 from .protocols.base import RequestFacts, WireProtocol
 from .records import Record
-from .relay import Relay, Target
+from .relay import Relay
 from .routing import UnsafePath, choose_upstream, request_headers, upstream_url
 from .services import SERVICES, Services
 from .sessions import credential_fingerprint, is_valid_session_id, new_request_id, new_session_id
+from .upstream import Target
 
 __all__ = ["generation_handler", "handle_passthrough"]
 

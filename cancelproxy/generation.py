@@ -20,12 +20,12 @@ from .live import LiveRequest, StopCause
 from .outcome import Ending, audit_entry, final_record
 from .protocols.base import WireProtocol
 from .records import Record
-from .relay import Target
 from .replay import EventLog
 from .services import Services
 from .sessions import CREDENTIAL_HEADERS
 from .sse import Event, SSEFramer
 from .tee import Tee, is_event_stream
+from .upstream import Target
 
 __all__ = ["Generation"]
 

@@ -6,7 +6,7 @@ proxy (a pass-through, or a generation it records) is its ``Exchange``, whose
 hooks it calls at fixed points (``exchange.py``). Every way it can end goes
 through :meth:`Relay.run`'s single ``finally``: the upstream connection is
 closed, the client is given its end, and the exchange finishes (for a
-generation, the record's final state is written by a job the app owns, so a
+generation, the record's final state is queued for the store's writer, so a
 client that went away cannot interrupt it; a cancel route answers only after
 that write). The client's end:
 
@@ -24,35 +24,35 @@ failed              the proxy's error (500/502/504) if nothing was sent yet;
                     the stream (also for a stream cut before its last event)
 ==================  =========================================================
 
-Why it is built this way (see ENGINEERING.md):
+Why it is built this way:
 
-- The server runs with ``handler_cancellation=True``, so a client that
-  disconnects cancels ``run()`` at whatever it awaits, even a silent upstream.
+- The server runs with ``handler_cancellation=True``: without it aiohttp
+  notices a client that hung up only at the next write, which a silent
+  upstream (a reasoning model thinking) may not make for minutes. With it, a
+  client that disconnects cancels ``run()`` at whatever it awaits.
 - A cancel route calls ``LiveRequest.request_stop()``, which closes the
-  upstream connection from outside (``ClientResponse.close()``, or cancelling
-  the task still waiting for the upstream's headers); the reader here then
-  wakes with an error or EOF, sees the stop and ends like a disconnect would.
-- The record holds only events whose bytes were handed to the client, so
+  upstream connection from outside (``upstream.py``: the socket shut down,
+  or the relay's own await of the upstream's headers cancelled); the reader
+  here then wakes with an error or EOF, sees the stop and ends like a
+  disconnect would.
+- The record holds the events whose bytes were handed to the client, so
   after a stop it is exactly the partial answer the user saw.
+- A client that disconnects while readers that resumed its stream follow
+  it (or its disconnect grace runs) does not stop the generation: the rest
+  of it runs as a job the app owns (``_carry_on``), into the record and the
+  log those readers follow.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import time
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 from aiojobs.aiohttp import spawn
-from multidict import CIMultiDict
-from yarl import URL
 
-from .config import Upstream
 from .deadline import Deadline
 from .errors import (
     DownstreamGone,
@@ -69,62 +69,13 @@ from .routing import response_headers
 from .services import Services
 from .sse import SSE_HEADERS, Event, EventTooLarge
 from .tee import PassThroughTee, Tee, is_event_stream
+from .upstream import Abandon, Target, closer
 
-__all__ = ["Relay", "Target"]
+__all__ = ["Relay"]
 
 # aiohttp's client would otherwise add its own Accept, Accept-Encoding and
 # User-Agent: the provider must see the client's headers, not ours.
 _SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
-
-
-def _closer(upstream: aiohttp.ClientResponse) -> Callable[[], None]:
-    """What closes the upstream connection of an answer from outside (a stop).
-
-    The socket is shut down first: the FIN leaves now, not when the busy loop
-    next gets to the transport's own close, so the provider stops generating
-    at once however many streams the proxy is relaying."""
-
-    def close() -> None:
-        connection = upstream.connection
-        transport = connection.transport if connection is not None else None
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        upstream.close()
-
-    return close
-
-
-class _Abandon:
-    """What closes the upstream while it has not answered yet: cancel the await of it."""
-
-    __slots__ = ("task", "used")
-
-    def __init__(self, task: asyncio.Task[object] | None) -> None:
-        self.task = task
-        self.used = False
-
-    def __call__(self) -> None:
-        if self.task is not None:
-            self.used = True
-            self.task.cancel()
-
-    def swallow(self) -> bool:
-        """Take back our own cancellation; False if another one (the client
-        leaving, shutdown) is pending too, which must then go on."""
-        return self.task is not None and self.task.uncancel() == 0
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where a request goes upstream, and what is sent there."""
-
-    upstream: Upstream
-    method: str
-    url: URL
-    headers: CIMultiDict[str]
-    body: bytes
 
 
 class Relay:
@@ -143,6 +94,7 @@ class Relay:
         self._failure: ProxyError | None = None
         self._phase = "upstream"  # what the deadline is guarding: "upstream" or "client"
         self._client_left = False
+        self._answering = False  # the upstream's body has begun
         self._started = time.monotonic()
         self.bytes_out = 0
 
@@ -219,7 +171,7 @@ class Relay:
         if upstream is None:
             return  # stopped before the upstream answered
         self._upstream = upstream
-        self._exchange.attach_upstream(_closer(upstream))
+        self._exchange.attach_upstream(closer(upstream))
         if self._stopping:
             return
         self._tee = self._exchange.tee(upstream.status, upstream.headers)
@@ -237,18 +189,22 @@ class Relay:
         tee = self._tee
         loop = asyncio.get_running_loop()
         limits = self._limits
-        first_byte_by = loop.time() + max(0.0, self._started + limits.first_byte_timeout_s - time.monotonic())
+        if self._answering:
+            first_by = loop.time() + limits.idle_timeout_s  # carried on mid-answer
+        else:
+            first_by = loop.time() + max(0.0, self._started + limits.first_byte_timeout_s - time.monotonic())
         span = min(limits.idle_timeout_s, limits.write_timeout_s, limits.first_byte_timeout_s)
         try:
             # One deadline, moved as the stream goes: the rest of the first-byte
             # budget, then idle_timeout_s per upstream read, write_timeout_s per
             # client write. Which side it fired on decides whose fault it was.
-            async with Deadline(first_byte_by, span=span) as deadline:
+            async with Deadline(first_by, span=span) as deadline:
                 while True:
                     self._phase = "upstream"
                     chunk = await self._read(upstream)
                     if not chunk or self._stopping:
                         break
+                    self._answering = True
                     self._phase = "client"
                     deadline.when = loop.time() + limits.write_timeout_s
                     await self._forward(chunk)
@@ -272,7 +228,7 @@ class Relay:
         (aiohttp closes the socket it was opening), and the relay goes on to
         answer its client.
         """
-        abandon = _Abandon(asyncio.current_task())
+        abandon = Abandon(asyncio.current_task())
         self._exchange.attach_upstream(abandon)
         try:
             async with asyncio.timeout(self._limits.first_byte_timeout_s):
