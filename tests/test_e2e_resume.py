@@ -245,3 +245,22 @@ async def test_access_and_bad_input(resuming_proxy: Proxy) -> None:
                 assert r.status == 400 and (await r.json())["error"]["param"] == "after"
         async with session.get(f"{resuming_proxy.root}/sessions/{session_id}/stream", headers=AUTH) as r:
             assert await r.read() == whole  # the session's newest request, from its start
+
+
+async def test_a_generation_carried_on_past_its_first_byte_budget_goes_on(
+    mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Once its client left, the rest of an answer is bounded by the idle timeout, not the first byte's."""
+    config = proxy_config(mock_provider, limits={"first_byte_timeout_s": 1}, on_disconnect={"grace_s": 10})
+    proxy = start_proxy(tmp_path_factory.mktemp("carried"), config)
+    try:
+        body = _body("chat", {"tokens": 60, "rate": 20})
+        async with aiohttp.ClientSession() as session:
+            # Past the first-byte budget before the client leaves: 30 events at 20 a second.
+            first, request_id, _ = await _first_events(session, f"{proxy.base_url}/chat/completions", body, 30, 30)
+            rest = await _resume(session, proxy.root, request_id, 30)
+        record = await read_record(proxy.root, request_id, KEY)
+    finally:
+        proxy.program.stop()
+    assert (record["status"], record["content"]) == ("completed", "".join(f"w{i} " for i in range(60)))
+    assert rest.endswith(b"data: [DONE]\n\n")
