@@ -336,14 +336,20 @@ class Relay:
         # Per chunk: only the first write prepares the response.
         response = self._response or await self._prepare()
         transport = self._request.transport
-        if transport is None or transport.is_closing():
-            raise DownstreamGone("the client connection is closed")
         try:
-            await response.write(data)
+            if transport is None or transport.is_closing():
+                raise DownstreamGone("the client connection is closed")
+            try:
+                await response.write(data)
+            finally:
+                self.bytes_out += len(data)
         except ConnectionError as exc:
             raise DownstreamGone(str(exc)) from exc
         finally:
-            self.bytes_out += len(data)
+            # Also when the client has just gone: the chunk was read from the
+            # upstream and the tee is past it, so it is the answer's next part
+            # for a reader that resumes it (the generation may go on), and a
+            # record holding it holds no less than the client could read.
             self._exchange.sent(data, events or [])
 
     # -- how it ended -----------------------------------------------------
