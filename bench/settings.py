@@ -15,6 +15,10 @@ class Settings:
     throughput_streams: int
     throughput_chunks: int
     throughput_rounds: int  # the median round is reported
+    responses_ttft_requests: int  # per target and stream format (chat, responses)
+    responses_streams: int
+    responses_chunks: int
+    responses_rounds: int
     slow_streams: int
     slow_rounds: int  # proxies only; direct runs one round (it has no proxy memory to watch)
     cancel_sequential: int
@@ -37,6 +41,10 @@ QUICK = Settings(
     throughput_streams=50,
     throughput_chunks=200,
     throughput_rounds=1,
+    responses_ttft_requests=100,
+    responses_streams=50,
+    responses_chunks=200,
+    responses_rounds=1,
     slow_streams=200,
     slow_rounds=2,
     cancel_sequential=30,
@@ -54,6 +62,10 @@ FULL = Settings(
     throughput_streams=200,
     throughput_chunks=500,
     throughput_rounds=3,
+    responses_ttft_requests=1000,
+    responses_streams=100,
+    responses_chunks=500,
+    responses_rounds=3,
     slow_streams=2000,
     slow_rounds=3,
     cancel_sequential=200,

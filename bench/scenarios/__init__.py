@@ -52,6 +52,7 @@ _SCENARIOS = {
     "latency": "latency:run_latency",
     "ttft": "latency:run_ttft",
     "throughput": "throughput:run",
+    "responses": "responses:run",
     "slow_streams": "slow_streams:run",
     "cancel": "cancel:run",
     "cancel_new_conn": "cancel_new_conn:run",
