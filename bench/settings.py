@@ -26,6 +26,8 @@ class Settings:
     disconnect_repeats: int
     concurrent_streams: int
     concurrent_tokens: int  # per stream, at 50 a second
+    resume_streams: int
+    resume_tokens: int  # per stream, at 50 a second
 
     @property
     def mode(self) -> str:
@@ -52,6 +54,8 @@ QUICK = Settings(
     disconnect_repeats=20,
     concurrent_streams=100,
     concurrent_tokens=50,
+    resume_streams=20,
+    resume_tokens=50,
 )
 FULL = Settings(
     quick=False,
@@ -73,4 +77,6 @@ FULL = Settings(
     disconnect_repeats=200,
     concurrent_streams=100,
     concurrent_tokens=250,
+    resume_streams=100,
+    resume_tokens=250,
 )

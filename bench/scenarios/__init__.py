@@ -58,6 +58,7 @@ _SCENARIOS = {
     "cancel_new_conn": "cancel_new_conn:run",
     "disconnect": "disconnect:run",
     "concurrent_streams": "concurrent_streams:run",
+    "resume": "resume:run",
 }
 NAMES = list(_SCENARIOS)
 
