@@ -226,7 +226,8 @@ def run(ctx: Context) -> Table:
     want = {tag: data for r in direct for tag, data in r.items()}
     mismatches = [
         f"{s['tag']}: first difference at byte {_first_difference(s['bytes'], want[s['tag']])} of "
-        f"{len(want[s['tag']])} (the first {READ_FIRST} events are {s['head_bytes']} bytes)"
+        f"{len(want[s['tag']])} (the first {READ_FIRST} events are {s['head_bytes']} bytes), "
+        f"{len(s['bytes']) - len(want[s['tag']]):+d} bytes against the mock's"
         for s in streams
         if s["bytes"] != want[s["tag"]]
     ]
