@@ -4,9 +4,10 @@ The same two measurements as ``ttft`` and ``throughput``, once per stream
 format: time to the first text delta of sequential streams (tokens 1, rate 0),
 and content chunks per second of concurrent streams at rate 0 with the
 server's CPU per chunk. A Responses event is an ``event:`` line and a ``data:``
-line, and the stream opens with two events that each carry the whole Response
-object: more bytes per chunk than chat's, and more to parse for a proxy that
-records it. Chunks are counted by a byte mark in each format (chat's
+line; its text deltas are a little smaller than chat's chunks, but the stream
+opens with two events that each carry the whole Response object and ends with
+one that carries the whole output: more per stream for a proxy that records
+it. Chunks are counted by a byte mark in each format (chat's
 ``"content":"w``, a Responses stream's ``"type":"response.output_text.delta"``),
 no parsing. The floor and nginx pass the route through like any other.
 """
