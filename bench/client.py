@@ -5,13 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
 JSON = {"Content-Type": "application/json"}
 # Every content delta of the mock carries this; the role delta ("content":"") does not.
 CONTENT_MARK = b'"content":"w'
+# Every text delta of a Responses stream carries this, once (its event: line has no quotes).
+RESPONSES_MARK = b'"type":"response.output_text.delta"'
+
+# The two OpenAI stream formats the harness sends: chat completions, and the Responses API.
+Protocol = Literal["chat", "responses"]
+PROTOCOLS: tuple[Protocol, ...] = ("chat", "responses")
+PATHS: dict[Protocol, str] = {"chat": "/v1/chat/completions", "responses": "/v1/responses"}
+MARKS: dict[Protocol, bytes] = {"chat": CONTENT_MARK, "responses": RESPONSES_MARK}
 
 
 # Requests waiting for their answer's headers at once, per client process: with
@@ -24,6 +32,14 @@ OPENING = 48
 
 def chat_body(*, stream: bool, **mock: Any) -> bytes:
     body = {"model": "mock-1", "messages": [{"role": "user", "content": "bench"}], "stream": stream, "mock": mock}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def stream_body(protocol: Protocol, **mock: Any) -> bytes:
+    """A streamed request of ``protocol`` with these mock knobs (the mock serves both alike)."""
+    if protocol == "chat":
+        return chat_body(stream=True, **mock)
+    body = {"model": "mock-1", "input": "bench", "stream": True, "mock": mock}
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -59,18 +75,20 @@ def session(limit: int = 0, total_s: float | None = None, force_close: bool = Fa
 
 
 class ContentCounter:
-    """Counts content deltas in a byte stream, whatever the read boundaries."""
+    """Counts content deltas in a byte stream, whatever the read boundaries: chat's
+    by default, a Responses stream's with ``mark=RESPONSES_MARK``."""
 
-    def __init__(self) -> None:
+    def __init__(self, mark: bytes = CONTENT_MARK) -> None:
         self.count = 0
+        self._mark = mark
         self._carry = b""
 
     def feed(self, data: bytes) -> int:
         """How many deltas this read completed."""
         buffer = self._carry + data
-        found = buffer.count(CONTENT_MARK)
+        found = buffer.count(self._mark)
         self.count += found
-        self._carry = buffer[-(len(CONTENT_MARK) - 1) :]
+        self._carry = buffer[-(len(self._mark) - 1) :]
         return found
 
 

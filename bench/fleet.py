@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from . import nginx
+from .client import PATHS, Protocol
 from .procs import Program, free_port
 from .procstat import children
 
@@ -30,7 +31,11 @@ class Target:
 
     @property
     def chat_url(self) -> str:
-        return f"{self.root}/v1/chat/completions"
+        return self.url("chat")
+
+    def url(self, protocol: Protocol) -> str:
+        """Where streams of ``protocol`` go (the floor and nginx pass any path through)."""
+        return f"{self.root}{PATHS[protocol]}"
 
     @property
     def metrics_url(self) -> str:

@@ -15,6 +15,10 @@ class Settings:
     throughput_streams: int
     throughput_chunks: int
     throughput_rounds: int  # the median round is reported
+    responses_ttft_requests: int  # per target and stream format (chat, responses)
+    responses_streams: int
+    responses_chunks: int
+    responses_rounds: int
     slow_streams: int
     slow_rounds: int  # proxies only; direct runs one round (it has no proxy memory to watch)
     cancel_sequential: int
@@ -22,6 +26,8 @@ class Settings:
     disconnect_repeats: int
     concurrent_streams: int
     concurrent_tokens: int  # per stream, at 50 a second
+    resume_streams: int
+    resume_tokens: int  # per stream, at 50 a second
 
     @property
     def mode(self) -> str:
@@ -37,6 +43,10 @@ QUICK = Settings(
     throughput_streams=50,
     throughput_chunks=200,
     throughput_rounds=1,
+    responses_ttft_requests=100,
+    responses_streams=50,
+    responses_chunks=200,
+    responses_rounds=1,
     slow_streams=200,
     slow_rounds=2,
     cancel_sequential=30,
@@ -44,6 +54,8 @@ QUICK = Settings(
     disconnect_repeats=20,
     concurrent_streams=100,
     concurrent_tokens=50,
+    resume_streams=20,
+    resume_tokens=50,
 )
 FULL = Settings(
     quick=False,
@@ -54,6 +66,10 @@ FULL = Settings(
     throughput_streams=200,
     throughput_chunks=500,
     throughput_rounds=3,
+    responses_ttft_requests=1000,
+    responses_streams=100,
+    responses_chunks=500,
+    responses_rounds=3,
     slow_streams=2000,
     slow_rounds=3,
     cancel_sequential=200,
@@ -61,4 +77,6 @@ FULL = Settings(
     disconnect_repeats=200,
     concurrent_streams=100,
     concurrent_tokens=250,
+    resume_streams=100,
+    resume_tokens=250,
 )

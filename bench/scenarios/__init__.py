@@ -52,11 +52,13 @@ _SCENARIOS = {
     "latency": "latency:run_latency",
     "ttft": "latency:run_ttft",
     "throughput": "throughput:run",
+    "responses": "responses:run",
     "slow_streams": "slow_streams:run",
     "cancel": "cancel:run",
     "cancel_new_conn": "cancel_new_conn:run",
     "disconnect": "disconnect:run",
     "concurrent_streams": "concurrent_streams:run",
+    "resume": "resume:run",
 }
 NAMES = list(_SCENARIOS)
 

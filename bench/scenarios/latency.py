@@ -11,7 +11,18 @@ import time
 
 import aiohttp
 
-from ..client import JSON, ContentCounter, chat_body, check, read_deltas, read_to_end, session
+from ..client import (
+    JSON,
+    MARKS,
+    ContentCounter,
+    Protocol,
+    chat_body,
+    check,
+    read_deltas,
+    read_to_end,
+    session,
+    stream_body,
+)
 from ..fleet import FLOOR
 from ..procstat import total_cpu
 from ..report import FLOOR_NOTE, Table, ratio, ratios_cell
@@ -22,14 +33,15 @@ from . import Context
 BLOCK = 50
 
 
-async def _request(http: aiohttp.ClientSession, url: str, body: bytes, ttft: bool) -> float:
+async def _request(http: aiohttp.ClientSession, url: str, body: bytes, mark: bytes | None) -> float:
+    """``mark``: time to the first delta with this mark; None: to the whole answer."""
     started = time.perf_counter()
     async with http.post(url, data=body, headers=JSON) as response:
         check(response, "request")
-        if not ttft:
+        if mark is None:
             await response.read()
             return time.perf_counter() - started
-        counter = ContentCounter()
+        counter = ContentCounter(mark)
         await read_deltas(response, counter, 1)
         first = time.perf_counter() - started
         await read_to_end(response, counter)
@@ -37,43 +49,53 @@ async def _request(http: aiohttp.ClientSession, url: str, body: bytes, ttft: boo
 
 
 async def sequential_job(
-    urls: dict[str, str], ttft: bool, count: int, warmup: int, gap_s: float = 0.0
+    urls: dict[str, str], ttft: bool, count: int, warmup: int, gap_s: float = 0.0, protocol: Protocol = "chat"
 ) -> dict[str, list[float]]:
     """``gap_s``: a pause before each measured request (diagnostics: lets the
-    previous request's handler finish before the next one is sent)."""
-    body = chat_body(stream=ttft, tokens=1, rate=0)
+    previous request's handler finish before the next one is sent). ``protocol``:
+    the stream format of a ttft run."""
+    body = stream_body(protocol, tokens=1, rate=0) if ttft else chat_body(stream=False, tokens=1, rate=0)
+    mark = MARKS[protocol] if ttft else None
     sessions = {name: session(limit=1) for name in urls}  # one keep-alive connection each
     samples: dict[str, list[float]] = {name: [] for name in urls}
     try:
         for name, url in urls.items():
             for _ in range(warmup):
-                await _request(sessions[name], url, body, ttft)
+                await _request(sessions[name], url, body, mark)
         while (done := len(next(iter(samples.values())))) < count:
             for name, url in urls.items():
                 for _ in range(min(BLOCK, count - done)):
                     if gap_s:
                         await asyncio.sleep(gap_s)
-                    samples[name].append(await _request(sessions[name], url, body, ttft))
+                    samples[name].append(await _request(sessions[name], url, body, mark))
     finally:
         for http in sessions.values():
             await http.close()
     return samples
 
 
-def _run(ctx: Context, ttft: bool) -> Table:
-    settings = ctx.settings
-    count = settings.ttft_requests if ttft else settings.latency_requests
+def measure(
+    ctx: Context, ttft: bool, count: int, protocol: Protocol = "chat"
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """``count`` sequential requests per target: the samples (s) and the server CPU ms per request, by target."""
+    warmup = ctx.settings.latency_warmup
     ctx.fleet.clear_mock()
-    urls = {t.name: t.chat_url for t in ctx.targets}
+    urls = {t.name: t.url(protocol) for t in ctx.targets}
     job = Job(
         "bench.scenarios.latency:sequential_job",
-        {"urls": urls, "ttft": ttft, "count": count, "warmup": settings.latency_warmup},
+        {"urls": urls, "ttft": ttft, "count": count, "warmup": warmup, "protocol": protocol},
     )
     servers = {t.name: t.server_pids for t in ctx.targets}
     cpu_before = {name: total_cpu(pids()) for name, pids in servers.items()}
     samples: dict[str, list[float]] = ctx.pool.run([job], timeout_s=60 + count * len(urls) * 0.05)[0]
-    requests = count + settings.latency_warmup
-    cpu_ms = {name: (total_cpu(pids()) - cpu_before[name]) / requests * 1000 for name, pids in servers.items()}
+    cpu_ms = {name: (total_cpu(pids()) - cpu_before[name]) / (count + warmup) * 1000 for name, pids in servers.items()}
+    return samples, cpu_ms
+
+
+def _run(ctx: Context, ttft: bool) -> Table:
+    settings = ctx.settings
+    count = settings.ttft_requests if ttft else settings.latency_requests
+    samples, cpu_ms = measure(ctx, ttft, count)
     if ttft:
         table = Table(
             "ttft",

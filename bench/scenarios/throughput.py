@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
-from ..client import ContentCounter, Opener, chat_body, check, read_to_end, session, sleep_until
-from ..fleet import FLOOR
+from ..client import MARKS, ContentCounter, Opener, Protocol, check, read_to_end, session, sleep_until, stream_body
+from ..fleet import FLOOR, Target
+from ..procstat import CpuWindow
 from ..report import CPU_COLUMN, FLOOR_NOTE, Table, bottleneck, cpu_cell, ratio, ratios_cell
 from ..stats import median
 from ..workers import Job
 from . import Context
 
 
-async def _stream(http: aiohttp.ClientSession, opener: Opener, url: str, body: bytes) -> tuple[int, float]:
-    counter = ContentCounter()
+async def _stream(http: aiohttp.ClientSession, opener: Opener, url: str, body: bytes, mark: bytes) -> tuple[int, float]:
+    counter = ContentCounter(mark)
     async with await opener.post(http, url, body) as response:
         check(response, "stream")
         await read_to_end(response, counter)
@@ -25,16 +27,23 @@ async def _stream(http: aiohttp.ClientSession, opener: Opener, url: str, body: b
 
 
 async def streams_job(
-    url: str, streams: int, chunks: int, start_at: float, timeout_s: float, rate: float = 0.0
+    url: str,
+    streams: int,
+    chunks: int,
+    start_at: float,
+    timeout_s: float,
+    rate: float = 0.0,
+    protocol: Protocol = "chat",
 ) -> dict[str, Any]:
-    body = chat_body(stream=True, tokens=chunks, rate=rate)
+    body = stream_body(protocol, tokens=chunks, rate=rate)
     opener = Opener()
     async with session(limit=0) as http:
         await sleep_until(start_at)
         started = time.monotonic()
         async with asyncio.timeout(timeout_s):
             done = await asyncio.gather(
-                *(_stream(http, opener, url, body) for _ in range(streams)), return_exceptions=True
+                *(_stream(http, opener, url, body, MARKS[protocol]) for _ in range(streams)),
+                return_exceptions=True,
             )
     ok = [d for d in done if isinstance(d, tuple)]
     errors = [repr(d) for d in done if not isinstance(d, tuple)]
@@ -45,6 +54,58 @@ async def streams_job(
         "errors": errors[:3],
         "error_count": len(errors),
     }
+
+
+@dataclass
+class Round:
+    chunks_per_s: float
+    wall_s: float
+    window: CpuWindow
+    errors: int
+    error_samples: list[str]
+    received: int  # content chunks the clients received
+
+
+def measure(ctx: Context, target: Target, protocol: Protocol, streams: int, chunks: int, rounds: int) -> list[Round]:
+    """``rounds`` runs of ``streams`` concurrent streams × ``chunks`` at rate 0 through ``target``."""
+    measured = []
+    for _ in range(rounds):
+        ctx.fleet.clear_mock()
+        start_at = ctx.start_at()
+        jobs = [
+            Job(
+                "bench.scenarios.throughput:streams_job",
+                {
+                    "url": target.url(protocol),
+                    "streams": share,
+                    "chunks": chunks,
+                    "start_at": start_at,
+                    "timeout_s": 120.0,
+                    "protocol": protocol,
+                },
+            )
+            for share in ctx.split(streams)
+        ]
+        meter = ctx.cpu_meter(target)
+        meter.start()
+        results = ctx.pool.run(jobs, timeout_s=150)
+        wall = max(r["ended"] for r in results) - min(r["started"] for r in results)
+        window = meter.stop(wall_s=wall)
+        received = sum(r["chunks"] for r in results)
+        errors = sum(r["error_count"] for r in results) + (streams * chunks - received > 0)
+        messages = [e for r in results for e in r["errors"]]
+        measured.append(Round(received / wall, wall, window, errors, messages, received))
+    return measured
+
+
+def median_round(measured: list[Round]) -> Round:
+    rate = median([m.chunks_per_s for m in measured])
+    return next(m for m in measured if m.chunks_per_s == rate)
+
+
+def cpu_per_chunk(target: Target, chosen: Round) -> float | None:
+    """The server's CPU per chunk the clients received (its stream set-ups included); None for direct."""
+    return chosen.window.seconds["server"] / chosen.received if target.name != "direct" and chosen.received else None
 
 
 def run(ctx: Context) -> Table:
@@ -68,39 +129,12 @@ def run(ctx: Context) -> Table:
     direct_rate: float | None = None
     floor: tuple[float, float] | None = None  # the floor's chunks/s and CPU s per chunk
     for target in ctx.targets:
-        measured = []
-        for _ in range(rounds):
-            ctx.fleet.clear_mock()
-            start_at = ctx.start_at()
-            jobs = [
-                Job(
-                    "bench.scenarios.throughput:streams_job",
-                    {
-                        "url": target.chat_url,
-                        "streams": share,
-                        "chunks": chunks,
-                        "start_at": start_at,
-                        "timeout_s": 120.0,
-                    },
-                )
-                for share in ctx.split(streams)
-            ]
-            meter = ctx.cpu_meter(target)
-            meter.start()
-            results = ctx.pool.run(jobs, timeout_s=150)
-            wall = max(r["ended"] for r in results) - min(r["started"] for r in results)
-            window = meter.stop(wall_s=wall)
-            received = sum(r["chunks"] for r in results)
-            errors = sum(r["error_count"] for r in results) + (streams * chunks - received > 0)
-            measured.append(
-                (received / wall, wall, window, errors, [e for r in results for e in r["errors"]], received)
-            )
-        rate = median([m[0] for m in measured])
-        rate, wall, window, errors, messages, received = next(m for m in measured if m[0] == rate)
+        measured = measure(ctx, target, "chat", streams, chunks, rounds)
+        chosen = median_round(measured)
+        rate, window = chosen.chunks_per_s, chosen.window
         direct_rate = rate if target.name == "direct" else direct_rate
         to_direct = rate / direct_rate if direct_rate else None
-        # The server's CPU per chunk the clients received (its stream set-ups included).
-        per_chunk = window.seconds["server"] / received if target.name != "direct" and received else None
+        per_chunk = cpu_per_chunk(target, chosen)
         if target.name == FLOOR:
             floor = (rate, per_chunk) if per_chunk else None
         over = [ratio(rate, floor[0]), ratio(per_chunk, floor[1])] if floor and target.name != FLOOR else None
@@ -109,22 +143,22 @@ def run(ctx: Context) -> Table:
             [
                 f"{rate:,.0f}",
                 "1.00" if target.name == "direct" else f"{to_direct:.2f}",
-                f"{wall:.2f}",
+                f"{chosen.wall_s:.2f}",
                 "n/a" if per_chunk is None else f"{per_chunk * 1e6:.1f}",
                 "—" if over is None else ratios_cell(over),
                 cpu_cell(window),
-                str(errors),
+                str(chosen.errors),
             ],
             {
                 "chunks_per_s": rate,
                 "ratio_to_direct": to_direct,
                 "server_cpu_s_per_chunk": per_chunk,
                 "ratio_to_floor": None if over is None else {"chunks_per_s": over[0], "cpu_per_chunk": over[1]},
-                "wall_s": wall,
+                "wall_s": chosen.wall_s,
                 "cpu_s": window.seconds,
-                "errors": errors,
-                "error_samples": messages,
-                "rounds": [m[0] for m in measured],
+                "errors": chosen.errors,
+                "error_samples": chosen.error_samples,
+                "rounds": [m.chunks_per_s for m in measured],
             },
         )
         limit = bottleneck(window, ctx.fleet_cores, settings.clients)
