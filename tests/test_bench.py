@@ -95,11 +95,9 @@ def test_quick_bench_runs_and_reports(tmp_path: Path) -> None:
     resumed = resume["cancelproxy"]
     assert all(_is_number(figure) for cell in resumed[2:5] for figure in cell.split(" / ")), resumed  # first bytes
     assert _is_number(resumed[5]), resumed  # KB kept per stream
-    # Resumed streams that do not add up to the mock's own bytes are errors. Not
-    # asserted to be none: a chunk the proxy reads from the provider as its client
-    # drops can go missing from the log (and the record), a race this scenario
-    # shows now and then. A resume from the wrong event fails every stream.
-    assert resumed[-1].isdigit() and int(resumed[-1]) < int(resumed[1]), resumed
+    # Every resumed stream adds up to the mock's own bytes (the scenario counts
+    # the ones that do not as errors).
+    assert resumed[-1] == "0", resumed
 
     document = json.loads(results.read_text())
     assert document["failed"] == []
