@@ -18,7 +18,7 @@ from aiohttp import web
 from .errors import ProxyError, error_response
 from .live import LiveRequest, StopCause
 from .outcome import Ending, audit_entry, final_record
-from .protocols.base import WireProtocol
+from .protocols.base import Rewrite, WireProtocol
 from .records import Record
 from .replay import EventLog
 from .services import Services
@@ -44,7 +44,7 @@ class Generation:
         live: LiveRequest,
         payload: dict[str, Any],
         *,
-        rewrite: Callable[[bytes], bytes] | None,
+        rewrite: Rewrite | None,
         client: str | None,
         durable: asyncio.Future[bool],
         target: Target,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Mapping
 
-from .protocols.base import Transcript
+from .protocols.base import Rewrite, Transcript
 from .sse import Event, SSEFramer
 
 __all__ = ["PassThroughTee", "Tee", "is_event_stream"]
@@ -61,7 +61,7 @@ class Tee:
         max_body_copy: int,
         max_event_bytes: int,
         content_encoding: str = "",
-        rewrite: Callable[[bytes], bytes] | None = None,
+        rewrite: Rewrite | None = None,
         on_commit: Callable[[], object] = lambda: None,
     ) -> None:
         self.transcript = transcript
@@ -101,7 +101,7 @@ class Tee:
                 whole, events = whole[:end], events[: i + 1]
                 break
         if self._rewrite is not None:
-            return _rewritten(whole, events, self._rewrite)
+            return self._rewrite(whole, events)
         return whole, events
 
     def commit(self, events: list[Event]) -> None:
@@ -148,20 +148,3 @@ class Tee:
             # cut copy that would read as a broken answer.
             self._body_cut = True
             self._body = bytearray()
-
-
-def _rewritten(whole: bytes, events: list[Event], rewrite: Callable[[bytes], bytes]) -> tuple[bytes, list[Event]]:
-    """Each event rewritten; the offsets moved with them. An event rewritten to
-    nothing keeps its place in ``events`` (the transcript still reads it) with
-    an empty span: the client never gets it."""
-    pieces: list[bytes] = []
-    moved: list[Event] = []
-    start = size = 0
-    for end, payload in events:
-        piece = rewrite(whole[start:end])
-        pieces.append(piece)
-        size += len(piece)
-        moved.append((size, payload))
-        start = end
-    pieces.append(whole[start:])
-    return b"".join(pieces), moved

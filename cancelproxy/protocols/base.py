@@ -22,8 +22,14 @@ from typing import Any, Protocol
 
 from ..errors import ProxyError
 from ..records import Usage
+from ..sse import Event
 
-__all__ = ["Answer", "Prepared", "RequestFacts", "Transcript", "WireProtocol"]
+__all__ = ["Answer", "Prepared", "RequestFacts", "Rewrite", "Transcript", "WireProtocol"]
+
+# (whole events, where each ends in them) -> the same, as the client gets them.
+# An event rewritten to nothing keeps its place, with an empty span: the
+# transcript still reads it, the client never gets it.
+Rewrite = Callable[[bytes, list[Event]], tuple[bytes, list[Event]]]
 
 
 @dataclass(frozen=True)
@@ -41,10 +47,11 @@ class Prepared:
 
     # The body to send instead of the client's (None: the client's bytes as sent).
     body: bytes | None = None
-    # Applied to each whole event before it reaches the client: undoes, byte
-    # for byte, what a changed body added to the answer. None: bytes untouched
-    # (the fast path every protocol but a changed one takes).
-    rewrite: Callable[[bytes], bytes] | None = None
+    # Applied to whole events before they reach the client: undoes, byte for
+    # byte, what a changed body added to the answer, and says where each event
+    # now ends. None: bytes untouched (the fast path every protocol but a
+    # changed one takes).
+    rewrite: Rewrite | None = None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import ProxyError, error_body
 from ..records import Usage
+from ..sse import Event
 from .base import Answer, Prepared, RequestFacts
 from .fields import int_field, joined, parse_object, str_field
 from .openai import Chunks
@@ -34,7 +35,43 @@ _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,')
 _NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 
 
-def hide_injected_usage(event: bytes) -> bytes:
+_USAGE_NULL_COMPACT = b',"usage":null'
+
+
+def hide_injected_usage(whole: bytes, events: list[Event]) -> tuple[bytes, list[Event]]:
+    """Whole events as the client would have had them without ``include_usage``,
+    and where each now ends (see ``base.Rewrite``).
+
+    The common block (each chunk with one compact ``,"usage":null``, no
+    usage-only chunk) is one replace and a shift of the offsets; anything else
+    is rewritten event by event."""
+    last = events[-1][0]
+    head = whole[:last]
+    if _NO_CHOICES.search(head) is None:
+        moved: list[Event] = []
+        found, shift, width = head.find(_USAGE_NULL_COMPACT), 0, len(_USAGE_NULL_COMPACT)
+        for end, payload in events:
+            while 0 <= found < end:
+                shift += width
+                found = head.find(_USAGE_NULL_COMPACT, found + width)
+            moved.append((end - shift, payload))
+        rest = head.replace(_USAGE_NULL_COMPACT, b"")
+        if b'"usage"' not in rest:  # nothing else to take out: done
+            return rest + whole[last:], moved
+    pieces: list[bytes] = []
+    moved = []
+    start = size = 0
+    for end, payload in events:
+        piece = _hide_in_event(whole[start:end])
+        pieces.append(piece)
+        size += len(piece)
+        moved.append((size, payload))
+        start = end
+    pieces.append(whole[start:])
+    return b"".join(pieces), moved
+
+
+def _hide_in_event(event: bytes) -> bytes:
     """One whole event as the client would have had it without ``include_usage``:
     the usage-only chunk (``"choices": []``) dropped, ``"usage": null`` removed."""
     if b'"usage"' not in event:
