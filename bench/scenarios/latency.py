@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import aiohttp
 
@@ -121,7 +122,7 @@ def _run(ctx: Context, ttft: bool) -> Table:
     for name, values in samples.items():
         p50, p99 = percentile(values, 50), percentile(values, 99)
         cpu = None if name == "direct" else cpu_ms[name]
-        figures: dict[str, float | int | None] = {
+        figures: dict[str, Any] = {
             "p50_s": p50,
             "p99_s": p99,
             "server_cpu_ms_per_request": cpu,
