@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import openai
+import pytest
 
 from .conftest import MockProvider, Proxy, proxy_config, start_proxy
 from .helpers import TCP_ESTABLISHED, content_of, open_stream, provider_request, tcp_state
@@ -242,8 +243,11 @@ async def test_a_resume_on_b_after_a_was_killed_ends_as_interrupted(
             with contextlib.suppress(aiohttp.ClientError):
                 shown += await response.read()
             url = f"{b.root}/requests/{request_id}/stream"
-            async with session.get(url, headers=AUTH) as resumed:
-                replayed = await resumed.read()
+            try:
+                async with session.get(url, headers=AUTH, timeout=aiohttp.ClientTimeout(total=60)) as resumed:
+                    replayed = await resumed.read()
+            except TimeoutError:
+                pytest.fail(f"B's resumed stream never ended; B printed:\n{b.program.output}")
         # The partial as far as A had mirrored it (never more than its client
         # was sent), then the ending of a stopped stream.
         events = replayed.split(b"\n\n")

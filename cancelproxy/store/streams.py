@@ -39,6 +39,10 @@ MAXLEN = 100_000
 ORPHAN_EXPIRY_S = 3600
 # How long a blocking read waits before it checks that the writing replica still lives.
 _BLOCK_MS = 1000
+# A blocking read that Redis has not answered this long after its block ran
+# out is given up (its connection dropped by redis-py) and the replica checked
+# anyway: a lost answer must not keep a reader waiting on a dead replica.
+_BLOCK_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,12 @@ class RedisStreams:
         says its replica is gone (then nothing marks the end)."""
         key, last = self._stream(request_id), "0-0"
         while True:
-            entries = _entries(await self._client.xread({key: last}, count=500, block=_BLOCK_MS))
+            try:
+                async with asyncio.timeout(_BLOCK_MS / 1000 + _BLOCK_GRACE_S):
+                    found = await self._client.xread({key: last}, count=500, block=_BLOCK_MS)
+            except TimeoutError:
+                found = None
+            entries = _entries(found)
             if not entries:
                 if not await alive():
                     return
