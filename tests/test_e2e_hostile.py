@@ -207,6 +207,46 @@ async def test_deeply_nested_json_is_a_400(guarded: Proxy, path: str) -> None:
     await _assert_still_serving(guarded)
 
 
+def _nested(depth: int, leaf: str) -> bytes:
+    """JSON text of ``leaf`` wrapped ``depth`` times in a list of one part: built as
+    text, as no JSON encoder here goes that deep."""
+    text = json.dumps(leaf)
+    for _ in range(depth):
+        text = f'[{{"type":"text","text":{text}}}]'
+    return text.encode()
+
+
+# 960 levels (a list and an object each time): nearly as deep as the proxy's
+# JSON parser lets a body go, deeper than Python's recursion limit lets a
+# recursive walk of the prompt go.
+NESTED_BODIES = {
+    "responses": ("/v1/responses", b'{"model":"mock-1","input":%s,' % _nested(480, "deep")),
+    "messages": (
+        "/v1/messages",
+        b'{"model":"mock-1","max_tokens":5,"messages":[{"role":"user","content":"hi"}],"system":%s,'
+        % _nested(480, "deep"),
+    ),
+}
+
+
+@pytest.mark.parametrize(("path", "head"), NESTED_BODIES.values(), ids=NESTED_BODIES.keys())
+async def test_a_deeply_nested_prompt_still_gets_its_final_record(guarded: Proxy, path: str, head: bytes) -> None:
+    body = head + b'"mock":{"tokens":3,"rate":0}}'
+    headers = {"Authorization": f"Bearer {USER_KEY}", "x-api-key": USER_KEY}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            guarded.root + path, data=body, headers={**headers, "Content-Type": "application/json"}
+        ) as response:
+            assert response.status == 200, await response.text()
+            request_id = response.headers["X-Request-Id"]
+        async with session.get(f"{guarded.root}/requests/{request_id}?wait=1", headers=headers) as response:
+            assert response.status == 200, await response.text()
+            record = await response.json()
+    # Not left in progress: the prompt estimate the final record needs walked it all.
+    assert record["status"] == "completed"
+    await _assert_still_serving(guarded)
+
+
 async def test_a_slow_head_is_cut_off_with_a_408(guarded: Proxy) -> None:
     with await _connect(guarded.port) as sock:
         started = time.monotonic()

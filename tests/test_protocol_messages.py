@@ -151,6 +151,13 @@ def test_a_whole_message_and_the_prompt_estimate() -> None:
     assert MESSAGES.estimate_prompt_tokens(payload) == 2 and MESSAGES.key_header == "x-api-key"
 
 
+def test_the_prompt_estimate_walks_any_depth() -> None:
+    deep: object = "abcd"
+    for _ in range(5000):  # far past Python's recursion limit
+        deep = [{"type": "text", "text": deep}]
+    assert MESSAGES.estimate_prompt_tokens({"system": deep, "messages": [{"role": "user", "content": "efgh"}]}) == 2
+
+
 def _completion_chunk(text: str, finish: str | None = None) -> bytes:
     choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
     return json.dumps({"id": "cmpl-1", "object": "text_completion", "model": "m", "choices": [choice]}).encode()

@@ -178,3 +178,10 @@ def test_a_whole_response_and_the_prompt_estimate() -> None:
     payload = {"instructions": "abcd", "input": [{"role": "user", "content": [{"type": "input_text", "text": "efgh"}]}]}
     assert RESPONSES.estimate_prompt_tokens(payload) == 2
     assert RESPONSES.estimate_prompt_tokens({"input": "x" * 9}) == 3
+
+
+def test_the_prompt_estimate_walks_any_depth() -> None:
+    deep: object = "abcd"
+    for _ in range(5000):  # far past Python's recursion limit
+        deep = [{"type": "input_text", "text": deep}]
+    assert RESPONSES.estimate_prompt_tokens({"instructions": "efgh", "input": deep}) == 2

@@ -282,11 +282,21 @@ class Messages:
 
 
 def _chars(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return sum(_chars(block.get("text")) for block in value if isinstance(block, dict))
-    return 0
+    """Characters of a string, or of the text of a list of blocks (whose text
+    may be blocks again), at any depth.
+
+    Walked with a stack of its own, not by recursion: a request nested as deep
+    as a JSON parser allows would exhaust Python's, and the request's final
+    record, which needs this estimate, would never be written.
+    """
+    chars, pending = 0, [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            chars += len(item)
+        elif isinstance(item, list):
+            pending += (block.get("text") for block in item if isinstance(block, dict))
+    return chars
 
 
 MESSAGES = Messages()

@@ -311,13 +311,23 @@ class Responses:
 
 
 def _chars(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return sum(_chars(item) for item in value)
-    if isinstance(value, dict):
-        return _chars(value.get("content")) + _chars(value.get("text")) + _chars(value.get("arguments"))
-    return 0
+    """Characters of the strings in ``value`` and in the content, text and
+    arguments of its parts, at any depth.
+
+    Walked with a stack of its own, not by recursion: a request nested as deep
+    as a JSON parser allows (about 1,000 levels) would exhaust Python's, and the
+    request's final record, which needs this estimate, would never be written.
+    """
+    chars, pending = 0, [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            chars += len(item)
+        elif isinstance(item, list):
+            pending += item
+        elif isinstance(item, dict):
+            pending += (item.get("content"), item.get("text"), item.get("arguments"))
+    return chars
 
 
 RESPONSES = Responses()
