@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .errors import ProxyError, error_response
+from .errors import InternalError, ProxyError, error_body, error_response
 from .live import LiveRequest, StopCause
 from .outcome import Ending, audit_entry, final_record
 from .protocols.base import Rewrite, WireProtocol
@@ -149,7 +149,7 @@ class Generation:
         live, services = self.live, self._services
         live.done()
         try:
-            record = self._final_record(failure, upstream_status)
+            record = self._final_record_or_failed(failure, upstream_status)
             live.record = record
             self._close_log(record, failure)
             live.ended.set()
@@ -200,6 +200,26 @@ class Generation:
             ended_at=time.time(),
         )
         return final_record(self.live.snapshot(), ending)
+
+    def _final_record_or_failed(self, failure: ProxyError | None, upstream_status: int | None) -> Record:
+        try:
+            return self._final_record(failure, upstream_status)
+        except Exception:
+            # A bug in reading the outcome back must not leave the request in
+            # progress in the store: what the client was sent is kept, as failed.
+            request_id = self.live.request_id
+            self._services.log.exception("could not build the final record of %s; stored as failed", request_id)
+        return self._failed_record()
+
+    def _failed_record(self) -> Record:
+        """The final state when it could not be built: the answer as the client
+        was sent it, ended as failed. (If even the answer cannot be read back,
+        ``finish`` logs it and the store keeps the last partial it was given.)"""
+        record = self.live.snapshot()
+        record.status = "failed"
+        record.error = error_body(InternalError("the proxy failed while finishing the record"))["error"]
+        record.ended_at = time.time()
+        return record
 
     def _abort_upstream(self, record: Record) -> None:
         """An engine that keeps generating once its client left gets its own stop request."""

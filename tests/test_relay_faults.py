@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+import cancelproxy.generation
 import cancelproxy.relay
 from cancelproxy import create_app
 from cancelproxy.config import parse_config
@@ -79,3 +80,29 @@ async def test_a_fault_mid_stream_ends_with_an_error_event(
     assert json.loads(events[-1])["error"]["code"] == "internal_error"
     record = await _record(client, request_id)
     assert record["status"] == "failed" and record["error"]["code"] == "internal_error"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_fault_building_the_final_record_still_ends_it_failed_with_the_answer(
+    aiohttp_client: ClientFactory, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    def broken(*args: object) -> None:
+        raise Boom("bug")
+
+    monkeypatch.setattr(cancelproxy.generation, "final_record", broken)
+    client = await aiohttp_client(create_app(parse_config(_CONFIG, env={})))
+    async with client.post("/v1/chat/completions", json=_body(stream)) as response:
+        assert response.status == 200  # the client had its whole answer already
+        raw = await response.read()
+        request_id = response.headers["X-Request-Id"]
+    if stream:
+        sent = "".join(
+            json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+            for line in raw.split(b"\n")
+            if line.startswith(b"data: {") and json.loads(line[6:])["choices"]
+        )
+    else:
+        sent = json.loads(raw)["choices"][0]["message"]["content"]
+    record = await _record(client, request_id)  # not left in progress
+    assert record["status"] == "failed" and record["error"]["code"] == "internal_error"
+    assert record["content"] == sent and sent
