@@ -13,13 +13,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
 
-from .conftest import MockProvider, Proxy, proxy_config, start_proxy
+from .conftest import MockProvider, Proxy, proxy_config, start_mock, start_proxy
 from .helpers import content_of, open_stream, provider_request
 
 USER_KEY = "sk-user-a-0123456789abcdef"
@@ -229,22 +230,37 @@ NESTED_BODIES = {
 }
 
 
+@pytest.fixture(scope="module")
+def own_mock() -> Iterator[MockProvider]:
+    """A provider of these tests' own: the one every module shares lists the bodies
+    it was sent, and a reader of that list would meet these."""
+    mock = start_mock()
+    yield mock
+    mock.program.stop()
+
+
 @pytest.mark.parametrize(("path", "head"), NESTED_BODIES.values(), ids=NESTED_BODIES.keys())
-async def test_a_deeply_nested_prompt_still_gets_its_final_record(guarded: Proxy, path: str, head: bytes) -> None:
-    body = head + b'"mock":{"tokens":3,"rate":0}}'
-    headers = {"Authorization": f"Bearer {USER_KEY}", "x-api-key": USER_KEY}
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            guarded.root + path, data=body, headers={**headers, "Content-Type": "application/json"}
-        ) as response:
-            assert response.status == 200, await response.text()
-            request_id = response.headers["X-Request-Id"]
-        async with session.get(f"{guarded.root}/requests/{request_id}?wait=1", headers=headers) as response:
-            assert response.status == 200, await response.text()
-            record = await response.json()
-    # Not left in progress: the prompt estimate the final record needs walked it all.
-    assert record["status"] == "completed"
-    await _assert_still_serving(guarded)
+async def test_a_deeply_nested_prompt_still_gets_its_final_record(
+    own_mock: MockProvider, tmp_path: Path, path: str, head: bytes
+) -> None:
+    proxy = start_proxy(tmp_path, proxy_config(own_mock))
+    try:
+        body = head + b'"mock":{"tokens":3,"rate":0}}'
+        headers = {"Authorization": f"Bearer {USER_KEY}", "x-api-key": USER_KEY}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                proxy.root + path, data=body, headers={**headers, "Content-Type": "application/json"}
+            ) as response:
+                assert response.status == 200, await response.text()
+                request_id = response.headers["X-Request-Id"]
+            async with session.get(f"{proxy.root}/requests/{request_id}?wait=1", headers=headers) as response:
+                assert response.status == 200, await response.text()
+                record = await response.json()
+        # Not left in progress: the prompt estimate the final record needs walked it all.
+        assert record["status"] == "completed"
+        await _assert_still_serving(proxy)
+    finally:
+        proxy.program.stop()
 
 
 async def test_a_slow_head_is_cut_off_with_a_408(guarded: Proxy) -> None:
