@@ -35,6 +35,22 @@ def chat_body(*, stream: bool, **mock: Any) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+# A chat app sends the whole conversation with every question: 60 turns of
+# ~560 characters, ~35 KB of JSON.
+CONVERSATION_TURNS = 60
+_TURN = "Explain how TCP and UDP differ, when each is the better choice, and why. " * 8
+
+
+def conversation_body(**mock: Any) -> bytes:
+    """A streamed chat request whose body is a long conversation."""
+    messages = [
+        {"role": "user" if turn % 2 == 0 else "assistant", "content": f"{turn}: {_TURN}"}
+        for turn in range(CONVERSATION_TURNS)
+    ]
+    body = {"model": "mock-1", "messages": messages, "stream": True, "temperature": 0.7, "mock": mock}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 def stream_body(protocol: Protocol, **mock: Any) -> bytes:
     """A streamed request of ``protocol`` with these mock knobs (the mock serves both alike)."""
     if protocol == "chat":

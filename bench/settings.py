@@ -12,6 +12,7 @@ class Settings:
     latency_requests: int
     latency_warmup: int
     ttft_requests: int
+    conversation_requests: int  # ttft with a long conversation as the body
     throughput_streams: int
     throughput_chunks: int
     throughput_rounds: int  # the median round is reported
@@ -40,6 +41,7 @@ QUICK = Settings(
     latency_requests=300,
     latency_warmup=100,
     ttft_requests=200,
+    conversation_requests=200,
     throughput_streams=50,
     throughput_chunks=200,
     throughput_rounds=1,
@@ -63,6 +65,7 @@ FULL = Settings(
     latency_requests=3000,
     latency_warmup=300,
     ttft_requests=2000,
+    conversation_requests=1000,
     throughput_streams=200,
     throughput_chunks=500,
     throughput_rounds=3,

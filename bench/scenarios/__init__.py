@@ -51,6 +51,7 @@ Scenario = Callable[[Context], Table]
 _SCENARIOS = {
     "latency": "latency:run_latency",
     "ttft": "latency:run_ttft",
+    "conversation": "latency:run_conversation",
     "throughput": "throughput:run",
     "responses": "responses:run",
     "slow_streams": "slow_streams:run",

@@ -1,4 +1,4 @@
-"""``latency`` and ``ttft``: what a hop adds to one request, measured sequentially.
+"""``latency``, ``ttft`` and ``conversation``: what a hop adds to one request, measured sequentially.
 
 One keep-alive connection per target; targets take turns in blocks of
 ``BLOCK`` requests so a slow patch of the machine falls on all of them alike.
@@ -13,12 +13,14 @@ from typing import Any
 import aiohttp
 
 from ..client import (
+    CONVERSATION_TURNS,
     JSON,
     MARKS,
     ContentCounter,
     Protocol,
     chat_body,
     check,
+    conversation_body,
     read_deltas,
     read_to_end,
     session,
@@ -50,12 +52,24 @@ async def _request(http: aiohttp.ClientSession, url: str, body: bytes, mark: byt
 
 
 async def sequential_job(
-    urls: dict[str, str], ttft: bool, count: int, warmup: int, gap_s: float = 0.0, protocol: Protocol = "chat"
+    urls: dict[str, str],
+    ttft: bool,
+    count: int,
+    warmup: int,
+    gap_s: float = 0.0,
+    protocol: Protocol = "chat",
+    conversation: bool = False,
 ) -> dict[str, list[float]]:
     """``gap_s``: a pause before each measured request (diagnostics: lets the
     previous request's handler finish before the next one is sent). ``protocol``:
-    the stream format of a ttft run."""
-    body = stream_body(protocol, tokens=1, rate=0) if ttft else chat_body(stream=False, tokens=1, rate=0)
+    the stream format of a ttft run; ``conversation``: a chat ttft run whose body
+    is a long conversation."""
+    if conversation:
+        body = conversation_body(tokens=1, rate=0)
+    elif ttft:
+        body = stream_body(protocol, tokens=1, rate=0)
+    else:
+        body = chat_body(stream=False, tokens=1, rate=0)
     mark = MARKS[protocol] if ttft else None
     sessions = {name: session(limit=1) for name in urls}  # one keep-alive connection each
     samples: dict[str, list[float]] = {name: [] for name in urls}
@@ -76,7 +90,7 @@ async def sequential_job(
 
 
 def measure(
-    ctx: Context, ttft: bool, count: int, protocol: Protocol = "chat"
+    ctx: Context, ttft: bool, count: int, protocol: Protocol = "chat", conversation: bool = False
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """``count`` sequential requests per target: the samples (s) and the server CPU ms per request, by target."""
     warmup = ctx.settings.latency_warmup
@@ -84,7 +98,14 @@ def measure(
     urls = {t.name: t.url(protocol) for t in ctx.targets}
     job = Job(
         "bench.scenarios.latency:sequential_job",
-        {"urls": urls, "ttft": ttft, "count": count, "warmup": warmup, "protocol": protocol},
+        {
+            "urls": urls,
+            "ttft": ttft,
+            "count": count,
+            "warmup": warmup,
+            "protocol": protocol,
+            "conversation": conversation,
+        },
     )
     servers = {t.name: t.server_pids for t in ctx.targets}
     cpu_before = {name: total_cpu(pids()) for name, pids in servers.items()}
@@ -93,11 +114,22 @@ def measure(
     return samples, cpu_ms
 
 
-def _run(ctx: Context, ttft: bool) -> Table:
+def _run(ctx: Context, ttft: bool, conversation: bool = False) -> Table:
     settings = ctx.settings
-    count = settings.ttft_requests if ttft else settings.latency_requests
-    samples, cpu_ms = measure(ctx, ttft, count)
-    if ttft:
+    if conversation:
+        count = settings.conversation_requests
+    else:
+        count = settings.ttft_requests if ttft else settings.latency_requests
+    samples, cpu_ms = measure(ctx, ttft, count, conversation=conversation)
+    if conversation:
+        size = len(conversation_body(tokens=1, rate=0)) / 1000
+        table = Table(
+            "conversation",
+            f"time to first content token of a stream whose body is a {CONVERSATION_TURNS}-turn conversation "
+            f"({size:.1f} KB; tokens 1, rate 0), {count} sequential requests per target",
+            [],
+        )
+    elif ttft:
         table = Table(
             "ttft",
             f"time to first content token of a stream (tokens 1, rate 0), {count} sequential requests per target",
@@ -161,3 +193,7 @@ def run_latency(ctx: Context) -> Table:
 
 def run_ttft(ctx: Context) -> Table:
     return _run(ctx, ttft=True)
+
+
+def run_conversation(ctx: Context) -> Table:
+    return _run(ctx, ttft=True, conversation=True)
