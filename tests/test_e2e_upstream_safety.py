@@ -182,3 +182,36 @@ async def test_expect_100_continue_is_answered_not_forwarded(tmp_path: Path) -> 
     (seen,) = upstream.seen
     assert seen.body == body
     assert "expect" not in {k.lower() for k in seen.headers}
+
+
+# What a client may write that re-encoding would change: an integer past 64
+# bits, a float's spelling, escapes, spaces, the order of the keys.
+CLIENT_BODY = (
+    b'\n {"model": "m", "seed": 123456789012345678901234567890, "temperature": 7E-1,\n'
+    b'  "messages": [{"role": "user", "content": "caf\\u00e9 \\ud83d\\ude00 \xc3\xa9"}], "stream": true}'
+)
+
+
+async def test_a_stream_asked_for_usage_keeps_every_byte_the_client_wrote(tmp_path: Path) -> None:
+    own_options = CLIENT_BODY.replace(b'"stream": true}', b'"stream": true, "stream_options": {"x": 1}}')
+    async with recording_upstream() as upstream:
+        config = {
+            "upstreams": [{"name": "plain", "base_url": f"{upstream.root}/v1", "models": ["*"]}],
+            "store": {"url": "memory://"},
+        }
+        proxy = start_proxy(tmp_path, config)
+        try:
+            async with aiohttp.ClientSession() as session:
+                for body in (CLIENT_BODY, own_options):
+                    async with session.post(
+                        f"{proxy.base_url}/chat/completions", data=body, headers={"Content-Type": "application/json"}
+                    ) as response:
+                        await response.read()  # not an event stream: the recording upstream answers JSON
+        finally:
+            proxy.program.stop()
+    plain, merged = (seen.body for seen in upstream.seen)
+    # The one member the proxy adds, first in the object; every other byte the client's.
+    assert plain == b'\n {"stream_options":{"include_usage":true},' + CLIENT_BODY[3:]
+    # Options of the client's own are merged, and the body read and written exactly.
+    assert json.loads(merged) == {**json.loads(own_options), "stream_options": {"x": 1, "include_usage": True}}
+    assert b"123456789012345678901234567890" in merged

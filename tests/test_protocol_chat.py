@@ -3,6 +3,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+import pytest
+
+from cancelproxy.errors import BadRequest
 from cancelproxy.protocols.base import RequestFacts
 from cancelproxy.protocols.chat import CHAT, ChatTranscript
 from cancelproxy.records import Usage
@@ -341,3 +345,35 @@ def test_endings_the_proxy_writes() -> None:
     assert done == b"data: [DONE]"
     fresh = json.loads(ChatTranscript(FACTS).cancelled_ending("x").split(b"\n\n")[0][6:])
     assert (fresh["id"], fresh["model"]) == ("chatcmpl-req_1", "gpt-4o-mini")
+
+
+def _prepared_body(body: bytes) -> bytes | None:
+    return CHAT.prepare(json.loads(body), body).body
+
+
+def test_a_stream_is_asked_for_usage_without_its_body_written_again() -> None:
+    body = b' {"stream": true, "seed": 123456789012345678901234567890, "t": 1E-7}'
+    assert _prepared_body(body) == b' {"stream_options":{"include_usage":true},' + body[2:]
+    # Asked already, or not a stream: the body goes as it is.
+    assert _prepared_body(b'{"stream": true, "stream_options": {"include_usage": true}}') is None
+    assert _prepared_body(b'{"stream": false}') is None
+    assert _prepared_body(b'{"stream": true, "stream_options": null}') == (
+        b'{"stream": true, "stream_options": {"include_usage": true}}'.replace(b": ", b":").replace(b", ", b",")
+    )
+
+
+def test_a_body_that_cannot_take_the_member_is_read_and_written_exactly() -> None:
+    own = b'{"stream": true, "n": 123456789012345678901234567890, "stream_options": {"x": 1}}'
+    assert json.loads(_prepared_body(own) or b"") == {
+        **json.loads(own),
+        "stream_options": {"x": 1, "include_usage": True},
+    }
+    utf16 = '{"stream": true, "n": 123456789012345678901234567890}'.encode("utf-16-le")
+    assert json.loads(_prepared_body(utf16) or b"") == {**json.loads(utf16), "stream_options": {"include_usage": True}}
+
+
+def test_options_nested_deeper_than_pythons_json_reads_are_a_bad_request() -> None:
+    deep = b'{"stream": true, "stream_options": {}, "d": ' + b"[" * 1010 + b"]" * 1010 + b"}"
+    payload = orjson.loads(deep)  # orjson reads 1,024 levels
+    with pytest.raises(BadRequest, match="nested too deeply"):
+        CHAT.prepare(payload, deep)

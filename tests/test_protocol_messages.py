@@ -178,5 +178,5 @@ def test_completions_read_text_and_end_with_a_text_completion_chunk() -> None:
     assert transcript.complete() and transcript.answer().finish_reason == "length"
     assert COMPLETIONS.estimate_prompt_tokens({"prompt": ["abcd", "efgh"]}) == 2
     assert COMPLETIONS.estimate_prompt_tokens({"prompt": [[1, 2, 3]]}) == 3
-    prepared = COMPLETIONS.prepare({"stream": True, "prompt": "x"})
+    prepared = COMPLETIONS.prepare({"stream": True, "prompt": "x"}, b'{"stream": true, "prompt": "x"}')
     assert prepared.body is not None and b'"include_usage":true' in prepared.body and prepared.rewrite is not None

@@ -119,7 +119,11 @@ class WireProtocol(Protocol):
     path: str  # the route under /v1/
     key_header: str  # where a configured API key goes upstream
 
-    def prepare(self, payload: dict[str, Any]) -> Prepared: ...
+    def prepare(self, payload: dict[str, Any], body: bytes) -> Prepared:
+        """What the request needs changed before it goes upstream; ``body`` is
+        what ``payload`` was read from. Raises ``ProxyError`` for a body it
+        cannot change."""
+        ...
 
     def transcript(self, facts: RequestFacts) -> Transcript: ...
 

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ProxyError, error_body
+from ..errors import BadRequest, ProxyError, error_body
 from ..records import Usage
 from ..sse import Event
 from .base import Answer, Prepared, RequestFacts
@@ -204,7 +204,7 @@ def chat_usage(raw: dict[str, Any] | None) -> Usage | None:
     )
 
 
-def ask_for_usage(payload: dict[str, Any]) -> Prepared:
+def ask_for_usage(payload: dict[str, Any], body: bytes) -> Prepared:
     """Make a stream report its exact usage, even if the client did not ask.
 
     Without ``stream_options.include_usage`` a stream never says what it
@@ -215,9 +215,36 @@ def ask_for_usage(payload: dict[str, Any]) -> Prepared:
         return Prepared()
     if options and options.get("include_usage"):
         return Prepared()  # the client asked: it gets it
-    asked = {**payload, "stream_options": {**(options or {}), "include_usage": True}}
-    body = json.dumps(asked, ensure_ascii=False, separators=(",", ":")).encode()
-    return Prepared(body=body, rewrite=hide_injected_usage)
+    # A member put in twice would be read differently by different parsers:
+    # present at all (null included), the client's options are merged instead.
+    merge = "stream_options" in payload
+    return Prepared(body=_with_usage_asked(body, merge=merge), rewrite=hide_injected_usage)
+
+
+_ASK_FOR_USAGE = b'"stream_options":{"include_usage":true},'
+_JSON_SPACE = b" \t\r\n"
+
+
+def _with_usage_asked(body: bytes, *, merge: bool) -> bytes:
+    """``body`` with ``stream_options.include_usage`` set, all else as the client wrote it.
+
+    A body without ``stream_options`` (nearly every one) gets the member put
+    first in its object, every other byte untouched. Nothing is encoded again:
+    that cost ~190 µs for a 37 KB conversation with Python's json, and orjson
+    would turn an integer past 64 bits into a float. To ``merge`` with the
+    client's options, or for a body in UTF-16, it is read and written exactly
+    by Python's json.
+    """
+    start = len(body) - len(body.lstrip(_JSON_SPACE))
+    if not merge and body[start : start + 1] == b"{" and json.detect_encoding(body) == "utf-8":
+        # The object has members (``stream`` at least), so a comma follows.
+        return body[: start + 1] + _ASK_FOR_USAGE + body[start + 1 :]
+    try:
+        payload = json.loads(body)
+        payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    except RecursionError:  # orjson took nesting Python's json cannot
+        raise BadRequest("the request body's JSON is nested too deeply", code="invalid_json") from None
 
 
 class Chat:
@@ -225,8 +252,8 @@ class Chat:
     path = "chat/completions"
     key_header = "Authorization"
 
-    def prepare(self, payload: dict[str, Any]) -> Prepared:
-        return ask_for_usage(payload)
+    def prepare(self, payload: dict[str, Any], body: bytes) -> Prepared:
+        return ask_for_usage(payload, body)
 
     def transcript(self, facts: RequestFacts) -> ChatTranscript:
         return ChatTranscript(facts)

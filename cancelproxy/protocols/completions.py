@@ -55,8 +55,8 @@ class Completions:
     path = "completions"
     key_header = "Authorization"
 
-    def prepare(self, payload: dict[str, Any]) -> Prepared:
-        return ask_for_usage(payload)
+    def prepare(self, payload: dict[str, Any], body: bytes) -> Prepared:
+        return ask_for_usage(payload, body)
 
     def transcript(self, facts: RequestFacts) -> CompletionsTranscript:
         return CompletionsTranscript(facts)

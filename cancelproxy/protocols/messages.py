@@ -262,7 +262,7 @@ class Messages:
     path = "messages"
     key_header = "x-api-key"
 
-    def prepare(self, payload: dict[str, Any]) -> Prepared:
+    def prepare(self, payload: dict[str, Any], body: bytes) -> Prepared:
         return Prepared()  # usage comes with message_start and message_delta
 
     def transcript(self, facts: RequestFacts) -> MessagesTranscript:

@@ -296,7 +296,7 @@ class Responses:
     path = "responses"
     key_header = "Authorization"
 
-    def prepare(self, payload: dict[str, Any]) -> Prepared:
+    def prepare(self, payload: dict[str, Any], body: bytes) -> Prepared:
         return Prepared()  # usage always comes on the terminal event
 
     def transcript(self, facts: RequestFacts) -> ResponsesTranscript:
