@@ -112,7 +112,10 @@ class Generation:
         if self._durable.done():
             return
         try:
-            await asyncio.wait_for(asyncio.shield(self._durable), _DURABLE_START_BOUND_S)
+            # The future is this request's own: cancelling it at the bound only
+            # stops the wait, the write goes on (StoreWriter.save_start).
+            async with asyncio.timeout(_DURABLE_START_BOUND_S):
+                await self._durable
         except TimeoutError:
             self._services.log.warning("store: %s began before its record was durable", self.live.request_id)
 
