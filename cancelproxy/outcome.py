@@ -14,6 +14,7 @@ from typing import Any
 from .errors import ProxyError, error_body
 from .live import StopCause
 from .protocols.base import Answer
+from .protocols.fields import bounded
 from .records import Record, Usage
 
 __all__ = ["Ending", "audit_entry", "final_record"]
@@ -51,10 +52,10 @@ def final_record(snapshot: Record, ending: Ending) -> Record:
     elif status is not None and status >= 400:
         record.status = "failed"
         provider_error = answer.error or {}
-        record.error = {"message": f"upstream answered {status}", **provider_error, "status": status}
+        record.error = bounded({"message": f"upstream answered {status}", **provider_error, "status": status})
     elif answer.error is not None:
         record.status = "failed"  # an error event mid-stream
-        record.error = answer.error
+        record.error = bounded(answer.error)
     else:
         record.status = "completed"
     record.finish_reason = record.finish_reason or answer.finish_reason

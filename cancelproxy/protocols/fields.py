@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["int_field", "joined", "parse_object", "str_field"]
+__all__ = ["MAX_DEPTH", "bounded", "int_field", "joined", "parse_object", "str_field"]
 
 
 def parse_object(raw: bytes) -> dict[str, Any] | None:
@@ -23,6 +23,27 @@ def parse_object(raw: bytes) -> dict[str, Any] | None:
     except (ValueError, RecursionError):  # bad JSON/UTF-8, absurd nesting
         return None
     return obj if isinstance(obj, dict) else None
+
+
+# How deep the upstream's free-form JSON the proxy keeps or writes again (an
+# error object, a tool call's input, the Response object a cancelled ending
+# repeats) may go. orjson reads 1,024 levels, but writes only 254, and
+# Python's json writes fewer than 1,000: a record holding a value any deeper
+# could never be stored, nor could the batch it is written in.
+MAX_DEPTH = 32
+TOO_DEEP = f"(nested deeper than {MAX_DEPTH} levels)"
+
+
+def bounded(value: Any, depth: int = MAX_DEPTH) -> Any:
+    """``value`` with every list or object nested deeper than ``depth`` levels
+    replaced by a short note; as it is where it goes no deeper (a copy)."""
+    if not isinstance(value, (dict, list)):
+        return value
+    if depth <= 0:
+        return TOO_DEEP
+    if isinstance(value, dict):
+        return {key: bounded(item, depth - 1) for key, item in value.items()}
+    return [bounded(item, depth - 1) for item in value]
 
 
 def str_field(obj: dict[str, Any], key: str) -> str:

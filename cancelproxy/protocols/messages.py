@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import ProxyError
 from ..records import Usage
 from .base import Answer, Prepared, RequestFacts
-from .fields import int_field, parse_object, str_field
+from .fields import bounded, int_field, parse_object, str_field
 
 __all__ = ["MESSAGES", "Messages", "MessagesTranscript", "anthropic_error_body"]
 
@@ -249,11 +249,12 @@ _INPUT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":")) if value is not None else ""
+    return json.dumps(bounded(value), separators=(",", ":")) if value is not None else ""
 
 
 def _event(kind: str, **fields: Any) -> bytes:
-    data = json.dumps({"type": kind, **fields}, separators=(",", ":"))
+    # The message repeated in an ending is the upstream's: bounded, so it can be written.
+    data = json.dumps(bounded({"type": kind, **fields}), separators=(",", ":"))
     return f"event: {kind}\ndata: {data}\n\n".encode()
 
 

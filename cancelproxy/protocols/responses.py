@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import ProxyError, error_body
 from ..records import Usage
 from .base import Answer, Prepared, RequestFacts
-from .fields import int_field, parse_object, str_field
+from .fields import bounded, int_field, parse_object, str_field
 
 __all__ = ["RESPONSES", "Responses", "ResponsesTranscript"]
 
@@ -222,7 +222,9 @@ class ResponsesTranscript:
 
     def _event(self, kind: str, **fields: Any) -> bytes:
         self._sequence += 1
-        data = {"type": kind, "sequence_number": self._sequence, **fields}
+        # The Response object an ending repeats is the upstream's, which echoes
+        # the client's tools and metadata: bounded, so it can be written.
+        data = bounded({"type": kind, "sequence_number": self._sequence, **fields})
         return f"event: {kind}\ndata: ".encode() + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
     def cancelled_ending(self, finish_reason: str) -> bytes:
