@@ -425,3 +425,28 @@ async def test_a_final_state_dropped_past_max_pending_is_no_longer_unwritten() -
         await writer.save_final(_record(f"r{i}", "completed"))
     assert writer.unwritten("r0") is None  # the oldest went
     assert writer.unwritten("r1") is not None and writer.unwritten("r2") is not None
+
+
+async def test_a_partial_that_cannot_be_taken_holds_up_no_other_and_the_flushes_go_on() -> None:
+    store = CountingStore()
+    writer = StoreWriter(store, flush_interval_s=0.01, log=logging.getLogger("test"))
+    versions = {"broken": 0, "fine": 0}
+
+    def broken() -> Record:
+        raise RecursionError("a bug reading the answer back")
+
+    writer.track(Tracked("broken", broken, lambda: versions["broken"]))
+    writer.track(Tracked("fine", lambda: _record("fine", content=f"v{versions['fine']}"), lambda: versions["fine"]))
+    await writer.start()
+    try:
+        async with asyncio.timeout(10):  # a flusher that died never writes again
+            for version in range(1, 4):
+                versions["broken"] = versions["fine"] = version
+                calls = store.calls
+                await store.until_called(calls + 1)
+                while len(store.history) < version:  # the write just started lands
+                    await asyncio.sleep(0)
+    finally:
+        await writer.close()
+    assert [content for request_id, _, content in store.history if request_id == "fine"][:3] == ["v1", "v2", "v3"]
+    assert "broken" not in {request_id for request_id, _, _ in store.history}

@@ -212,7 +212,12 @@ class StoreWriter:
         batch = dict(self._pending)
         for request_id, tracked in self._tracked.items():
             if tracked.request.version != tracked.flushed_version:
-                batch[request_id] = self._take(tracked)
+                try:
+                    batch[request_id] = self._take(tracked)
+                except Exception:
+                    # A bug reading one answer back must not hold up every
+                    # other request's partial: this one is left as stored.
+                    self._log.exception("store: could not take the partial answer of %s", request_id)
         urgent, self._urgent = self._urgent, {}
         self._add_urgent(batch, urgent)
         if not batch and not urgent:
@@ -265,4 +270,7 @@ class StoreWriter:
     async def _flush_every_interval(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # whatever it was, the next interval flushes again: this task must not end
+                self._log.exception("store: a flush failed")
