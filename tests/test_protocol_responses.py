@@ -185,3 +185,13 @@ def test_the_prompt_estimate_walks_any_depth() -> None:
     for _ in range(5000):  # far past Python's recursion limit
         deep = [{"type": "input_text", "text": deep}]
     assert RESPONSES.estimate_prompt_tokens({"instructions": "efgh", "input": deep}) == 2
+
+
+def test_an_index_no_answer_reaches_is_junk_not_a_list_grown_to_it() -> None:
+    far = 10**12  # grown a slot at a time, this held the loop and ate the memory
+    junk = [
+        {"type": "response.output_text.delta", "output_index": 1, "content_index": far, "delta": "x"},
+        {"type": "response.reasoning_summary_text.delta", "output_index": 0, "summary_index": far, "delta": "y"},
+        {"type": "response.content_part.added", "output_index": 1, "content_index": far, "part": {"type": "x"}},
+    ]
+    assert _read([*_stream(), *junk]).answer() == _read(_stream()).answer()

@@ -53,8 +53,17 @@ def _index(obj: dict[str, Any], key: str) -> int:
     return value if value is not None and value >= 0 else 0
 
 
+# More parts than any item of an answer has. An index past it is junk: made a
+# slot at a time, one event saying "content_index": 10**12 would hold the loop
+# and eat the memory of every request the proxy serves.
+_MAX_PARTS = 1024
+
+
 def _slot(parts: list[Any], index: int, blank: dict[str, Any]) -> dict[str, Any]:
-    """``parts[index]``, made (as ``blank``) if a delta came before its part was added."""
+    """``parts[index]``, made (as ``blank``) if a delta came before its part was
+    added; for an index past ``_MAX_PARTS``, a part kept nowhere."""
+    if index >= _MAX_PARTS:
+        return dict(blank)
     while len(parts) <= index:
         parts.append(dict(blank))
     part = parts[index]
@@ -119,9 +128,10 @@ class ResponsesTranscript:
             content = kind == "response.content_part.added"
             key, at = ("content", "content_index") if content else ("summary", "summary_index")
             parts = item.setdefault(key, [])
-            if isinstance(parts, list) and isinstance(obj.get("part"), dict):
-                _slot(parts, _index(obj, at), {})
-                parts[_index(obj, at)] = obj["part"]
+            index = _index(obj, at)
+            if isinstance(parts, list) and isinstance(obj.get("part"), dict) and index < _MAX_PARTS:
+                _slot(parts, index, {})
+                parts[index] = obj["part"]
         elif kind in ("response.completed", "response.incomplete", "response.failed"):
             if isinstance(obj.get("response"), dict):
                 self._final = obj["response"]
