@@ -160,8 +160,6 @@ class Generation:
             # Other final states ride the next batch; until it lands the request
             # stays in the registry, so reads show its final state meanwhile.
             urgent = live.stop_reason in ("cancel", "shutdown")
-            self._report(record, bytes_out)  # the outcome is known: no need to wait for the disk
-            self._abort_upstream(record)
             written = services.writer.queue_final(record, at_once=urgent)
         except Exception:
             # The client is never failed for the bookkeeping's sake; the loss is logged.
@@ -169,6 +167,16 @@ class Generation:
             self._stored(None)
             return
         written.add_done_callback(self._stored)
+        # The outcome is known: no need to wait for the disk. Queued first, the
+        # record is stored whatever these do; each goes on without the other.
+        self._guarded("report", lambda: self._report(record, bytes_out))
+        self._guarded("abort the upstream of", lambda: self._abort_upstream(record))
+
+    def _guarded(self, what: str, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception:
+            self._services.log.exception("could not %s %s", what, self.live.request_id)
 
     def _stored(self, written: asyncio.Future[bool] | None) -> None:
         live = self.live

@@ -168,3 +168,29 @@ async def test_a_cancelled_ending_repeating_a_response_nested_that_deep_is_still
     assert json.loads(ending)["response"]["status"] == "cancelled"
     (record,) = await _read_after_restart(upstream, tmp_path, request_id)
     assert (record["status"], record["stop_reason"], record["content"]) == ("stopped", "cancel", "partial")
+
+
+async def test_usage_that_counts_below_zero_is_junk_and_the_record_is_stored(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    body = json.dumps(
+        {
+            "id": "c",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": -5, "completion_tokens": 2, "total_tokens": -3},
+        }
+    ).encode()
+    await upstream.scripts.put(_json_answer(200, body))
+    proxy = start_proxy(tmp_path, _config(upstream, tmp_path))
+    try:
+        status, request_id = await _post(proxy, "chat/completions", {"model": "m", "messages": []})
+        assert status == 200
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{proxy.root}/metrics") as response:
+                assert response.status == 200
+    finally:
+        assert proxy.program.stop() == 0
+    (record,) = await _read_after_restart(upstream, tmp_path, request_id)
+    assert (record["status"], record["content"]) == ("completed", "ok")
+    assert record["usage"]["completion_tokens"] == 2 and record["usage"]["prompt_tokens"] == 0

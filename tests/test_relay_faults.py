@@ -106,3 +106,19 @@ async def test_a_fault_building_the_final_record_still_ends_it_failed_with_the_a
     record = await _record(client, request_id)  # not left in progress
     assert record["status"] == "failed" and record["error"]["code"] == "internal_error"
     assert record["content"] == sent and sent
+
+
+async def test_a_fault_reporting_the_end_still_stores_the_record(
+    aiohttp_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> None:
+        raise Boom("bug")
+
+    monkeypatch.setattr(cancelproxy.generation.Generation, "_report", broken)
+    client = await aiohttp_client(create_app(parse_config(_CONFIG, env={})))
+    async with client.post("/v1/chat/completions", json=_body(False)) as response:
+        assert response.status == 200
+        sent = (await response.json())["choices"][0]["message"]["content"]
+        request_id = response.headers["X-Request-Id"]
+    record = await _record(client, request_id)
+    assert (record["status"], record["content"]) == ("completed", sent)

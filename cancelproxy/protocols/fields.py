@@ -53,8 +53,11 @@ def str_field(obj: dict[str, Any], key: str) -> str:
 
 
 def int_field(obj: dict[str, Any], key: str) -> int | None:
+    """obj[key] if it is an integer, 0 or more, else None. Every integer the
+    proxy reads is a count, an index or a sequence number: one below zero is
+    junk (and would make a metric counter refuse it)."""
     v = obj.get(key)
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
 
 
 def joined(parts: list[str]) -> str:
