@@ -68,7 +68,7 @@ from .exchange import Exchange
 from .routing import response_headers
 from .services import Services
 from .sse import SSE_HEADERS, Event, EventTooLarge
-from .tee import PassThroughTee, Tee, is_event_stream
+from .tee import ExpandsTooFar, PassThroughTee, Tee, is_event_stream
 from .upstream import Abandon, Target, closer
 
 __all__ = ["Relay"]
@@ -281,6 +281,11 @@ class Relay:
         except zlib.error as exc:
             name = self._target.upstream.name
             raise UpstreamBroken(f"upstream '{name}' sent a broken compressed body: {exc}") from None
+        except ExpandsTooFar as exc:
+            name = self._target.upstream.name
+            raise UpstreamBroken(
+                f"upstream '{name}' sent {exc} (limits.max_body_bytes)", code="event_too_large"
+            ) from None
         if whole:
             await self._write(whole, events)
         else:

@@ -19,11 +19,15 @@ from collections.abc import Callable, Mapping
 from .protocols.base import Rewrite, Transcript
 from .sse import Event, SSEFramer
 
-__all__ = ["PassThroughTee", "Tee", "is_event_stream"]
+__all__ = ["ExpandsTooFar", "PassThroughTee", "Tee", "is_event_stream"]
 
 # Encodings the tee can read back (an upstream that ignored the proxy's
 # ``Accept-Encoding: identity``). wbits 47: a zlib or a gzip header, told apart.
 _INFLATABLE = frozenset({"gzip", "x-gzip", "deflate"})
+
+
+class ExpandsTooFar(ValueError):
+    """One read of a compressed event stream decodes to more than the tee takes at once."""
 
 
 def is_event_stream(headers: Mapping[str, str]) -> bool:
@@ -89,7 +93,11 @@ class Tee:
             self._copy(chunk)
             return chunk, []
         if self._inflate is not None:
-            chunk = self._inflate.decompress(chunk)
+            # Bounded: a few KB of deflate can stand for gigabytes, all made
+            # at once, in memory, before any of it could be forwarded.
+            chunk = self._inflate.decompress(chunk, self._max_body_copy)
+            if self._inflate.unconsumed_tail:
+                raise ExpandsTooFar(f"a compressed read that decodes to more than {self._max_body_copy} bytes")
         whole, events = framer.feed(chunk)
         if not events:
             return whole, events

@@ -181,6 +181,29 @@ async def test_an_event_that_never_ends_fails_the_stream(proxy: Proxy, upstream:
     await asyncio.wait_for(upstream.served[-1].proxy_closed.wait(), BOUND_S)
 
 
+async def test_a_compressed_stream_that_decodes_past_the_body_bound_fails_before_it_is_made(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    """Decoded at once: a few KB of deflate stood for as many gigabytes, all in memory."""
+    config = {
+        "upstreams": [{"name": "scripted", "base_url": upstream.base_url, "models": ["*"]}],
+        "store": {"url": "memory://"},
+        "limits": {"max_body_bytes": 1 << 20},
+    }
+    bounded = start_proxy(tmp_path, config)
+    try:
+        event = _event("a ")
+        packed = gzip.compress(event * ((8 << 20) // len(event)))  # 8 MB of events in one read
+        head = sse_head(extra=b"Content-Encoding: gzip\r\n")
+        await upstream.scripts.put(Script(head, [chunk(packed), LAST_CHUNK]))
+        content, _, request_id, raised = await _sdk_stream(bounded)
+        assert content == "" and isinstance(raised, openai.APIError)
+        record = await read_record(bounded.root, request_id, KEY)
+        assert (record["status"], record["error"]["code"]) == ("failed", "event_too_large")
+    finally:
+        bounded.program.stop()
+
+
 async def test_a_client_that_stops_reading_never_holds_more_than_the_record(
     proxy: Proxy, upstream: ScriptedUpstream
 ) -> None:

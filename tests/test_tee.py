@@ -11,7 +11,7 @@ import pytest
 from cancelproxy.protocols.base import RequestFacts
 from cancelproxy.protocols.chat import ChatTranscript, hide_injected_usage
 from cancelproxy.sse import EventTooLarge
-from cancelproxy.tee import Tee, is_event_stream
+from cancelproxy.tee import ExpandsTooFar, Tee, is_event_stream
 
 FACTS = RequestFacts(request_id="req_1", model="m", stream=True)
 
@@ -112,6 +112,24 @@ def test_a_gzipped_stream_is_read_and_forwarded_decoded() -> None:
     assert tee.decoded
     assert _through(tee, [packed[i : i + 7] for i in range(0, len(packed), 7)]) == plain
     assert tee.transcript.answer().content == "ab"
+
+
+def test_a_compressed_read_that_decodes_past_the_bound_is_refused_before_it_is_made() -> None:
+    event = _event(_chunk("a", False))
+    packed = gzip.compress(event * ((3 << 20) // len(event)))  # ~3 MB of events in a few KB
+    assert len(packed) < 64 * 1024
+    tee = Tee(
+        ChatTranscript(FACTS),
+        event_stream=True,
+        max_body_copy=1 << 20,
+        max_event_bytes=1 << 16,
+        content_encoding="gzip",
+    )
+    with pytest.raises(ExpandsTooFar):
+        tee.split(packed)
+    # Within the bound, the same events are forwarded.
+    whole, events = _tee(content_encoding="gzip").split(gzip.compress(event * 10))
+    assert whole == event * 10 and len(events) == 10
 
 
 def test_a_gzipped_answer_is_forwarded_as_it_came_and_read_for_the_record() -> None:
