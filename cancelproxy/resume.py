@@ -39,9 +39,15 @@ class StreamGone(ProxyError):
     code = "stream_not_kept"
 
 
+# More events than any stream has: a count longer than this is no count.
+_AFTER_DIGITS = 18
+
+
 def _after(request: web.Request) -> int:
     raw = request.query.get("after", "0")
-    if not raw.isdigit():
+    # ASCII digits only ("²" is a digit to str.isdigit, not to int), and few
+    # enough of them for int() to read.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= _AFTER_DIGITS):
         raise BadRequest("after must be the number of events the reader has (0 or more)", param="after")
     return int(raw)
 

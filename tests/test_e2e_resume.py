@@ -241,8 +241,10 @@ async def test_access_and_bad_input(resuming_proxy: Proxy) -> None:
                 resuming_proxy.root + path, headers={"Authorization": "Bearer sk-other-01234567"}
             ) as r:
                 assert r.status == 404
-            async with session.get(resuming_proxy.root + path, params={"after": "-1"}, headers=AUTH) as r:
-                assert r.status == 400 and (await r.json())["error"]["param"] == "after"
+            # Below zero; a digit int() does not read; more digits than int() reads.
+            for after in ("-1", "\u00b2", "9" * 5000):
+                async with session.get(resuming_proxy.root + path, params={"after": after}, headers=AUTH) as r:
+                    assert r.status == 400 and (await r.json())["error"]["param"] == "after", after
         async with session.get(f"{resuming_proxy.root}/sessions/{session_id}/stream", headers=AUTH) as r:
             assert await r.read() == whole  # the session's newest request, from its start
 
