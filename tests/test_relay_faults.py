@@ -33,6 +33,11 @@ class Boom(RuntimeError):
     pass
 
 
+def broken(*args: object) -> None:
+    """What each test puts in place of one piece of the proxy: a bug."""
+    raise Boom("bug")
+
+
 async def _record(client: TestClient[Any, Any], request_id: str) -> dict[str, Any]:
     async with client.get(f"/requests/{request_id}?wait=1") as response:
         return dict(await response.json())
@@ -42,9 +47,6 @@ async def _record(client: TestClient[Any, Any], request_id: str) -> dict[str, An
 async def test_a_fault_before_the_answer_is_a_500_in_openai_shape(
     aiohttp_client: ClientFactory, monkeypatch: pytest.MonkeyPatch, stream: bool
 ) -> None:
-    def broken(*args: object) -> None:
-        raise Boom("bug")
-
     monkeypatch.setattr(cancelproxy.relay, "response_headers", broken)
     client = await aiohttp_client(create_app(parse_config(_CONFIG, env={})))
     async with client.post("/v1/chat/completions", json=_body(stream)) as response:
@@ -86,9 +88,6 @@ async def test_a_fault_mid_stream_ends_with_an_error_event(
 async def test_a_fault_building_the_final_record_still_ends_it_failed_with_the_answer(
     aiohttp_client: ClientFactory, monkeypatch: pytest.MonkeyPatch, stream: bool
 ) -> None:
-    def broken(*args: object) -> None:
-        raise Boom("bug")
-
     monkeypatch.setattr(cancelproxy.generation, "final_record", broken)
     client = await aiohttp_client(create_app(parse_config(_CONFIG, env={})))
     async with client.post("/v1/chat/completions", json=_body(stream)) as response:
@@ -111,9 +110,6 @@ async def test_a_fault_building_the_final_record_still_ends_it_failed_with_the_a
 async def test_a_fault_reporting_the_end_still_stores_the_record(
     aiohttp_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(*args: object) -> None:
-        raise Boom("bug")
-
     monkeypatch.setattr(cancelproxy.generation.Generation, "_report", broken)
     client = await aiohttp_client(create_app(parse_config(_CONFIG, env={})))
     async with client.post("/v1/chat/completions", json=_body(False)) as response:

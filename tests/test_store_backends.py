@@ -88,6 +88,23 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 # ---- the contract, for every backend ------------------------------------------
 
 
+def test_a_copy_is_equal_and_its_changes_stay_its_own() -> None:
+    record = make_record(
+        "req_1",
+        content="partial",
+        tool_calls=[{"id": "t", "function": {"name": "f", "arguments": "{"}}],
+        usage=Usage(1, 2, 3),
+    )
+    clone = record.copy()
+    assert clone == record and type(clone) is Record and clone is not record
+    clone.status = "stopped"
+    clone.content += " more"
+    clone.tool_calls[0]["id"] = "other"
+    clone.tool_calls.append({"id": "u"})
+    assert (record.status, record.content) == ("in_progress", "partial")
+    assert record.tool_calls == [{"id": "t", "function": {"name": "f", "arguments": "{"}}]
+
+
 async def test_round_trip_keeps_every_field(store: Store) -> None:
     record = full_record()
     await store.save_many([record])
