@@ -29,6 +29,8 @@ from .metrics import Metrics
 
 __all__ = ["Aborter", "fill"]
 
+# Ids that cannot stand for themselves in a path (RFC 3986 §3.3 dot segments).
+_DOT_SEGMENTS = frozenset({".", ".."})
 # How long shutdown waits for aborts still under way.
 _CLOSE_TIMEOUT_S = 5.0
 
@@ -70,10 +72,21 @@ class Aborter:
         headers: Mapping[str, str],
     ) -> None:
         """Send ``hook`` for one stopped generation, in the background."""
-        if upstream_id is None and (_needs(hook.path, "upstream_id") or _needs(hook.body, "upstream_id")):
+        if not upstream_id and (_needs(hook.path, "upstream_id") or _needs(hook.body, "upstream_id")):
             # Stopped before the engine said its id: there is nothing to name.
             self._metrics.upstream_abort(upstream, "skipped")
             self._log.info("abort: %s stopped before %s named it; no abort sent", request_id, upstream)
+            return
+        if upstream_id in _DOT_SEGMENTS and _needs(hook.path, "upstream_id"):
+            # Percent-encoding keeps a "/" of the id inside its segment, but a
+            # whole segment "." or ".." is a step in the path to any server that
+            # normalises it (%2E%2E too): "/v1/stream/.." is "/v1/", and the
+            # configured key would go there. The id is the engine's, but an engine
+            # may take it from the client's body (SGLang's rid).
+            self._metrics.upstream_abort(upstream, "skipped")
+            self._log.warning(
+                "abort: %s named %s %r, which is no path segment; no abort sent", upstream, request_id, upstream_id
+            )
             return
         values = {"upstream_id": upstream_id or "", "request_id": request_id}
         url = base_url.origin().with_path(fill(hook.path, values, quoted=True), encoded=True)

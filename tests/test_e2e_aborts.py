@@ -7,9 +7,11 @@ after the connection closed) and records every abort it is sent.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,6 +20,8 @@ import pytest
 
 from .conftest import MockProvider, Proxy, start_proxy
 from .helpers import provider_request, read_record
+from .scripted_upstream import Script, scripted_upstream, sse_head
+from .scripted_upstream import chunk as http_chunk
 
 KEY = "sk-aborts-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -138,3 +142,46 @@ async def test_a_hook_that_hangs_or_fails_changes_nothing_else(
             break
         await asyncio.sleep(0.05)
     assert await _metric(aborting_proxy, outcome, "sglang") == before + 1
+
+
+@pytest.mark.parametrize(
+    ("upstream_id", "hook"),
+    [
+        ("..", {"method": "DELETE", "path": "/v1/stream/{upstream_id}"}),
+        (".", {"method": "DELETE", "path": "/v1/stream/{upstream_id}"}),
+        ("", {"method": "DELETE", "path": "/v1/stream/{upstream_id}"}),
+        ("", {"method": "POST", "path": "/abort_request", "body": {"rid": "{upstream_id}"}}),
+    ],
+)
+async def test_an_id_that_names_no_single_generation_is_never_sent(
+    tmp_path: Path, upstream_id: str, hook: dict[str, Any]
+) -> None:
+    # "/v1/stream/.." is "/v1/" to any server that normalises its path: the
+    # configured key would go with a DELETE there. An empty id names nothing.
+    chunk = {
+        "id": upstream_id,
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"content": "hi"}}],
+    }
+    async with scripted_upstream() as upstream:
+        await upstream.scripts.put(
+            Script(sse_head(), [http_chunk(b"data: " + json.dumps(chunk).encode() + b"\n\n")], "hold")
+        )
+        config = {
+            "upstreams": [{"name": "engine", "base_url": upstream.base_url, "models": ["*"], "abort": hook}],
+            "store": {"url": "memory://"},
+        }
+        proxy = start_proxy(tmp_path, config)
+        try:
+            body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}
+            async with aiohttp.ClientSession() as session:
+                async with session.post(f"{proxy.base_url}/chat/completions", json=body, headers=AUTH) as answer:
+                    assert b"hi" in await answer.content.readuntil(b"\n\n")
+                    request_id = answer.headers["X-Request-Id"]
+                    async with session.post(f"{proxy.root}/requests/{request_id}/cancel", headers=AUTH) as r:
+                        assert (await r.json())["cancelled"] is True
+            # Decided as the final state is queued, before the ack.
+            assert await _metric(proxy, "skipped", "engine") == 1
+            assert len(upstream.served) == 1  # the generation itself, no abort
+        finally:
+            proxy.program.stop()
