@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
 import uuid
@@ -257,6 +258,36 @@ async def test_a_resume_on_b_after_a_was_killed_ends_as_interrupted(
         await _until(
             lambda: _get(f"{b.root}/requests/{request_id}"), lambda answer: answer[1].get("status") == "interrupted"
         )
+    finally:
+        a.program.stop()
+        b.program.stop()
+
+
+async def test_a_stream_that_ended_on_a_is_replayed_on_b_and_ends_at_once(
+    mock_provider: MockProvider, redis_url: str, tmp_path: Path
+) -> None:
+    # The whole replay is over before the reader's first heartbeat to Redis
+    # has its answer: the beat is stopped in the middle of that command.
+    prefix = unique_key_prefix()
+    a, b = (_resuming_replica(mock_provider, tmp_path, redis_url, prefix) for _ in range(2))
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):
+                body = {"model": "mock-1", "stream": True, "messages": [], "mock": {"tokens": 5, "rate": 0}}
+                async with session.post(f"{a.base_url}/chat/completions", json=body, headers=AUTH) as answer:
+                    shown = await answer.read()
+                    request_id = answer.headers["X-Request-Id"]
+                # Ended and stored: its whole stream, with its end, is in Redis.
+                read = functools.partial(_get, f"{b.root}/requests/{request_id}")
+                _, record = await _until(read, lambda r: r[1].get("status") == "completed")
+                url = f"{b.root}/requests/{request_id}/stream"
+                try:
+                    async with session.get(url, headers=AUTH, timeout=aiohttp.ClientTimeout(total=30)) as resumed:
+                        assert resumed.status == 200
+                        replayed = await resumed.read()
+                except TimeoutError:
+                    pytest.fail("B's replay of a stream that had ended never ended")
+                assert replayed == shown and record["content"] == content_of(5)
     finally:
         a.program.stop()
         b.program.stop()

@@ -38,8 +38,14 @@ __all__ = ["RedisStore"]
 
 # Without a connect timeout, an unreachable host (packets dropped, not
 # refused) would hang open() and every /readyz ping until the OS gives up.
-# No socket_timeout: the client is shared with pub/sub, whose reads idle.
 CONNECT_TIMEOUT_S = 5.0
+# No socket timeout (redis-py 8 sets 5 s unless told): the client is shared
+# with pub/sub, whose reads idle, and every wait on Redis is bounded by its
+# caller. With one, redis-py wraps each send in asyncio.wait_for, which before
+# Python 3.12 drops a cancellation that comes as the send completes: a task
+# stopped in the middle of a command (a resumed reader's heartbeat, a
+# flusher at shutdown, any asyncio.timeout) would go on as if never stopped.
+SOCKET_TIMEOUT_S = None
 # Connections per process. Past them a command waits for one to be free
 # (redis-py's default pool fails it instead: the 101st concurrent read would
 # answer 503, a cancel order would not be published); the bound keeps a
@@ -91,6 +97,7 @@ class RedisStore:
             url,
             max_connections=MAX_CONNECTIONS,
             timeout=POOL_WAIT_S,
+            socket_timeout=SOCKET_TIMEOUT_S,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
             retry=Retry(NoBackoff(), retries=RETRIES_ON_A_BROKEN_CONNECTION, supported_errors=(BrokenConnection,)),
         )
