@@ -87,7 +87,11 @@ async def _resume(request: web.Request, services: Services, record: Record, afte
     if not record.stream:
         raise BadRequest(f"request '{record.request_id}' is not a stream", code="not_a_stream")
     log = services.replays.get(record.request_id)
-    if log is None and services.streams is not None and await services.streams.exists(record.request_id):
+    if (
+        log is None
+        and services.streams is not None
+        and await _runs_or_ran_elsewhere(services, services.streams, record)
+    ):
         return await _resume_remote(request, services, services.streams, record, after)
     if log is None or log.given_up:
         raise StreamGone(
@@ -113,6 +117,20 @@ async def _resume(request: web.Request, services: Services, record: Record, afte
             live.reader_left()
     await response.write_eof()
     return response
+
+
+async def _runs_or_ran_elsewhere(services: Services, streams: RedisStreams, record: Record) -> bool:
+    """Whether another replica's mirror of this stream is, or will be, in Redis.
+
+    A request in progress on another replica is followed even before its
+    mirror exists: a provider still silent has sent nothing to mirror, and
+    under load the mirror lags its client by a batch. ``follow`` waits for the
+    first entry, and ends the stream as interrupted if that replica dies.
+    """
+    elsewhere = record.holder is not None and record.holder != services.cluster.replica_id
+    if elsewhere and record.status == "in_progress":
+        return True
+    return await streams.exists(record.request_id)
 
 
 async def _resume_remote(

@@ -291,3 +291,26 @@ async def test_a_stream_that_ended_on_a_is_replayed_on_b_and_ends_at_once(
     finally:
         a.program.stop()
         b.program.stop()
+
+
+async def test_a_reader_on_b_before_a_sent_any_event_gets_the_whole_stream(
+    mock_provider: MockProvider, redis_url: str, tmp_path: Path
+) -> None:
+    # Nothing is mirrored yet (the provider is silent): the request is in
+    # progress on A, so B follows its stream from the start, not 410.
+    prefix = unique_key_prefix()
+    a, b = (_resuming_replica(mock_provider, tmp_path, redis_url, prefix) for _ in range(2))
+    try:
+        body = {"model": "mock-1", "stream": True, "messages": [], "mock": {"tokens": 5, "rate": 0, "silence_s": 1}}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{a.base_url}/chat/completions", json=body, headers=AUTH) as answer:
+                request_id = answer.headers["X-Request-Id"]
+                url = f"{b.root}/requests/{request_id}/stream"
+                async with session.get(url, headers=AUTH, timeout=aiohttp.ClientTimeout(total=30)) as resumed:
+                    assert resumed.status == 200, await resumed.text()
+                    replayed = await resumed.read()
+                shown = await answer.read()
+        assert replayed == shown and shown.endswith(b"data: [DONE]\n\n")
+    finally:
+        a.program.stop()
+        b.program.stop()
