@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from aiohttp import web
@@ -39,6 +40,10 @@ class StreamGone(ProxyError):
     code = "stream_not_kept"
 
 
+# How long a stream that ended on another replica lately may take to be
+# mirrored: generous, as the mirror of a loaded replica lags by a batch; a
+# reader waits it only when the stream is not there yet.
+_MIRROR_LAG_S = 2.0
 # More events than any stream has: a count longer than this is no count.
 _AFTER_DIGITS = 18
 
@@ -122,14 +127,18 @@ async def _resume(request: web.Request, services: Services, record: Record, afte
 async def _runs_or_ran_elsewhere(services: Services, streams: RedisStreams, record: Record) -> bool:
     """Whether another replica's mirror of this stream is, or will be, in Redis.
 
-    A request in progress on another replica is followed even before its
-    mirror exists: a provider still silent has sent nothing to mirror, and
-    under load the mirror lags its client by a batch. ``follow`` waits for the
-    first entry, and ends the stream as interrupted if that replica dies.
+    A replica mirrors a stream a batch behind its client (and a provider still
+    silent has sent nothing to mirror), so the mirror may not be there yet:
+    a request in progress elsewhere is followed at once (``follow`` waits for
+    the first entry, and ends the stream as interrupted if that replica dies);
+    one that ended there lately gets ``_MIRROR_LAG_S`` for its mirror to appear.
     """
     elsewhere = record.holder is not None and record.holder != services.cluster.replica_id
     if elsewhere and record.status == "in_progress":
         return True
+    lately = record.ended_at is not None and time.time() - record.ended_at < services.config.resume.keep_s
+    if elsewhere and lately:
+        return await streams.appears(record.request_id, _MIRROR_LAG_S)
     return await streams.exists(record.request_id)
 
 

@@ -14,6 +14,11 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from multidict import CIMultiDict
+
+from cancelproxy.records import Record
+from cancelproxy.sessions import credential_fingerprint
+from cancelproxy.store.redis import RedisStore
 
 from .conftest import MockProvider, Proxy, proxy_config, start_proxy
 from .helpers import TCP_ESTABLISHED, content_of, open_stream, provider_request, tcp_state
@@ -313,4 +318,46 @@ async def test_a_reader_on_b_before_a_sent_any_event_gets_the_whole_stream(
         assert replayed == shown and shown.endswith(b"data: [DONE]\n\n")
     finally:
         a.program.stop()
+        b.program.stop()
+
+
+async def test_a_mirror_that_lags_the_ended_record_is_waited_for(
+    mock_provider: MockProvider, redis_url: str, tmp_path: Path
+) -> None:
+    # A replica stores a request's final state and mirrors its stream by
+    # separate batches: under load the record can be in Redis first. The test
+    # plays that replica, A: alive, its request ended, its mirror 0.3 s late.
+    prefix = unique_key_prefix()
+    b = _resuming_replica(mock_provider, tmp_path, redis_url, prefix)
+    store = RedisStore(redis_url, prefix)
+    await store.open()
+    request_id = f"req_{uuid.uuid4().hex}"
+    events = b'data: {"choices":[{"index":0,"delta":{"content":"w0 "}}]}\n\ndata: [DONE]\n\n'
+    try:
+        await store.client.zadd(f"{prefix}replicas", {"replica_a": time.time()})
+        now = time.time()
+        await store.save_many(
+            [
+                Record(
+                    request_id, "s-lag", credential_fingerprint(CIMultiDict(AUTH)), "mock", "mock-1", True, now,
+                    status="completed", finish_reason="stop", content="w0 ", ended_at=now, holder="replica_a",
+                )
+            ]
+        )  # fmt: skip
+
+        async def mirror_late() -> None:
+            await asyncio.sleep(0.3)  # the lag is the scenario, not a wait for something
+            key = f"{prefix}stream:{request_id}"
+            await store.client.xadd(key, {"d": events, "e": f"{events.index(b'data: [DONE]')},{len(events)}"})
+            await store.client.xadd(key, {"end": "1"})
+
+        mirroring = asyncio.create_task(mirror_late())
+        async with aiohttp.ClientSession() as session:
+            url = f"{b.root}/requests/{request_id}/stream"
+            async with session.get(url, headers=AUTH, timeout=aiohttp.ClientTimeout(total=30)) as resumed:
+                assert resumed.status == 200, await resumed.text()
+                assert await resumed.read() == events
+        await mirroring
+    finally:
+        await store.close()
         b.program.stop()

@@ -145,6 +145,21 @@ class RedisStreams:
         except (RedisError, OSError):
             return False
 
+    async def appears(self, request_id: str, within_s: float) -> bool:
+        """Whether the stream is in Redis, or is put there within ``within_s``:
+        a replica mirrors its streams a batch behind its clients, and stores
+        their final states by batches of their own."""
+        try:
+            async with asyncio.timeout(within_s + _BLOCK_GRACE_S):
+                # XREAD from the start answers at once if the stream has an
+                # entry, and otherwise blocks until its first one is added.
+                found = await self._client.xread(
+                    {self._stream(request_id): "0-0"}, count=1, block=max(1, round(within_s * 1000))
+                )
+        except (TimeoutError, RedisError, OSError):
+            return False
+        return bool(_entries(found))
+
     @contextlib.asynccontextmanager
     async def reading(self, request_id: str) -> AsyncIterator[None]:
         """While inside, this replica's reader counts as following the generation, wherever it runs."""
