@@ -37,6 +37,10 @@ class Mirror(Protocol):
 
     def end(self, request_id: str) -> None: ...
 
+    def give_up(self, request_id: str) -> None:
+        """The log outgrew its bound: what follows it was not kept."""
+        ...
+
 
 class EventLog:
     def __init__(
@@ -100,7 +104,7 @@ class EventLog:
     def _give_up(self) -> None:
         self.given_up = True
         if self._mirror is not None:
-            self._mirror.end(self.request_id)
+            self._mirror.give_up(self.request_id)
         self._replays.release(self)
         self._chunks, self._starts, self._ends = [], array("q"), array("q")
         self._wake()

@@ -113,13 +113,16 @@ async def _resume(request: web.Request, services: Services, record: Record, afte
     services.metrics.reader_joined()
     try:
         async with contextlib.aclosing(log.follow(after)) as source:
-            if not await _relay(response, source, services.config.limits.write_timeout_s):
-                _drop(request)
-                return response
+            followed = await _relay(response, source, services.config.limits.write_timeout_s)
     finally:
         services.metrics.reader_left()
         if live is not None:
             live.reader_left()
+    if not followed or log.given_up:
+        # Given up while followed: the rest is not kept, and a clean end
+        # would pass the part the reader has off as the whole answer.
+        _drop(request)
+        return response
     await response.write_eof()
     return response
 
@@ -155,16 +158,18 @@ async def _resume_remote(
     transcript = protocol.transcript(RequestFacts(record.request_id, record.model, record.stream))
     framer = SSEFramer()
     holder = record.holder
+    cut = False  # its log was given up there: the rest is not kept
 
     async def alive() -> bool:
         return holder is not None and await services.cluster.alive(holder)
 
     async def source() -> AsyncGenerator[bytes, None]:
+        nonlocal cut
         seen = 0
         ended_there = False
         async with contextlib.aclosing(streams.follow(record.request_id, alive)) as entries:
             async for entry in entries:
-                ended_there = entry.last
+                ended_there, cut = entry.last, entry.cut
                 for _, payload in framer.feed(entry.data)[1]:
                     transcript.add_event(payload)
                 start = 0 if seen >= after else None
@@ -184,11 +189,12 @@ async def _resume_remote(
     services.metrics.reader_joined()
     try:
         async with streams.reading(record.request_id), contextlib.aclosing(source()) as stream:
-            if not await _relay(response, stream, services.config.limits.write_timeout_s):
-                _drop(request)
-                return response
+            followed = await _relay(response, stream, services.config.limits.write_timeout_s)
     finally:
         services.metrics.reader_left()
+    if not followed or cut:
+        _drop(request)
+        return response
     await response.write_eof()
     return response
 

@@ -361,3 +361,29 @@ async def test_a_mirror_that_lags_the_ended_record_is_waited_for(
     finally:
         await store.close()
         b.program.stop()
+
+
+async def test_a_reader_on_b_of_a_stream_a_gave_up_is_cut_off_not_ended(
+    mock_provider: MockProvider, redis_url: str, tmp_path: Path
+) -> None:
+    # A keeps its logs within resume.max_total_bytes; past it the live log is
+    # given up, and its mirror says so: B cannot have the rest either.
+    prefix = unique_key_prefix()
+    store = {"url": redis_url, "key_prefix": prefix, "flush_interval_ms": 50, "heartbeat_s": 0.2}
+    a, b = (
+        start_proxy(tmp_path, proxy_config(mock_provider, store=store, resume={"max_total_bytes": 8192}))
+        for _ in range(2)
+    )
+    try:
+        body = {"model": "mock-1", "stream": True, "messages": [], "mock": {"tokens": 400, "rate": 100}}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{a.base_url}/chat/completions", json=body, headers=AUTH) as answer:
+                request_id = answer.headers["X-Request-Id"]
+                async with session.get(f"{b.root}/requests/{request_id}/stream", headers=AUTH) as resumed:
+                    assert resumed.status == 200
+                    with pytest.raises(aiohttp.ClientPayloadError):
+                        await resumed.read()
+                assert (await answer.read()).endswith(b"data: [DONE]\n\n")
+    finally:
+        a.program.stop()
+        b.program.stop()

@@ -266,3 +266,29 @@ async def test_a_generation_carried_on_past_its_first_byte_budget_goes_on(
         proxy.program.stop()
     assert (record["status"], record["content"]) == ("completed", "".join(f"w{i} " for i in range(60)))
     assert rest.endswith(b"data: [DONE]\n\n")
+
+
+async def test_a_reader_whose_stream_outgrows_the_budget_is_cut_off_not_ended(
+    mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # The logs together may hold resume.max_total_bytes: past it a live log is
+    # given up. A reader following it cannot have the rest, and must not be
+    # handed a clean end as if the answer were whole.
+    config = proxy_config(mock_provider, resume={"max_total_bytes": 8192})
+    proxy = start_proxy(tmp_path_factory.mktemp("resume-budget"), config)
+    try:
+        async with aiohttp.ClientSession() as session:
+            body = _body("chat", {"tokens": 400, "rate": 100})
+            async with session.post(f"{proxy.base_url}/chat/completions", json=body, headers=AUTH) as answer:
+                request_id = answer.headers["X-Request-Id"]
+                url = f"{proxy.root}/requests/{request_id}/stream"
+                async with session.get(url, headers=AUTH) as resumed:
+                    assert resumed.status == 200
+                    with pytest.raises(aiohttp.ClientPayloadError):
+                        await resumed.read()
+                shown = await answer.read()
+            assert shown.endswith(b"data: [DONE]\n\n")  # the client itself gets it all
+            async with session.get(url, headers=AUTH) as again:
+                assert again.status == 410 and (await again.json())["error"]["code"] == "stream_not_kept"
+    finally:
+        proxy.program.stop()

@@ -5,6 +5,7 @@ A mirrors each stream's log (``replay.EventLog``) into a Redis Stream, one
 entry per chunk the client was sent::
 
     stream:{request_id}   XADD  d=<bytes>  e=<event ends in them, "12,40">  ... then  end=1
+                          (end=given_up: the log outgrew its bound, the rest was not kept)
     readers:{request_id}  ZSET  reader ids scored by their last beat (a reader on B keeps A's generation alive)
 
 ``XADD`` is bounded (``MAXLEN ~``) and batched: entries are queued and sent
@@ -50,6 +51,12 @@ class RemoteEntry:
     data: bytes
     event_ends: list[int]
     last: bool = False  # the end marker: the stream's own replica ended it
+    cut: bool = False  # ... because its log was given up: the stream did not end here
+
+
+# The end markers: the stream ended, or its log was given up (the rest is not kept).
+_END: dict[str, bytes | str] = {"end": "1"}
+_GIVEN_UP: dict[str, bytes | str] = {"end": "given_up"}
 
 
 class RedisStreams:
@@ -61,7 +68,7 @@ class RedisStreams:
         self._keep_s = keep_s
         self._heartbeat_s = heartbeat_s
         self._log = log
-        self._queue: list[tuple[str, dict[str, bytes | str] | None]] = []
+        self._queue: list[tuple[str, dict[str, bytes | str]]] = []
         self._queued = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._failing = False
@@ -90,10 +97,14 @@ class RedisStreams:
         self._queued.set()
 
     def end(self, request_id: str) -> None:
-        self._queue.append((request_id, None))
+        self._queue.append((request_id, _END))
         self._queued.set()
 
-    def _take(self) -> list[tuple[str, dict[str, bytes | str] | None]]:
+    def give_up(self, request_id: str) -> None:
+        self._queue.append((request_id, _GIVEN_UP))
+        self._queued.set()
+
+    def _take(self) -> list[tuple[str, dict[str, bytes | str]]]:
         batch, self._queue = self._queue, []
         self._queued.clear()
         return batch
@@ -114,16 +125,16 @@ class RedisStreams:
             else:
                 self._failing = False
 
-    async def _send(self, batch: list[tuple[str, dict[str, bytes | str] | None]]) -> None:
+    async def _send(self, batch: list[tuple[str, dict[str, bytes | str]]]) -> None:
         if not batch:
             return
         async with self._client.pipeline(transaction=False) as pipe:
             touched: dict[str, bool] = {}
             for request_id, fields in batch:
                 key = self._stream(request_id)
-                entry: dict[Any, Any] = fields or {"end": "1"}
+                entry: dict[Any, Any] = fields
                 pipe.xadd(key, entry, maxlen=MAXLEN, approximate=True)
-                touched[key] = touched.get(key, False) or fields is None
+                touched[key] = touched.get(key, False) or "end" in fields
             for key, ended in touched.items():
                 pipe.expire(key, max(1, int(self._keep_s)) if ended else ORPHAN_EXPIRY_S)
             await pipe.execute()
@@ -186,7 +197,8 @@ class RedisStreams:
 
     async def follow(self, request_id: str, alive: Callable[[], Awaitable[bool]]) -> AsyncGenerator[RemoteEntry, None]:
         """Every entry of the stream, then each new one as it comes, until its
-        end marker (yielded as an empty ``last`` entry), or until ``alive()``
+        end marker (yielded as an empty ``last`` entry, ``cut`` if its log was
+        given up), or until ``alive()``
         says its replica is gone (then nothing marks the end)."""
         key, last = self._stream(request_id), "0-0"
         while True:
@@ -203,7 +215,7 @@ class RedisStreams:
             for entry_id, fields in entries:
                 last = entry_id
                 if b"end" in fields:
-                    yield RemoteEntry(b"", [], last=True)
+                    yield RemoteEntry(b"", [], last=True, cut=fields[b"end"] == b"given_up")
                     return
                 ends = fields.get(b"e", b"")
                 yield RemoteEntry(fields.get(b"d", b""), [int(e) for e in ends.split(b",")] if ends else [])
