@@ -17,6 +17,7 @@ import aiosqlite
 import pytest
 
 from cancelproxy.records import Record, Usage
+from cancelproxy.store import redis as redis_store
 from cancelproxy.store.base import Store, StoreError
 from cancelproxy.store.memory import MemoryStore
 from cancelproxy.store.redis import MAX_CONNECTIONS as REDIS_MAX_CONNECTIONS
@@ -353,6 +354,28 @@ async def test_redis_errors_while_down_and_recovers_on_restart(redis_server: Red
         await store.save_many([make_record("r2")])
         assert await store.get("r2") is not None
         assert store.transactions == 2
+
+
+async def test_redis_that_never_answers_is_not_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Packets dropped, not refused: the connection is made, no answer comes.
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    monkeypatch.setattr(redis_store, "PING_TIMEOUT_S", 0.2)
+    store = RedisStore(f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0", unique_key_prefix())
+    try:
+        async with asyncio.timeout(10):  # generous: the bound under test is 0.2 s
+            assert await store.ping() is False
+    finally:
+        await store.close()
+        server.close()
+        for writer in accepted:
+            writer.close()
+            await writer.wait_closed()
+        await server.wait_closed()
 
 
 async def test_redis_open_raises_when_unreachable(redis_server: RedisServer) -> None:

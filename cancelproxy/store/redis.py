@@ -21,6 +21,7 @@ restart costs no read or write an error. Every command here is idempotent
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import cast
@@ -40,12 +41,15 @@ __all__ = ["RedisStore"]
 # refused) would hang open() and every /readyz ping until the OS gives up.
 CONNECT_TIMEOUT_S = 5.0
 # No socket timeout (redis-py 8 sets 5 s unless told): the client is shared
-# with pub/sub, whose reads idle, and every wait on Redis is bounded by its
-# caller. With one, redis-py wraps each send in asyncio.wait_for, which before
-# Python 3.12 drops a cancellation that comes as the send completes: a task
-# stopped in the middle of a command (a resumed reader's heartbeat, a
-# flusher at shutdown, any asyncio.timeout) would go on as if never stopped.
+# with pub/sub, whose reads idle, and a wait that must be short is bounded by
+# its caller (a cancel's ack, a blocking read, PING_TIMEOUT_S). With one,
+# redis-py wraps each send in asyncio.wait_for, which before Python 3.12 drops
+# a cancellation that comes as the send completes: a task stopped in the
+# middle of a command (a resumed reader's heartbeat, a flusher at shutdown,
+# any asyncio.timeout) would go on as if never stopped.
 SOCKET_TIMEOUT_S = None
+# /readyz: a Redis that does not answer a PING in this long is not ready.
+PING_TIMEOUT_S = 2.0
 # Connections per process. Past them a command waits for one to be free
 # (redis-py's default pool fails it instead: the 101st concurrent read would
 # answer 503, a cancel order would not be published); the bound keeps a
@@ -202,6 +206,7 @@ class RedisStore:
 
     async def ping(self) -> bool:
         try:
-            return bool(await self.client.ping())
-        except (RedisError, OSError):
+            async with asyncio.timeout(PING_TIMEOUT_S):
+                return bool(await self.client.ping())
+        except (TimeoutError, RedisError, OSError):
             return False
