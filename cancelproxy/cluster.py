@@ -140,7 +140,8 @@ class RedisCluster:
         # An order published before we listen would be lost: wait for the
         # subscription (bounded, so a Redis outage does not block the start).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._subscribed.wait(), 5)
+            async with asyncio.timeout(5):
+                await self._subscribed.wait()
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -176,7 +177,8 @@ class RedisCluster:
         try:
             await self._client.publish(self._cancel_channel, json.dumps(message))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(replies.complete.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await replies.complete.wait()
         except (RedisError, OSError) as exc:
             self._log.error("cluster: could not publish a cancel: %s", exc)
         finally:

@@ -59,7 +59,8 @@ class Registry:
     async def wait_empty(self, timeout: float) -> bool:
         """Wait until nothing is in progress; False if ``timeout`` passed first."""
         try:
-            await asyncio.wait_for(self._empty.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._empty.wait()
         except TimeoutError:
             return False
         return True

@@ -8,6 +8,7 @@ and cancel anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -201,10 +202,9 @@ async def read_request(request: web.Request) -> web.Response:
     request_id = request.match_info["request_id"]
     active = services.registry.get(request_id)
     if active is not None and caller.owns(active.credential) and request.query.get("wait") not in (None, "", "0"):
-        try:
-            await asyncio.wait_for(active.finished.wait(), services.config.limits.cancel_timeout_s)
-        except TimeoutError:
-            pass  # answer with the state as it stands
+        with contextlib.suppress(TimeoutError):  # then answer with the state as it stands
+            async with asyncio.timeout(services.config.limits.cancel_timeout_s):
+                await active.finished.wait()
     try:
         record = await find_record(services, caller, request_id)
     except NotFound as error:
