@@ -36,3 +36,29 @@ async def test_a_read_redis_never_answers_still_ends_on_a_dead_replica(monkeypat
     async with asyncio.timeout(10):  # generous: the bound under test is 0.06 s
         got = [entry async for entry in mirror.follow("req_1", dead)]
     assert got == [] and redis.reads == 1
+
+
+async def test_a_stream_with_more_entries_than_a_mirror_keeps_ends_cut_not_trimmed(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, redis_key_prefix: str
+) -> None:
+    # Trimmed from its start, a mirror would replay a stream without its
+    # beginning as if whole: past its bound it says it was given up instead.
+    monkeypatch.setattr(streams, "MAXLEN", 3)
+    client = Redis.from_url(redis_url)
+    mirror = RedisStreams(client, redis_key_prefix, keep_s=5, heartbeat_s=0.1, log=logging.getLogger("test"))
+    await mirror.start()
+    try:
+        for n in range(5):
+            mirror.publish("req_1", f"data: {n}\n\n".encode(), [9])
+        mirror.end("req_1")
+
+        async def alive() -> bool:
+            return True
+
+        async with asyncio.timeout(10):
+            got = [entry async for entry in mirror.follow("req_1", alive)]
+    finally:
+        await mirror.close()
+        await client.aclose()
+    assert [entry.data for entry in got[:-1]] == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"]
+    assert got[-1].last and got[-1].cut

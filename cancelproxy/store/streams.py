@@ -5,11 +5,12 @@ A mirrors each stream's log (``replay.EventLog``) into a Redis Stream, one
 entry per chunk the client was sent::
 
     stream:{request_id}   XADD  d=<bytes>  e=<event ends in them, "12,40">  ... then  end=1
-                          (end=given_up: the log outgrew its bound, the rest was not kept)
+                          (end=given_up: the log outgrew its bound, or the mirror its
+                          MAXLEN entries: the rest is not kept)
     readers:{request_id}  ZSET  reader ids scored by their last beat (a reader on B keeps A's generation alive)
 
-``XADD`` is bounded (``MAXLEN ~``) and batched: entries are queued and sent
-pipelined by one task, so the generation never waits for Redis. B replays the
+``XADD`` is bounded (``MAXLEN`` entries a stream) and batched: entries are
+queued and sent pipelined by one task, so the generation never waits for Redis. B replays the
 entries with ``XRANGE`` and follows live with a blocking ``XREAD`` (no
 polling loop); between blocks it checks that A is alive, and if A is gone
 the stream ends as its record does: interrupted. A stream expires
@@ -33,8 +34,10 @@ from redis.exceptions import RedisError
 
 __all__ = ["RedisStreams", "RemoteEntry"]
 
-# Entries per stream kept at most (approximately: MAXLEN ~ lets Redis trim by
-# whole nodes). The bytes are bounded before: a log stops at max_body_bytes.
+# Entries a stream's mirror holds at most; the bytes are bounded before (a
+# log stops at max_body_bytes). Past it the mirror is given up, not trimmed:
+# Redis trims a stream from its start, and a reader would be replayed an
+# answer without its beginning as if it were whole.
 MAXLEN = 100_000
 # A stream whose replica died before ending it is dropped this long after its last entry.
 ORPHAN_EXPIRY_S = 3600
@@ -69,6 +72,8 @@ class RedisStreams:
         self._heartbeat_s = heartbeat_s
         self._log = log
         self._queue: list[tuple[str, dict[str, bytes | str]]] = []
+        # Entries mirrored of each stream not yet ended; -1 once given up.
+        self._mirrored: dict[str, int] = {}
         self._queued = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._failing = False
@@ -93,16 +98,26 @@ class RedisStreams:
             await self._send(self._take())  # what was queued before the end
 
     def publish(self, request_id: str, data: bytes, event_ends: list[int]) -> None:
+        entries = self._mirrored.get(request_id, 0)
+        if entries < 0:
+            return  # given up
+        if entries >= MAXLEN:
+            self.give_up(request_id)
+            return
+        self._mirrored[request_id] = entries + 1
         self._queue.append((request_id, {"d": data, "e": ",".join(map(str, event_ends))}))
         self._queued.set()
 
     def end(self, request_id: str) -> None:
-        self._queue.append((request_id, _END))
-        self._queued.set()
+        if self._mirrored.pop(request_id, 0) >= 0:
+            self._queue.append((request_id, _END))
+            self._queued.set()
 
     def give_up(self, request_id: str) -> None:
-        self._queue.append((request_id, _GIVEN_UP))
-        self._queued.set()
+        if self._mirrored.get(request_id, 0) >= 0:
+            self._mirrored[request_id] = -1
+            self._queue.append((request_id, _GIVEN_UP))
+            self._queued.set()
 
     def _take(self) -> list[tuple[str, dict[str, bytes | str]]]:
         batch, self._queue = self._queue, []
@@ -133,7 +148,7 @@ class RedisStreams:
             for request_id, fields in batch:
                 key = self._stream(request_id)
                 entry: dict[Any, Any] = fields
-                pipe.xadd(key, entry, maxlen=MAXLEN, approximate=True)
+                pipe.xadd(key, entry)
                 touched[key] = touched.get(key, False) or "end" in fields
             for key, ended in touched.items():
                 pipe.expire(key, max(1, int(self._keep_s)) if ended else ORPHAN_EXPIRY_S)
