@@ -92,17 +92,13 @@ async def _resume(request: web.Request, services: Services, record: Record, afte
     if not record.stream:
         raise BadRequest(f"request '{record.request_id}' is not a stream", code="not_a_stream")
     log = services.replays.get(record.request_id)
-    if (
-        log is None
-        and services.streams is not None
-        and await _runs_or_ran_elsewhere(services, services.streams, record)
-    ):
-        return await _resume_remote(request, services, services.streams, record, after)
+    streams = services.streams
+    if log is None and streams is not None and await _runs_or_ran_elsewhere(services, streams, record):
+        if await streams.given_up(record.request_id):
+            raise _gone(record)
+        return await _resume_remote(request, services, streams, record, after)
     if log is None or log.given_up:
-        raise StreamGone(
-            f"the stream of '{record.request_id}' is no longer kept"
-            " (it ended more than resume.keep_s ago, or outgrew limits.max_body_bytes)"
-        )
+        raise _gone(record)
     live = services.registry.get(record.request_id)
     response = web.StreamResponse(
         status=200, headers={**SSE_HEADERS, "X-Session-Id": record.session_id, "X-Request-Id": record.request_id}
@@ -125,6 +121,13 @@ async def _resume(request: web.Request, services: Services, record: Record, afte
         return response
     await response.write_eof()
     return response
+
+
+def _gone(record: Record) -> StreamGone:
+    return StreamGone(
+        f"the stream of '{record.request_id}' is no longer kept"
+        " (it ended more than resume.keep_s ago, or outgrew limits.max_body_bytes)"
+    )
 
 
 async def _runs_or_ran_elsewhere(services: Services, streams: RedisStreams, record: Record) -> bool:

@@ -384,6 +384,9 @@ async def test_a_reader_on_b_of_a_stream_a_gave_up_is_cut_off_not_ended(
                     with pytest.raises(aiohttp.ClientPayloadError):
                         await resumed.read()
                 assert (await answer.read()).endswith(b"data: [DONE]\n\n")
+            # Once given up, B answers as A does: the stream is not kept.
+            async with session.get(f"{b.root}/requests/{request_id}/stream", headers=AUTH) as again:
+                assert again.status == 410 and (await again.json())["error"]["code"] == "stream_not_kept"
     finally:
         a.program.stop()
         b.program.stop()

@@ -171,6 +171,14 @@ class RedisStreams:
         except (RedisError, OSError):
             return False
 
+    async def given_up(self, request_id: str) -> bool:
+        """Whether the stream's mirror ends with the given-up marker: the rest was not kept."""
+        try:
+            last: Any = await self._client.xrevrange(self._stream(request_id), count=1)
+        except (RedisError, OSError):
+            return False
+        return bool(last) and bool(last[0][1]) and last[0][1].get(b"end") == b"given_up"
+
     async def appears(self, request_id: str, within_s: float) -> bool:
         """Whether the stream is in Redis, or is put there within ``within_s``:
         a replica mirrors its streams a batch behind its clients, and stores
