@@ -10,8 +10,8 @@ entry per chunk the client was sent::
     readers:{request_id}  ZSET  reader ids scored by their last beat (a reader on B keeps A's generation alive)
 
 ``XADD`` is bounded (``MAXLEN`` entries a stream) and batched: entries are
-queued and sent pipelined by one task, so the generation never waits for Redis. B replays the
-entries with ``XRANGE`` and follows live with a blocking ``XREAD`` (no
+queued and sent pipelined by one task, so the generation never waits for
+Redis. B replays the entries and follows live with a blocking ``XREAD`` (no
 polling loop); between blocks it checks that A is alive, and if A is gone
 the stream ends as its record does: interrupted. A stream expires
 ``resume.keep_s`` after it ended (and, as a safety net, an hour after its
@@ -58,8 +58,9 @@ class RemoteEntry:
 
 
 # The end markers: the stream ended, or its log was given up (the rest is not kept).
+_GIVEN_UP_MARK = b"given_up"
 _END: dict[str, bytes | str] = {"end": "1"}
-_GIVEN_UP: dict[str, bytes | str] = {"end": "given_up"}
+_GIVEN_UP: dict[str, bytes | str] = {"end": _GIVEN_UP_MARK}
 
 
 class RedisStreams:
@@ -177,7 +178,7 @@ class RedisStreams:
             last: Any = await self._client.xrevrange(self._stream(request_id), count=1)
         except (RedisError, OSError):
             return False
-        return bool(last) and bool(last[0][1]) and last[0][1].get(b"end") == b"given_up"
+        return bool(last) and bool(last[0][1]) and last[0][1].get(b"end") == _GIVEN_UP_MARK
 
     async def appears(self, request_id: str, within_s: float) -> bool:
         """Whether the stream is in Redis, or is put there within ``within_s``:
@@ -238,7 +239,7 @@ class RedisStreams:
             for entry_id, fields in entries:
                 last = entry_id
                 if b"end" in fields:
-                    yield RemoteEntry(b"", [], last=True, cut=fields[b"end"] == b"given_up")
+                    yield RemoteEntry(b"", [], last=True, cut=fields[b"end"] == _GIVEN_UP_MARK)
                     return
                 ends = fields.get(b"e", b"")
                 yield RemoteEntry(fields.get(b"d", b""), [int(e) for e in ends.split(b",")] if ends else [])
