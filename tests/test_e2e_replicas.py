@@ -8,6 +8,7 @@ import functools
 import signal
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,9 +171,27 @@ async def test_redis_going_away_breaks_no_client(
         proxy.program.stop()
 
 
-def _resuming_replica(mock: MockProvider, tmp_path: Path, url: str, prefix: str) -> Proxy:
+def _resuming_config(mock: MockProvider, url: str, prefix: str, **config: Any) -> dict[str, Any]:
     store = {"url": url, "key_prefix": prefix, "flush_interval_ms": 50, "heartbeat_s": 0.2}
-    return start_proxy(tmp_path, proxy_config(mock, store=store, on_disconnect={"grace_s": 2, "max_grace_s": 30}))
+    return proxy_config(mock, store=store, **{"on_disconnect": {"grace_s": 2, "max_grace_s": 30}, **config})
+
+
+def _resuming_replica(mock: MockProvider, tmp_path: Path, url: str, prefix: str) -> Proxy:
+    return start_proxy(tmp_path, _resuming_config(mock, url, prefix))
+
+
+@contextlib.contextmanager
+def _two_replicas(tmp_path: Path, config: dict[str, Any]) -> Iterator[tuple[Proxy, Proxy]]:
+    """Replicas A and B of one config, stopped on the way out."""
+    a = start_proxy(tmp_path, config)
+    try:
+        b = start_proxy(tmp_path, config)
+        try:
+            yield a, b
+        finally:
+            b.program.stop()
+    finally:
+        a.program.stop()
 
 
 async def _first_events(url: str, body: dict[str, Any], n: int) -> tuple[bytes, str]:
@@ -274,8 +293,7 @@ async def test_a_stream_that_ended_on_a_is_replayed_on_b_and_ends_at_once(
     # The whole replay is over before the reader's first heartbeat to Redis
     # has its answer: the beat is stopped in the middle of that command.
     prefix = unique_key_prefix()
-    a, b = (_resuming_replica(mock_provider, tmp_path, redis_url, prefix) for _ in range(2))
-    try:
+    with _two_replicas(tmp_path, _resuming_config(mock_provider, redis_url, prefix)) as (a, b):
         async with aiohttp.ClientSession() as session:
             for _ in range(3):
                 body = {"model": "mock-1", "stream": True, "messages": [], "mock": {"tokens": 5, "rate": 0}}
@@ -293,9 +311,6 @@ async def test_a_stream_that_ended_on_a_is_replayed_on_b_and_ends_at_once(
                 except TimeoutError:
                     pytest.fail("B's replay of a stream that had ended never ended")
                 assert replayed == shown and record["content"] == content_of(5)
-    finally:
-        a.program.stop()
-        b.program.stop()
 
 
 async def test_a_reader_on_b_before_a_sent_any_event_gets_the_whole_stream(
@@ -304,8 +319,7 @@ async def test_a_reader_on_b_before_a_sent_any_event_gets_the_whole_stream(
     # Nothing is mirrored yet (the provider is silent): the request is in
     # progress on A, so B follows its stream from the start, not 410.
     prefix = unique_key_prefix()
-    a, b = (_resuming_replica(mock_provider, tmp_path, redis_url, prefix) for _ in range(2))
-    try:
+    with _two_replicas(tmp_path, _resuming_config(mock_provider, redis_url, prefix)) as (a, b):
         body = {"model": "mock-1", "stream": True, "messages": [], "mock": {"tokens": 5, "rate": 0, "silence_s": 1}}
         async with aiohttp.ClientSession() as session:
             async with session.post(f"{a.base_url}/chat/completions", json=body, headers=AUTH) as answer:
@@ -316,9 +330,6 @@ async def test_a_reader_on_b_before_a_sent_any_event_gets_the_whole_stream(
                     replayed = await resumed.read()
                 shown = await answer.read()
         assert replayed == shown and shown.endswith(b"data: [DONE]\n\n")
-    finally:
-        a.program.stop()
-        b.program.stop()
 
 
 async def test_a_mirror_that_lags_the_ended_record_is_waited_for(
@@ -369,12 +380,8 @@ async def test_a_reader_on_b_of_a_stream_a_gave_up_is_cut_off_not_ended(
     # A keeps its logs within resume.max_total_bytes; past it the live log is
     # given up, and its mirror says so: B cannot have the rest either.
     prefix = unique_key_prefix()
-    store = {"url": redis_url, "key_prefix": prefix, "flush_interval_ms": 50, "heartbeat_s": 0.2}
-    a, b = (
-        start_proxy(tmp_path, proxy_config(mock_provider, store=store, resume={"max_total_bytes": 8192}))
-        for _ in range(2)
-    )
-    try:
+    config = _resuming_config(mock_provider, redis_url, prefix, on_disconnect={}, resume={"max_total_bytes": 8192})
+    with _two_replicas(tmp_path, config) as (a, b):
         body = {"model": "mock-1", "stream": True, "messages": [], "mock": {"tokens": 400, "rate": 100}}
         async with aiohttp.ClientSession() as session:
             async with session.post(f"{a.base_url}/chat/completions", json=body, headers=AUTH) as answer:
@@ -387,6 +394,3 @@ async def test_a_reader_on_b_of_a_stream_a_gave_up_is_cut_off_not_ended(
             # Once given up, B answers as A does: the stream is not kept.
             async with session.get(f"{b.root}/requests/{request_id}/stream", headers=AUTH) as again:
                 assert again.status == 410 and (await again.json())["error"]["code"] == "stream_not_kept"
-    finally:
-        a.program.stop()
-        b.program.stop()
