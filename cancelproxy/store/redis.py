@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import cast
 
@@ -48,6 +49,19 @@ CONNECT_TIMEOUT_S = 5.0
 # middle of a command (a resumed reader's heartbeat, a flusher at shutdown,
 # any asyncio.timeout) would go on as if never stopped.
 SOCKET_TIMEOUT_S = None
+# A connection whose sent data stays unacknowledged this long is closed by
+# the kernel (TCP_USER_TIMEOUT), and the command fails over to a new one. A
+# Redis host that dies, or whose address a failover moves, sends no reset:
+# Linux would otherwise retransmit for ~15 minutes, and since the store's
+# writes go one at a time, every write would wait behind the stuck one. The
+# ACKs come from the kernel, not the Redis process, so a busy Redis never
+# trips it. The unsent data goes with the connection: a write given up is
+# never delivered later, after the newer write that retried it.
+TCP_USER_TIMEOUT_S = 10
+# Keepalive probes on a connection idle this long (a pooled one, pub/sub's):
+# unanswered, they too end it within TCP_USER_TIMEOUT_S.
+TCP_KEEPALIVE_IDLE_S = 10
+TCP_KEEPALIVE_INTERVAL_S = 5
 # /readyz: a Redis that does not answer a PING in this long is not ready.
 PING_TIMEOUT_S = 2.0
 # Connections per process. Past them a command waits for one to be free
@@ -63,6 +77,18 @@ RETRIES_ON_A_BROKEN_CONNECTION = 1
 # Records deleted per round trip by prune: bounds the size of one MULTI/EXEC
 # (Redis runs it without serving anyone else) on a first prune of a big backlog.
 PRUNE_BATCH = 500
+
+
+def _keepalive_options() -> dict[int, int]:
+    """The TCP timers above, those of them the platform has (TCP_USER_TIMEOUT
+    is Linux's; macOS calls TCP_KEEPIDLE TCP_KEEPALIVE)."""
+    wanted = {
+        "TCP_USER_TIMEOUT": TCP_USER_TIMEOUT_S * 1000,  # milliseconds
+        "TCP_KEEPIDLE": TCP_KEEPALIVE_IDLE_S,
+        "TCP_KEEPALIVE": TCP_KEEPALIVE_IDLE_S,
+        "TCP_KEEPINTVL": TCP_KEEPALIVE_INTERVAL_S,
+    }
+    return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
 
 
 def _text(value: bytes | str) -> str:
@@ -103,6 +129,8 @@ class RedisStore:
             timeout=POOL_WAIT_S,
             socket_timeout=SOCKET_TIMEOUT_S,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_keepalive=True,
+            socket_keepalive_options=_keepalive_options(),
             retry=Retry(NoBackoff(), retries=RETRIES_ON_A_BROKEN_CONNECTION, supported_errors=(BrokenConnection,)),
         )
         self.client: Redis = Redis.from_pool(pool)  # closing the client closes its pool

@@ -1,0 +1,117 @@
+"""A second host on this machine, for what only a real network shows.
+
+``RemoteRedis`` runs ``redis-server`` in a network namespace of its own,
+reached over a veth pair, so that a test can make its host vanish: packets
+of the connections open at that moment are dropped (``iptables``), as when a
+Redis host dies or a failover moves its address, while new connections reach
+the server again. Nothing answers the dropped packets, not even with a reset:
+only the sender's own TCP timers can tell.
+
+It needs root, ``ip`` (iproute2) and ``iptables``, which CI has (``.ci/run``).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import uuid
+
+from .redis_server import READY_MARKER
+
+__all__ = ["RemoteRedis"]
+
+REDIS_PORT = 6379
+START_TIMEOUT_S = 15.0
+
+
+def _run(*args: str) -> str:
+    done = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
+class RemoteRedis:
+    """``redis-server`` on another host (a network namespace); a context manager."""
+
+    def __init__(self) -> None:
+        for tool in ("ip", "iptables", "redis-server"):
+            if shutil.which(tool) is None:
+                raise RuntimeError(f"{tool} is not on PATH")
+        tag = uuid.uuid4().hex[:8]
+        self.namespace = f"cpt-{tag}"
+        self._host_link, self._ns_link = f"cph{tag}", f"cpn{tag}"
+        # A /30 of its own, so that tests running at once never share one.
+        subnet = random.randrange(1, 1 << 14) * 4
+        prefix = f"10.{200 + (subnet >> 16)}.{(subnet >> 8) & 0xFF}"
+        self._host_address = f"{prefix}.{(subnet & 0xFF) + 1}"
+        self.address = f"{prefix}.{(subnet & 0xFF) + 2}"
+        self._server: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.address}:{REDIS_PORT}/0"
+
+    def _in_namespace(self, *args: str) -> str:
+        return _run("ip", "netns", "exec", self.namespace, *args)
+
+    def __enter__(self) -> RemoteRedis:
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start(self) -> None:
+        _run("ip", "netns", "add", self.namespace)
+        _run("ip", "link", "add", self._host_link, "type", "veth", "peer", "name", self._ns_link)
+        _run("ip", "link", "set", self._ns_link, "netns", self.namespace)
+        _run("ip", "addr", "add", f"{self._host_address}/30", "dev", self._host_link)
+        _run("ip", "link", "set", self._host_link, "up")
+        self._in_namespace("ip", "addr", "add", f"{self.address}/30", "dev", self._ns_link)
+        self._in_namespace("ip", "link", "set", self._ns_link, "up")
+        self._in_namespace("ip", "link", "set", "lo", "up")
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", self.namespace, "redis-server", "--port", str(REDIS_PORT)]
+            + ["--bind", self.address, "--save", "", "--appendonly", "no", "--protected-mode", "no"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._server = server
+        assert server.stdout is not None
+        lines = []
+        for line in server.stdout:  # its log, to the line that says it listens
+            lines.append(line)
+            if READY_MARKER in line:
+                break
+        else:
+            raise RuntimeError(f"redis-server did not start in {self.namespace}:\n{''.join(lines)}")
+        # The rest of its log is not read: it writes nothing more unless told to.
+
+    def vanish_for_open_connections(self) -> int:
+        """Drop, from now on, every packet of the connections open now, both
+        ways; new connections still reach the server. Returns how many."""
+        listing = self._in_namespace("ss", "-tnH", "state", "established", f"( sport = :{REDIS_PORT} )")
+        ports = sorted({line.split()[-1].rsplit(":", 1)[1] for line in listing.splitlines() if line.strip()})
+        for port in ports:
+            self._in_namespace("iptables", "-I", "INPUT", "-p", "tcp", "--sport", port, "-j", "DROP")
+            self._in_namespace("iptables", "-I", "OUTPUT", "-p", "tcp", "--dport", port, "-j", "DROP")
+        return len(ports)
+
+    def __exit__(self, *_: object) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+            if server.stdout is not None:
+                server.stdout.close()
+        # Deleting the namespace deletes its end of the pair, and with it ours.
+        subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True, timeout=30)
+        subprocess.run(["ip", "link", "del", self._host_link], capture_output=True, timeout=30)

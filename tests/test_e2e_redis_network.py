@@ -1,0 +1,80 @@
+"""The Redis store over a real network, whose host can vanish (network_host.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from cancelproxy.records import Record
+from cancelproxy.store.redis import RedisStore
+
+from .conftest import MockProvider, proxy_config, start_proxy
+from .network_host import RemoteRedis
+from .redis_server import unique_key_prefix
+
+AUTH = {"Authorization": "Bearer sk-user-a-0123456789abcdef"}
+
+
+@pytest.fixture
+def remote_redis() -> Iterator[RemoteRedis]:
+    with RemoteRedis() as redis:
+        yield redis
+
+
+async def _chat(root: str) -> str:
+    """A small answer, not streamed; its request id."""
+    body = {"model": "mock-1", "messages": [{"role": "user", "content": "hi"}], "mock": {"tokens": 3, "rate": 0}}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{root}/v1/chat/completions", json=body, headers=AUTH) as response:
+            assert response.status == 200, await response.text()
+            await response.read()
+            return response.headers["X-Request-Id"]
+
+
+async def _stored_final(url: str, prefix: str, request_id: str, bound_s: float) -> Record:
+    """The record as Redis holds it, once it holds its final state. Each read
+    is a new connection of its own (the store the test opens here)."""
+    deadline = time.monotonic() + bound_s
+    while True:
+        store = RedisStore(url, prefix)
+        try:
+            record = await store.get(request_id)
+        finally:
+            await store.close()
+        if record is not None and record.status != "in_progress":
+            return record
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{request_id} not stored in its final state within {bound_s}s: {record}")
+        await asyncio.sleep(0.2)
+
+
+async def test_writes_go_on_over_new_connections_once_the_redis_host_of_the_open_ones_vanished(
+    mock_provider: MockProvider, tmp_path: Path, remote_redis: RemoteRedis
+) -> None:
+    """A Redis host that dies, or whose address a failover moves, answers
+    nothing on the connections that were open: no reset, only silence. Linux
+    retransmits unacknowledged data for ~15 minutes before it says so, and the
+    store's writes go one at a time, so every later write waited behind the
+    first one stuck. Now a connection whose data stays unacknowledged for
+    seconds is closed by the kernel, and the write is retried on a new one."""
+    prefix = unique_key_prefix()
+    store = {"url": remote_redis.url, "key_prefix": prefix, "flush_interval_ms": 50}
+    proxy = start_proxy(tmp_path, proxy_config(mock_provider, store=store))
+    try:
+        first = await _chat(proxy.root)
+        assert (await _stored_final(remote_redis.url, prefix, first, 15)).status == "completed"
+
+        assert remote_redis.vanish_for_open_connections() >= 1
+        second = await _chat(proxy.root)  # answered: the wait for its first write is bounded
+        # Generous: the kernel gives up after REDIS_TCP_USER_TIMEOUT_S on each
+        # stale pooled connection a write picks, and redis-py then reconnects.
+        record = await _stored_final(remote_redis.url, prefix, second, 90)
+        assert record.status == "completed"
+        assert record.content == "w0 w1 w2 "
+    finally:
+        proxy.program.stop()
