@@ -24,11 +24,13 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as BrokenConnection
 from redis.exceptions import RedisError
 
 __all__ = ["CancelOrder", "CancelResult", "Cluster", "LocalCluster", "RedisCluster"]
@@ -109,6 +111,27 @@ class LocalCluster:
 
     async def cancel_elsewhere(self, order: CancelOrder, timeout: float) -> CancelResult:
         return CancelResult()
+
+
+async def _messages(pubsub: PubSub) -> AsyncIterator[dict[str, Any]]:
+    """``pubsub.listen()``, except that a read that answers nothing is a lost connection.
+
+    redis-py 8 reads a subscription with no time limit, and takes the
+    kernel's ETIMEDOUT (the Redis host is gone: keepalive or TCP_USER_TIMEOUT
+    gave up), which Python raises as TimeoutError, for the end of a time
+    limit: it answers None and keeps the dead connection. ``listen()`` then
+    reads it again at once, for ever, without yielding to the loop, and the
+    whole proxy stops serving. A read without a time limit answers None for
+    nothing else here (the pool has no health checks, whose replies it also
+    hides), so None ends the subscription, and the caller makes a new one.
+    """
+    while True:
+        response = await pubsub.parse_response(block=True)
+        if response is None:
+            raise BrokenConnection("the cancel channel's connection timed out")
+        message = await pubsub.handle_message(response)  # type: ignore[no-untyped-call]
+        if message is not None:
+            yield message
 
 
 class RedisCluster:
@@ -215,7 +238,7 @@ class RedisCluster:
                 await pubsub.subscribe(self._cancel_channel, self._reply_channel)
                 self._subscribed.set()
                 backoff = 0.1
-                async for message in pubsub.listen():
+                async for message in _messages(pubsub):
                     if message.get("type") == "message":
                         self._dispatch(message["channel"], message["data"])
             except (RedisError, OSError) as exc:

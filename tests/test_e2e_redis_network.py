@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import pytest
 from cancelproxy.records import Record
 from cancelproxy.store.redis import RedisStore
 
-from .conftest import MockProvider, proxy_config, start_proxy
+from .conftest import MockProvider, Proxy, proxy_config, start_proxy
+from .helpers import provider_request
 from .network_host import RemoteRedis
 from .redis_server import unique_key_prefix
 
@@ -78,3 +80,53 @@ async def test_writes_go_on_over_new_connections_once_the_redis_host_of_the_open
         assert record.content == "w0 w1 w2 "
     finally:
         proxy.program.stop()
+
+
+async def _cancel_across(a: Proxy, b: Proxy, mock: MockProvider) -> dict[str, object]:
+    """A stream on A, cancelled through B; B's answer. Every step is bounded,
+    so that a replica that stopped serving fails the test instead of hanging it."""
+    tag = f"across-{uuid.uuid4().hex[:8]}"
+    body = {
+        "model": "mock-1",
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+        "mock": {"tokens": 2000, "rate": 20, "tag": tag},
+    }
+    bounded = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=bounded) as session:
+        async with session.post(f"{a.root}/v1/chat/completions", json=body, headers=AUTH) as stream:
+            assert stream.status == 200, await stream.text()
+            await provider_request(mock.root, tag, wait="started")
+            request_id = stream.headers["X-Request-Id"]
+            async with session.post(f"{b.root}/requests/{request_id}/cancel", headers=AUTH) as answer:
+                return dict(await answer.json())
+
+
+async def test_cancels_cross_replicas_again_once_the_redis_host_of_their_subscriptions_vanished(
+    mock_provider: MockProvider, tmp_path: Path, remote_redis: RemoteRedis
+) -> None:
+    """A replica hears cancels for its requests on a subscription, an idle
+    connection. When its Redis host vanishes, keepalive ends that connection
+    with ETIMEDOUT, which redis-py's listen() took for the end of a time
+    limit: it read the dead connection again at once, for ever, and the
+    replica stopped serving anything. Now the replica subscribes again, on a
+    new connection, and a cancel sent to the other replica reaches it."""
+    prefix = unique_key_prefix()
+    store = {"url": remote_redis.url, "key_prefix": prefix, "flush_interval_ms": 50}
+    a = start_proxy(tmp_path, proxy_config(mock_provider, store=store))
+    b = start_proxy(tmp_path, proxy_config(mock_provider, store=store))
+    try:
+        assert (await _cancel_across(a, b, mock_provider))["cancelled"] is True
+
+        assert remote_redis.vanish_for_open_connections() >= 2
+        # Until A's subscription is known dead (keepalive: ~20 s), an order
+        # published for A reaches only the dead connection: the cancels
+        # before then are not expected to work. Generous bound.
+        deadline = time.monotonic() + 120
+        answers: list[dict[str, object]] = []
+        while not (answers and answers[-1].get("cancelled") is True):
+            assert time.monotonic() < deadline, f"no cancel crossed the replicas again: {answers[-3:]}"
+            answers.append(await _cancel_across(a, b, mock_provider))
+    finally:
+        a.program.stop()
+        b.program.stop()
