@@ -223,12 +223,22 @@ class RedisCluster:
             await pipe.execute()
 
     async def _heartbeat(self) -> None:
+        pause = self._heartbeat_s
         while True:
-            await asyncio.sleep(self._heartbeat_s)
+            await asyncio.sleep(pause)
             try:
-                await self._beat()
-            except (RedisError, OSError) as exc:
-                self._log.warning("cluster: heartbeat failed: %s", exc)
+                # Bounded, and sooner again after a failure: a beat stuck on a
+                # connection whose Redis host vanished (until TCP_USER_TIMEOUT
+                # ends it) would make this replica silent for longer than three
+                # beats, and the others would mark its requests interrupted
+                # while they run. redis-py drops a connection whose command is
+                # cancelled, so the next beat goes on a new one.
+                async with asyncio.timeout(self._heartbeat_s / 2):
+                    await self._beat()
+                pause = self._heartbeat_s
+            except (TimeoutError, RedisError, OSError) as exc:
+                self._log.warning("cluster: heartbeat failed: %s", str(exc) or "no answer in time")
+                pause = self._heartbeat_s / 2
 
     async def _listen(self) -> None:
         backoff = 0.1

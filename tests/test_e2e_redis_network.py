@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from cancelproxy.records import Record
-from cancelproxy.store.redis import RedisStore
+from cancelproxy.store.redis import TCP_USER_TIMEOUT_S, RedisStore
 
 from .conftest import MockProvider, Proxy, proxy_config, start_proxy
 from .helpers import provider_request
@@ -130,3 +130,37 @@ async def test_cancels_cross_replicas_again_once_the_redis_host_of_their_subscri
     finally:
         a.program.stop()
         b.program.stop()
+
+
+async def test_a_replica_goes_on_beating_while_the_redis_host_of_its_connections_vanishes(
+    mock_provider: MockProvider, tmp_path: Path, remote_redis: RemoteRedis
+) -> None:
+    """A replica silent for three heartbeats is taken for gone: the others
+    mark its requests interrupted while they run, and a cancel sent to them
+    answers that nothing runs. A beat stuck on a connection whose Redis host
+    vanished was silent until the kernel gave the connection up (10 s, three
+    beats of 1 s many times over); now a beat is bounded and the next goes on
+    a new connection."""
+    prefix = unique_key_prefix()
+    heartbeat_s = 1.0
+    store = {"url": remote_redis.url, "key_prefix": prefix, "flush_interval_ms": 50, "heartbeat_s": heartbeat_s}
+    proxy = start_proxy(tmp_path, proxy_config(mock_provider, store=store))
+    replicas = f"{prefix}replicas"
+    watcher = RedisStore(remote_redis.url, prefix)
+    try:
+        [(_, first_beat)] = await watcher.client.zrange(replicas, 0, -1, withscores=True)
+        assert remote_redis.vanish_for_open_connections() >= 1  # the watcher's own connection too
+        await watcher.close()
+        watcher = RedisStore(remote_redis.url, prefix)  # a new connection, which is not dropped
+        # Watched for as long as the stuck connection lasts, and a little more.
+        watched_until = time.monotonic() + TCP_USER_TIMEOUT_S + 5
+        silences = []
+        while time.monotonic() < watched_until:
+            [(_, beat)] = await watcher.client.zrange(replicas, 0, -1, withscores=True)
+            silences.append(time.time() - beat)
+            await asyncio.sleep(0.1)
+        assert beat > first_beat
+        assert max(silences) < 3 * heartbeat_s, f"silent for {max(silences):.1f} s"
+    finally:
+        await watcher.close()
+        proxy.program.stop()
