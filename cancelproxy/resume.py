@@ -126,7 +126,8 @@ async def _resume(request: web.Request, services: Services, record: Record, afte
 def _gone(record: Record) -> StreamGone:
     return StreamGone(
         f"the stream of '{record.request_id}' is no longer kept"
-        " (it ended more than resume.keep_s ago, or outgrew limits.max_body_bytes or resume.max_total_bytes)"
+        " (it ended more than resume.keep_s ago, outgrew limits.max_body_bytes or resume.max_total_bytes,"
+        " or its replica could not mirror it to Redis)"
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import shutil
 import subprocess
+import time
 import uuid
 
 from .redis_server import READY_MARKER
@@ -91,14 +92,24 @@ class RemoteRedis:
             raise RuntimeError(f"redis-server did not start in {self.namespace}:\n{''.join(lines)}")
         # The rest of its log is not read: it writes nothing more unless told to.
 
-    def vanish_for_open_connections(self) -> int:
+    def vanish_for_open_connections(self, blackout_s: float = 0.0) -> int:
         """Drop, from now on, every packet of the connections open now, both
-        ways; new connections still reach the server. Returns how many."""
+        ways; new connections reach the server again after ``blackout_s``
+        (a failover's length). Returns how many connections vanished."""
+        # Everything is dropped while the open connections are listed, so
+        # that none opens unlisted meanwhile (a SYN dropped now is sent again
+        # a second later, and gets through as a new connection).
+        everything = [("INPUT", "--dport"), ("OUTPUT", "--sport")]
+        for chain, server_side in everything:
+            self._in_namespace("iptables", "-I", chain, "-p", "tcp", server_side, str(REDIS_PORT), "-j", "DROP")
         listing = self._in_namespace("ss", "-tnH", "state", "established", f"( sport = :{REDIS_PORT} )")
         ports = sorted({line.split()[-1].rsplit(":", 1)[1] for line in listing.splitlines() if line.strip()})
         for port in ports:
             self._in_namespace("iptables", "-I", "INPUT", "-p", "tcp", "--sport", port, "-j", "DROP")
             self._in_namespace("iptables", "-I", "OUTPUT", "-p", "tcp", "--dport", port, "-j", "DROP")
+        time.sleep(blackout_s)
+        for chain, server_side in everything:
+            self._in_namespace("iptables", "-D", chain, "-p", "tcp", server_side, str(REDIS_PORT), "-j", "DROP")
         return len(ports)
 
     def __exit__(self, *_: object) -> None:

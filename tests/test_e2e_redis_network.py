@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 
 from cancelproxy.records import Record
-from cancelproxy.store.redis import TCP_USER_TIMEOUT_S, RedisStore
+from cancelproxy.store.redis import CONNECT_TIMEOUT_S, TCP_USER_TIMEOUT_S, RedisStore
 
 from .conftest import MockProvider, Proxy, proxy_config, start_proxy
-from .helpers import provider_request
+from .helpers import provider_request, sse_content
 from .network_host import RemoteRedis
 from .redis_server import unique_key_prefix
 
@@ -164,3 +164,62 @@ async def test_a_replica_goes_on_beating_while_the_redis_host_of_its_connections
     finally:
         await watcher.close()
         proxy.program.stop()
+
+
+async def test_a_reader_on_b_is_cut_off_when_a_batch_of_the_mirror_it_follows_is_lost(
+    mock_provider: MockProvider, tmp_path: Path, remote_redis: RemoteRedis
+) -> None:
+    """A mirrors each stream into Redis in batches for readers on B. A batch
+    that failed (here: on a connection whose Redis host vanished) was dropped,
+    and the next went on: B's reader was replayed the answer with those chunks
+    missing and a clean end, as if it were whole. Now the streams of a lost
+    batch are given up, and their readers on B are cut off."""
+    prefix = unique_key_prefix()
+    # Beats far apart: neither replica takes the other for gone during the blackout.
+    store = {"url": remote_redis.url, "key_prefix": prefix, "flush_interval_ms": 50, "heartbeat_s": 5}
+    a = start_proxy(tmp_path, proxy_config(mock_provider, store=store))
+    b = start_proxy(tmp_path, proxy_config(mock_provider, store=store))
+    body = {
+        "model": "mock-1",
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+        "mock": {"tokens": 600, "rate": 40},  # 15 s: past the 10 s a lost batch may take to fail
+    }
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90)) as session:
+            async with session.post(f"{a.root}/v1/chat/completions", json=body, headers=AUTH) as stream:
+                request_id = stream.headers["X-Request-Id"]
+                sent = bytearray(await stream.content.readuntil(b"\n\n"))
+
+                following = asyncio.Event()
+
+                async def read_on_b() -> tuple[bytes, bool]:
+                    """What B's reader got, and whether its stream ended cleanly."""
+                    got = bytearray()
+                    url = f"{b.root}/requests/{request_id}/stream?after=0"
+                    try:
+                        async with session.get(url, headers=AUTH) as reader:
+                            assert reader.status == 200, await reader.text()
+                            async for chunk in reader.content.iter_any():
+                                got += chunk
+                                following.set()
+                    except aiohttp.ClientPayloadError:
+                        return bytes(got), False
+                    finally:
+                        following.set()  # also if it failed: the test then says how
+                    return bytes(got), True
+
+                reading = asyncio.create_task(read_on_b())
+                await following.wait()
+                # New connections too wait past CONNECT_TIMEOUT_S: whichever
+                # connection A's mirror sends its next batch on, that batch fails.
+                blackout_s = CONNECT_TIMEOUT_S + 0.5
+                assert await asyncio.to_thread(remote_redis.vanish_for_open_connections, blackout_s) >= 2
+                sent += await stream.read()
+            got, ended_cleanly = await reading
+        assert "streams: cannot mirror streams to Redis" in a.program.output  # the batch was lost
+        assert not ended_cleanly
+        assert sse_content(bytes(sent)).startswith(sse_content(got))
+    finally:
+        a.program.stop()
+        b.program.stop()

@@ -5,8 +5,8 @@ A mirrors each stream's log (``replay.EventLog``) into a Redis Stream, one
 entry per chunk the client was sent::
 
     stream:{request_id}   XADD  d=<bytes>  e=<event ends in them, "12,40">  ... then  end=1
-                          (end=given_up: the log outgrew its bound, or the mirror its
-                          MAXLEN entries: the rest is not kept)
+                          (end=given_up: the log outgrew its bound, the mirror its
+                          MAXLEN entries, or a batch of it failed: the rest is not kept)
     readers:{request_id}  ZSET  reader ids scored by their last beat (a reader on B keeps A's generation alive)
 
 ``XADD`` is bounded (``MAXLEN`` entries a stream) and batched: entries are
@@ -133,13 +133,28 @@ class RedisStreams:
                 await self._send(batch)
             except (RedisError, OSError) as exc:
                 # Resume across replicas is best effort: a reader here still
-                # gets the whole stream; one on another replica may not.
+                # gets the whole stream; one on another replica is cut off.
                 if not self._failing:
                     self._log.warning("streams: cannot mirror streams to Redis: %s", type(exc).__name__)
                 self._failing = True
+                self._lost(batch)
                 await asyncio.sleep(0.5)
             else:
                 self._failing = False
+
+    def _lost(self, batch: list[tuple[str, dict[str, bytes | str]]]) -> None:
+        """Give up the mirror of every stream in a batch Redis may not have
+        (or have in part): a reader on another replica would otherwise go on
+        past the hole, or wait for an end that was lost, and be replayed an
+        answer with chunks missing as if it were whole. Their given-up
+        markers go first with the next batch, and nothing more of them."""
+        lost = dict.fromkeys(request_id for request_id, _ in batch)
+        for request_id in lost:
+            if request_id in self._mirrored:  # not ended: nothing more is published
+                self._mirrored[request_id] = -1
+        kept = [(request_id, fields) for request_id, fields in self._queue if request_id not in lost]
+        self._queue = [(request_id, _GIVEN_UP) for request_id in lost] + kept
+        self._queued.set()
 
     async def _send(self, batch: list[tuple[str, dict[str, bytes | str]]]) -> None:
         if not batch:
