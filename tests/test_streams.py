@@ -1,4 +1,4 @@
-"""The Redis mirror's reading side, against a Redis that never answers a blocking read."""
+"""The Redis mirror's reading side, against a Redis that never answers (a read, a reader's beat)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,50 @@ async def test_a_read_redis_never_answers_still_ends_on_a_dead_replica(monkeypat
     async with asyncio.timeout(10):  # generous: the bound under test is 0.06 s
         got = [entry async for entry in mirror.follow("req_1", dead)]
     assert got == [] and redis.reads == 1
+
+
+class _SilentPipelines:
+    """Takes every pipeline's commands and never answers them: a connection
+    whose Redis host vanished, until the kernel gives it up."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.third_sent = asyncio.Event()
+
+    def pipeline(self, transaction: bool = True) -> _SilentPipelines:
+        return self
+
+    async def __aenter__(self) -> _SilentPipelines:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+    def zadd(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def expire(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    async def execute(self) -> None:
+        self.sent += 1
+        if self.sent == 3:
+            self.third_sent.set()
+        await asyncio.Event().wait()
+
+    async def zrem(self, *args: Any) -> int:
+        return 0
+
+
+async def test_a_readers_beat_redis_never_answers_is_given_up_and_sent_again() -> None:
+    # A reader keeps another replica's generation going while it beats within
+    # three heartbeats: a beat stuck for as long as its connection lasts
+    # (10 s on a vanished host) would let that generation stop under it.
+    redis = _SilentPipelines()
+    mirror = RedisStreams(cast(Redis, redis), "t:", keep_s=1, heartbeat_s=0.1, log=logging.getLogger("test"))
+    async with mirror.reading("req_1"):
+        async with asyncio.timeout(10):  # generous: a beat is given up after 0.05 s
+            await redis.third_sent.wait()
 
 
 async def test_a_stream_with_more_entries_than_a_mirror_keeps_ends_cut_not_trimmed(

@@ -216,13 +216,21 @@ class RedisStreams:
         key, reader = self._readers(request_id), secrets.token_hex(8)
 
         async def beat() -> None:
+            pause = self._heartbeat_s
             while True:
-                with contextlib.suppress(RedisError, OSError):
-                    async with self._client.pipeline(transaction=True) as pipe:
-                        pipe.zadd(key, {reader: time.time()})
-                        pipe.expire(key, ORPHAN_EXPIRY_S)
-                        await pipe.execute()
-                await asyncio.sleep(self._heartbeat_s)
+                try:
+                    # Bounded, and sooner again after a failure, as the
+                    # replicas' own heartbeat (cluster.py): a reader silent
+                    # for three beats no longer keeps the generation going.
+                    async with asyncio.timeout(self._heartbeat_s / 2):
+                        async with self._client.pipeline(transaction=True) as pipe:
+                            pipe.zadd(key, {reader: time.time()})
+                            pipe.expire(key, ORPHAN_EXPIRY_S)
+                            await pipe.execute()
+                    pause = self._heartbeat_s
+                except (TimeoutError, RedisError, OSError):
+                    pause = self._heartbeat_s / 2
+                await asyncio.sleep(pause)
 
         beating = asyncio.create_task(beat())
         try:
