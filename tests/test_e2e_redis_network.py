@@ -73,7 +73,7 @@ async def test_writes_go_on_over_new_connections_once_the_redis_host_of_the_open
 
         assert remote_redis.vanish_for_open_connections() >= 1
         second = await _chat(proxy.root)  # answered: the wait for its first write is bounded
-        # Generous: the kernel gives up after REDIS_TCP_USER_TIMEOUT_S on each
+        # Generous: the kernel gives up after TCP_USER_TIMEOUT_S (store/redis.py) on each
         # stale pooled connection a write picks, and redis-py then reconnects.
         record = await _stored_final(remote_redis.url, prefix, second, 90)
         assert record.status == "completed"
