@@ -113,25 +113,43 @@ class LocalCluster:
         return CancelResult()
 
 
-async def _messages(pubsub: PubSub) -> AsyncIterator[dict[str, Any]]:
-    """``pubsub.listen()``, except that a read that answers nothing is a lost connection.
+async def _messages(pubsub: PubSub, silent_for_s: float) -> AsyncIterator[dict[str, Any]]:
+    """``pubsub.listen()``, except that a subscription that falls silent has lost its connection.
 
-    redis-py 8 reads a subscription with no time limit, and takes the
-    kernel's ETIMEDOUT (the Redis host is gone: keepalive or TCP_USER_TIMEOUT
-    gave up), which Python raises as TimeoutError, for the end of a time
-    limit: it answers None and keeps the dead connection. ``listen()`` then
-    reads it again at once, for ever, without yielding to the loop, and the
-    whole proxy stops serving. A read without a time limit answers None for
-    nothing else here (the pool has no health checks, whose replies it also
-    hides), so None ends the subscription, and the caller makes a new one.
+    ``_pings`` sends a PING on it every beat, whose PONG comes back as a
+    message: one silent for two beats is cut off, as when its Redis host
+    vanished (nothing answers then, not even with a reset). Left to TCP,
+    keepalive would tell only ~20 s later, and every cancel sent to another
+    replica for this one's requests would go unheard until then.
+
+    A read that answers nothing is a lost connection too. redis-py 8 reads a
+    subscription with no time limit, and takes the kernel's ETIMEDOUT
+    (keepalive or TCP_USER_TIMEOUT gave up), which Python raises as
+    TimeoutError, for the end of a time limit: it answers None and keeps the
+    dead connection. ``listen()`` then reads it again at once, for ever,
+    without yielding to the loop, and the whole proxy stops serving. A read
+    without a time limit answers None for nothing else here (the pool has no
+    health checks, whose replies it also hides).
     """
     while True:
-        response = await pubsub.parse_response(block=True)
+        try:
+            async with asyncio.timeout(silent_for_s):
+                response = await pubsub.parse_response(block=True)
+        except TimeoutError:
+            raise BrokenConnection(f"the cancel channel was silent for {silent_for_s:g} s, pings included") from None
         if response is None:
             raise BrokenConnection("the cancel channel's connection timed out")
         message = await pubsub.handle_message(response)  # type: ignore[no-untyped-call]
         if message is not None:
             yield message
+
+
+async def _pings(pubsub: PubSub, every_s: float) -> None:
+    """A PING on the subscription every beat, for ``_messages`` to hear its PONG."""
+    while True:
+        await asyncio.sleep(every_s)
+        with contextlib.suppress(RedisError, OSError):  # the listener tells a lost connection
+            await pubsub.ping()
 
 
 class RedisCluster:
@@ -185,10 +203,16 @@ class RedisCluster:
         return beat is not None and beat >= time.time() - self._gone_after_s
 
     async def cancel_elsewhere(self, order: CancelOrder, timeout: float) -> CancelResult:
+        # All of it within ``timeout``, the Redis commands too: on a
+        # connection whose Redis host vanished, each would wait until the
+        # kernel gives the connection up (TCP_USER_TIMEOUT). redis-py drops a
+        # connection whose command is cancelled.
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
-            others = await self._live_replicas()
-        except (RedisError, OSError) as exc:
-            self._log.error("cluster: cannot reach the other replicas: %s", exc)
+            async with asyncio.timeout_at(deadline):
+                others = await self._live_replicas()
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._log.error("cluster: cannot reach the other replicas: %s", str(exc) or "no answer in time")
             return CancelResult()
         others.discard(self.replica_id)
         if not others:
@@ -198,10 +222,11 @@ class RedisCluster:
         self._waiting[correlation] = replies
         message = {"id": correlation, "reply_to": self._reply_channel, "order": asdict(order)}
         try:
-            await self._client.publish(self._cancel_channel, json.dumps(message))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await replies.complete.wait()
+            async with asyncio.timeout_at(deadline):
+                await self._client.publish(self._cancel_channel, json.dumps(message))
+                await replies.complete.wait()
+        except TimeoutError:
+            pass  # the replicas that did not answer are named
         except (RedisError, OSError) as exc:
             self._log.error("cluster: could not publish a cancel: %s", exc)
         finally:
@@ -244,11 +269,13 @@ class RedisCluster:
         backoff = 0.1
         while True:
             pubsub = self._client.pubsub()
+            pinging: asyncio.Task[None] | None = None
             try:
                 await pubsub.subscribe(self._cancel_channel, self._reply_channel)
                 self._subscribed.set()
                 backoff = 0.1
-                async for message in _messages(pubsub):
+                pinging = asyncio.create_task(_pings(pubsub, self._heartbeat_s))
+                async for message in _messages(pubsub, silent_for_s=2 * self._heartbeat_s):
                     if message.get("type") == "message":
                         self._dispatch(message["channel"], message["data"])
             except (RedisError, OSError) as exc:
@@ -256,6 +283,10 @@ class RedisCluster:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
+                if pinging is not None:
+                    pinging.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await pinging
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 

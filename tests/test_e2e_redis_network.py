@@ -82,52 +82,96 @@ async def test_writes_go_on_over_new_connections_once_the_redis_host_of_the_open
         proxy.program.stop()
 
 
-async def _cancel_across(a: Proxy, b: Proxy, mock: MockProvider) -> dict[str, object]:
-    """A stream on A, cancelled through B; B's answer. Every step is bounded,
-    so that a replica that stopped serving fails the test instead of hanging it."""
-    tag = f"across-{uuid.uuid4().hex[:8]}"
-    body = {
-        "model": "mock-1",
-        "stream": True,
-        "messages": [{"role": "user", "content": "hi"}],
-        "mock": {"tokens": 2000, "rate": 20, "tag": tag},
-    }
-    bounded = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=bounded) as session:
-        async with session.post(f"{a.root}/v1/chat/completions", json=body, headers=AUTH) as stream:
-            assert stream.status == 200, await stream.text()
-            await provider_request(mock.root, tag, wait="started")
-            request_id = stream.headers["X-Request-Id"]
-            async with session.post(f"{b.root}/requests/{request_id}/cancel", headers=AUTH) as answer:
-                return dict(await answer.json())
+async def _open_streams(
+    session: aiohttp.ClientSession,
+    proxy: Proxy,
+    mock: MockProvider,
+    count: int,
+    responses: list[aiohttp.ClientResponse],
+) -> list[tuple[str, str]]:
+    """``count`` long streams through ``proxy``, left open (their responses
+    added to ``responses``, for the caller to close): (request id, the mock's
+    tag) of each."""
+    opened = []
+    for _ in range(count):
+        tag = f"across-{uuid.uuid4().hex[:8]}"
+        body = {
+            "model": "mock-1",
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+            "mock": {"tokens": 2000, "rate": 20, "tag": tag},
+        }
+        response = await session.post(f"{proxy.root}/v1/chat/completions", json=body, headers=AUTH)
+        responses.append(response)
+        assert response.status == 200, await response.text()
+        await provider_request(mock.root, tag, wait="started")
+        opened.append((response.headers["X-Request-Id"], tag))
+    return opened
+
+
+async def _upstream_closed(session: aiohttp.ClientSession, mock: MockProvider, tag: str, within_s: float) -> bool:
+    """Whether the proxy closed the generation's connection (the mock long-polls for it)."""
+    params = {"wait": "closed", "timeout": str(within_s)}
+    async with session.get(f"{mock.root}/_mock/requests/{tag}", params=params) as response:
+        return response.status == 200
 
 
 async def test_cancels_cross_replicas_again_once_the_redis_host_of_their_subscriptions_vanished(
     mock_provider: MockProvider, tmp_path: Path, remote_redis: RemoteRedis
 ) -> None:
     """A replica hears cancels for its requests on a subscription, an idle
-    connection. When its Redis host vanishes, keepalive ends that connection
-    with ETIMEDOUT, which redis-py's listen() took for the end of a time
-    limit: it read the dead connection again at once, for ever, and the
-    replica stopped serving anything. Now the replica subscribes again, on a
-    new connection, and a cancel sent to the other replica reaches it."""
+    connection. When its Redis host vanished, an order published for it
+    reached only the dead connection until keepalive ended it (~20 s), and
+    then redis-py's listen() took the ETIMEDOUT for the end of a time limit:
+    it read the dead connection again at once, for ever, and the replica
+    stopped serving anything. Now the replica pings its subscription every
+    beat: one silent for two beats is cut off, the replica subscribes again
+    on a new connection, and a cancel sent to the other replica reaches it."""
     prefix = unique_key_prefix()
-    store = {"url": remote_redis.url, "key_prefix": prefix, "flush_interval_ms": 50}
-    a = start_proxy(tmp_path, proxy_config(mock_provider, store=store))
-    b = start_proxy(tmp_path, proxy_config(mock_provider, store=store))
+    store = {"url": remote_redis.url, "key_prefix": prefix, "flush_interval_ms": 50, "heartbeat_s": 1}
+    # A cancel that no replica answers is answered after 1 s, so that tries come often.
+    config = proxy_config(mock_provider, store=store, limits={"cancel_timeout_s": 1})
+    a = start_proxy(tmp_path, config)
+    b = start_proxy(tmp_path, config)
+    bounded = aiohttp.ClientTimeout(total=30)
+    streams: list[aiohttp.ClientResponse] = []
     try:
-        assert (await _cancel_across(a, b, mock_provider))["cancelled"] is True
+        async with aiohttp.ClientSession(timeout=bounded) as session:
+            # Opened before: while A's writes wait on vanished connections, a
+            # new stream's start waits its bound, and tries would be far apart.
+            (first, _), *to_cancel = await _open_streams(session, a, mock_provider, 16, streams)
 
-        assert remote_redis.vanish_for_open_connections() >= 2
-        # Until A's subscription is known dead (keepalive: ~20 s), an order
-        # published for A reaches only the dead connection: the cancels
-        # before then are not expected to work. Generous bound.
-        deadline = time.monotonic() + 120
-        answers: list[dict[str, object]] = []
-        while not (answers and answers[-1].get("cancelled") is True):
-            assert time.monotonic() < deadline, f"no cancel crossed the replicas again: {answers[-3:]}"
-            answers.append(await _cancel_across(a, b, mock_provider))
+            async def cancel_on_b(request_id: str) -> float:
+                """B's answer to a cancel; how long it took."""
+                asked = time.monotonic()
+                async with session.post(f"{b.root}/requests/{request_id}/cancel", headers=AUTH) as answer:
+                    assert answer.status == 200, await answer.text()
+                return time.monotonic() - asked
+
+            await cancel_on_b(first)
+            assert remote_redis.vanish_for_open_connections() >= 2
+            vanished_at = time.monotonic()
+            # Until A's subscription is known dead, an order published for A
+            # reaches only the dead connection: the cancels before then are
+            # not expected to stop anything. Two beats of silence tell, and a
+            # stale pooled connection may cost a try; keepalive alone took
+            # 15-20 s. Meanwhile A's final states wait on its vanished
+            # connections, so B may answer that A did not confirm in time:
+            # whether A stopped is read at the provider.
+            answer_times = []
+            for request_id, tag in to_cancel:
+                answer_times.append(await cancel_on_b(request_id))
+                if await _upstream_closed(session, mock_provider, tag, within_s=0.5):
+                    break
+            else:
+                raise AssertionError("no cancel sent to B stopped a stream on A")
+            stopped_after = time.monotonic() - vanished_at
+            # Each answered within cancel_timeout_s (1 s), not when a vanished connection gave up.
+            assert max(answer_times) < 3, answer_times
+            assert stopped_after < 10, f"the first stop through B came {stopped_after:.1f} s after the vanish"
     finally:
+        for stream in streams:
+            stream.close()
         a.program.stop()
         b.program.stop()
 
