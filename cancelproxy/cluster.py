@@ -14,6 +14,9 @@ in batches); the replicas' registries are always current.
 Each replica refreshes its score in a sorted set (its heartbeat). One whose
 score is older than three beats is gone: its in-progress records are marked
 interrupted by the others (``upkeep.py``) instead of being waited on for ever.
+Each also pings its own subscription every beat, and makes it again when it
+stays silent for two: a subscription whose Redis host vanished hears nothing,
+and nothing tells it so but its own timers.
 """
 
 from __future__ import annotations
