@@ -36,6 +36,8 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as BrokenConnection
 from redis.exceptions import RedisError
 
+from .store.redis import beat_forever
+
 __all__ = ["CancelOrder", "CancelResult", "Cluster", "LocalCluster", "RedisCluster"]
 
 
@@ -179,7 +181,7 @@ class RedisCluster:
         self._cancel_here = cancel_here
         with contextlib.suppress(RedisError, OSError):
             await self._beat()
-        self._spawn(self._heartbeat())
+        self._spawn(beat_forever(self._beat, self._heartbeat_s, at_once=False, failed=self._beat_failed))
         self._spawn(self._listen())
         # An order published before we listen would be lost: wait for the
         # subscription (bounded, so a Redis outage does not block the start).
@@ -250,23 +252,8 @@ class RedisCluster:
             pipe.zremrangebyscore(self._replicas_key, "-inf", now - 100 * self._gone_after_s)
             await pipe.execute()
 
-    async def _heartbeat(self) -> None:
-        pause = self._heartbeat_s
-        while True:
-            await asyncio.sleep(pause)
-            try:
-                # Bounded, and sooner again after a failure: a beat stuck on a
-                # connection whose Redis host vanished (until TCP_USER_TIMEOUT
-                # ends it) would make this replica silent for longer than three
-                # beats, and the others would mark its requests interrupted
-                # while they run. redis-py drops a connection whose command is
-                # cancelled, so the next beat goes on a new one.
-                async with asyncio.timeout(self._heartbeat_s / 2):
-                    await self._beat()
-                pause = self._heartbeat_s
-            except (TimeoutError, RedisError, OSError) as exc:
-                self._log.warning("cluster: heartbeat failed: %s", str(exc) or "no answer in time")
-                pause = self._heartbeat_s / 2
+    def _beat_failed(self, exc: BaseException) -> None:
+        self._log.warning("cluster: heartbeat failed: %s", str(exc) or "no answer in time")
 
     async def _listen(self) -> None:
         backoff = 0.1

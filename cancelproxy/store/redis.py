@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -36,7 +36,7 @@ from redis.exceptions import RedisError, ResponseError
 from ..records import Record
 from .base import StoreError
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisStore", "beat_forever"]
 
 # Without a connect timeout, an unreachable host (packets dropped, not
 # refused) would hang open() and every /readyz ping until the OS gives up.
@@ -89,6 +89,35 @@ def _keepalive_options() -> dict[int, int]:
         "TCP_KEEPINTVL": TCP_KEEPALIVE_INTERVAL_S,
     }
     return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
+
+
+async def beat_forever(
+    beat: Callable[[], Awaitable[object]],
+    every_s: float,
+    *,
+    at_once: bool,
+    failed: Callable[[BaseException], None] | None = None,
+) -> None:
+    """Run ``beat`` every ``every_s`` (the first at once, or after a beat),
+    each bounded to half a beat, and the next sooner when one fails.
+
+    Whoever beats counts as gone once silent for three beats (a replica, a
+    reader on another replica). A beat stuck on a connection whose Redis host
+    vanished would be silent until TCP_USER_TIMEOUT_S ends the connection,
+    far longer. redis-py drops a connection whose command is cancelled, so
+    the next beat goes on a new one.
+    """
+    pause = 0.0 if at_once else every_s
+    while True:
+        await asyncio.sleep(pause)
+        try:
+            async with asyncio.timeout(every_s / 2):
+                await beat()
+            pause = every_s
+        except (TimeoutError, RedisError, OSError) as exc:
+            if failed is not None:
+                failed(exc)
+            pause = every_s / 2
 
 
 def _text(value: bytes | str) -> str:

@@ -32,6 +32,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from .redis import beat_forever
+
 __all__ = ["RedisStreams", "RemoteEntry"]
 
 # Entries a stream's mirror holds at most; the bytes are bounded before (a
@@ -216,23 +218,12 @@ class RedisStreams:
         key, reader = self._readers(request_id), secrets.token_hex(8)
 
         async def beat() -> None:
-            pause = self._heartbeat_s
-            while True:
-                try:
-                    # Bounded, and sooner again after a failure, as the
-                    # replicas' own heartbeat (cluster.py): a reader silent
-                    # for three beats no longer keeps the generation going.
-                    async with asyncio.timeout(self._heartbeat_s / 2):
-                        async with self._client.pipeline(transaction=True) as pipe:
-                            pipe.zadd(key, {reader: time.time()})
-                            pipe.expire(key, ORPHAN_EXPIRY_S)
-                            await pipe.execute()
-                    pause = self._heartbeat_s
-                except (TimeoutError, RedisError, OSError):
-                    pause = self._heartbeat_s / 2
-                await asyncio.sleep(pause)
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.zadd(key, {reader: time.time()})
+                pipe.expire(key, ORPHAN_EXPIRY_S)
+                await pipe.execute()
 
-        beating = asyncio.create_task(beat())
+        beating = asyncio.create_task(beat_forever(beat, self._heartbeat_s, at_once=True))
         try:
             yield
         finally:
