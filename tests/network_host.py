@@ -18,12 +18,11 @@ import subprocess
 import time
 import uuid
 
-from .redis_server import READY_MARKER
+from .redis_server import RedisServer
 
 __all__ = ["RemoteRedis"]
 
 REDIS_PORT = 6379
-START_TIMEOUT_S = 15.0
 
 
 def _run(*args: str) -> str:
@@ -37,22 +36,21 @@ class RemoteRedis:
     """``redis-server`` on another host (a network namespace); a context manager."""
 
     def __init__(self) -> None:
-        for tool in ("ip", "iptables", "redis-server"):
+        for tool in ("ip", "iptables"):
             if shutil.which(tool) is None:
                 raise RuntimeError(f"{tool} is not on PATH")
         tag = uuid.uuid4().hex[:8]
         self.namespace = f"cpt-{tag}"
         self._host_link, self._ns_link = f"cph{tag}", f"cpn{tag}"
-        # A /30 of its own, so that tests running at once never share one.
-        subnet = random.randrange(1, 1 << 14) * 4
-        prefix = f"10.{200 + (subnet >> 16)}.{(subnet >> 8) & 0xFF}"
-        self._host_address = f"{prefix}.{(subnet & 0xFF) + 1}"
-        self.address = f"{prefix}.{(subnet & 0xFF) + 2}"
-        self._server: subprocess.Popen[str] | None = None
+        # A /30 of its own in 10.200.0.0/16, so that tests running at once never share one.
+        third, fourth = divmod(random.randrange(1, 1 << 14) * 4, 256)
+        self._host_address = f"10.200.{third}.{fourth + 1}"
+        self.address = f"10.200.{third}.{fourth + 2}"
+        self._server = RedisServer(REDIS_PORT, host=self.address, launcher=["ip", "netns", "exec", self.namespace])
 
     @property
     def url(self) -> str:
-        return f"redis://{self.address}:{REDIS_PORT}/0"
+        return self._server.url
 
     def _in_namespace(self, *args: str) -> str:
         return _run("ip", "netns", "exec", self.namespace, *args)
@@ -74,23 +72,7 @@ class RemoteRedis:
         self._in_namespace("ip", "addr", "add", f"{self.address}/30", "dev", self._ns_link)
         self._in_namespace("ip", "link", "set", self._ns_link, "up")
         self._in_namespace("ip", "link", "set", "lo", "up")
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", self.namespace, "redis-server", "--port", str(REDIS_PORT)]
-            + ["--bind", self.address, "--save", "", "--appendonly", "no", "--protected-mode", "no"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self._server = server
-        assert server.stdout is not None
-        lines = []
-        for line in server.stdout:  # its log, to the line that says it listens
-            lines.append(line)
-            if READY_MARKER in line:
-                break
-        else:
-            raise RuntimeError(f"redis-server did not start in {self.namespace}:\n{''.join(lines)}")
-        # The rest of its log is not read: it writes nothing more unless told to.
+        self._server.start()
 
     def vanish_for_open_connections(self, blackout_s: float = 0.0) -> int:
         """Drop, from now on, every packet of the connections open now, both
@@ -113,16 +95,7 @@ class RemoteRedis:
         return len(ports)
 
     def __exit__(self, *_: object) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-            if server.stdout is not None:
-                server.stdout.close()
+        self._server.stop()
         # Deleting the namespace deletes its end of the pair, and with it ours.
         subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True, timeout=30)
         subprocess.run(["ip", "link", "del", self._host_link], capture_output=True, timeout=30)

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -44,11 +44,14 @@ class RedisServer:
     therefore the same ``url``), empty: how a test takes Redis away mid-run.
     """
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, host: str = "127.0.0.1", launcher: Sequence[str] = ()) -> None:
+        """``launcher`` runs the server another way (``ip netns exec NS``: on another host)."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not on PATH (install Redis, or set REDIS_URL)")
         self.binary = binary
+        self.host = host
+        self.launcher = list(launcher)
         self.port = port if port is not None else _free_port()
         self.lines: list[str] = []
         self._process: subprocess.Popen[str] | None = None
@@ -56,7 +59,7 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     @property
     def running(self) -> bool:
@@ -65,7 +68,12 @@ class RedisServer:
     def start(self) -> None:
         if self.running:
             raise RuntimeError(f"redis-server on port {self.port} is already running")
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args = [*self.launcher, self.binary, "--port", str(self.port), "--bind", self.host]
+        args += ["--save", "", "--appendonly", "no"]
+        if self.host != "127.0.0.1":
+            # Without a password Redis refuses clients of other hosts unless
+            # told not to; this server is the tests' own.
+            args += ["--protected-mode", "no"]
         process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self._process = process
         ready = threading.Event()
