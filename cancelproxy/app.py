@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -164,7 +165,7 @@ def _services_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
                 log=log,
             )
             app[SERVICES] = services
-            await cluster.start(lambda order: cancel_here(services, order))
+            await cluster.start(functools.partial(cancel_here, services))
             teardown.push_async_callback(cluster.close)
             upkeep = Upkeep(store, writer, cluster, config.store, log, sweep=not isinstance(cluster, LocalCluster))
             await upkeep.start()

@@ -7,6 +7,15 @@ replica; each stops what it holds of it exactly as a local cancel does
 (upstream closed, final state stored) and answers. The route answers once
 every live replica has answered, or ``cancel_timeout_s`` has passed.
 
+Pub/sub delivers to whoever is subscribed at that instant, and a replica
+whose subscription is being made again (Redis restarted, its connection was
+cut) is not. So the order is sent again every ``ORDER_REPEAT_S`` until every
+replica answered; a replica serves each order once and answers a repeat with
+the answer it gave, which may itself have been lost the same way. Each copy
+gives the replica a share of the time the route has left, so a replica that
+cannot store the final state in time still answers before the route gives up
+on it.
+
 The order is broadcast instead of looked up in the store because a request
 that started a moment ago may not be in the store yet (partials are flushed
 in batches); the replicas' registries are always current.
@@ -38,7 +47,17 @@ from redis.exceptions import RedisError
 
 from .store.redis import beat_forever
 
-__all__ = ["CancelOrder", "CancelResult", "Cluster", "LocalCluster", "RedisCluster"]
+__all__ = ["ORDER_REPEAT_S", "CancelOrder", "CancelResult", "Cluster", "LocalCluster", "RedisCluster"]
+
+# How often an order goes out again while a replica has not answered it. A
+# replica answers in milliseconds when it heard the order, so a repeat is
+# only sent for a lost one (or a slow stop, which ignores it), and a lost
+# order costs at most this much beyond the replica's own resubscription.
+ORDER_REPEAT_S = 0.5
+# The share of the route's remaining time a replica may spend on an order
+# before it answers with what it has (stopped, not yet stored); the rest is
+# for the answer's way back.
+_ANSWER_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -79,8 +98,9 @@ class CancelResult:
         self.response = self.response or other.response
 
 
-# Stops what this replica runs of an order.
-LocalCancel = Callable[[CancelOrder], Awaitable[CancelResult]]
+# Stops what this replica runs of an order, answering within the time given
+# (seconds; None: the replica's own cancel_timeout_s).
+LocalCancel = Callable[[CancelOrder, float | None], Awaitable[CancelResult]]
 
 
 class Cluster(Protocol):
@@ -168,7 +188,8 @@ class RedisCluster:
         self._replicas_key = f"{key_prefix}replicas"
         self._cancel_channel = f"{key_prefix}cancel"
         self._reply_channel = f"{key_prefix}cancelled:{self.replica_id}"
-        self._waiting: dict[str, _Replies] = {}
+        self._waiting: dict[str, _Replies] = {}  # the orders this replica sent, by id
+        self._served: dict[str, _Served] = {}  # the orders it heard, by id, while a repeat may come
         self._tasks: set[asyncio.Task[None]] = set()
         self._subscribed = asyncio.Event()
         self._cancel_here: LocalCancel | None = None
@@ -212,7 +233,8 @@ class RedisCluster:
         # connection whose Redis host vanished, each would wait until the
         # kernel gives the connection up (TCP_USER_TIMEOUT). redis-py drops a
         # connection whose command is cancelled.
-        deadline = asyncio.get_running_loop().time() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
             async with asyncio.timeout_at(deadline):
                 others = await self._live_replicas()
@@ -225,15 +247,30 @@ class RedisCluster:
         correlation = secrets.token_hex(8)
         replies = _Replies(expected=others)
         self._waiting[correlation] = replies
-        message = {"id": correlation, "reply_to": self._reply_channel, "order": asdict(order)}
+        order_fields = asdict(order)
+        publish_failed = False
         try:
             async with asyncio.timeout_at(deadline):
-                await self._client.publish(self._cancel_channel, json.dumps(message))
-                await replies.complete.wait()
+                while not replies.complete.is_set():
+                    message = {
+                        "id": correlation,
+                        "reply_to": self._reply_channel,
+                        "order": order_fields,
+                        "answer_within_s": _ANSWER_SHARE * max(0.0, deadline - loop.time()),
+                    }
+                    # The PUBLISH too: one stuck on a vanished connection is
+                    # dropped with it, and the repeat goes on a new one.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(ORDER_REPEAT_S):
+                            try:
+                                await self._client.publish(self._cancel_channel, json.dumps(message))
+                            except (RedisError, OSError) as exc:
+                                if not publish_failed:  # once per order; a repeat may get through
+                                    self._log.error("cluster: could not publish a cancel: %s", exc)
+                                publish_failed = True
+                            await replies.complete.wait()
         except TimeoutError:
             pass  # the replicas that did not answer are named
-        except (RedisError, OSError) as exc:
-            self._log.error("cluster: could not publish a cancel: %s", exc)
         finally:
             del self._waiting[correlation]
         replies.result.unanswered = sorted(replies.expected)
@@ -290,17 +327,27 @@ class RedisCluster:
             if replies is not None:
                 replies.add(message)
         elif message.get("reply_to") != self._reply_channel:  # not our own order
-            # Its own task: the listener must keep reading while this waits for the stop.
-            self._spawn(self._serve(message))
+            order_id = str(message.get("id"))
+            served = self._served.get(order_id)
+            if served is None:
+                served = self._served[order_id] = _Served()
+                # Forgotten once its sender has stopped repeating it.
+                remember_s = (_seconds(message.get("answer_within_s")) or 0.0) / _ANSWER_SHARE + ORDER_REPEAT_S
+                asyncio.get_running_loop().call_later(remember_s, self._served.pop, order_id, None)
+                # Its own task: the listener must keep reading while this waits for the stop.
+                self._spawn(self._serve(message, served))
+            elif served.reply is not None:  # the answer was lost: the same answer again
+                self._spawn(self._answer(str(message.get("reply_to")), served.reply))
+            # else: still being served; the answer goes when it is ready
 
-    async def _serve(self, message: dict[str, Any]) -> None:
+    async def _serve(self, message: dict[str, Any], served: _Served) -> None:
         assert self._cancel_here is not None
         try:
             order = CancelOrder(**message["order"])
         except (KeyError, TypeError):
             return
-        result = await self._cancel_here(order)
-        reply = {
+        result = await self._cancel_here(order, _seconds(message.get("answer_within_s")))
+        served.reply = {
             "id": message.get("id"),
             "replica": self.replica_id,
             "stopped": result.stopped,
@@ -309,8 +356,11 @@ class RedisCluster:
             "session_id": result.session_id,
             "response": result.response,
         }
+        await self._answer(str(message.get("reply_to")), served.reply)
+
+    async def _answer(self, reply_to: str, reply: dict[str, Any]) -> None:
         try:
-            await self._client.publish(str(message.get("reply_to")), json.dumps(reply))
+            await self._client.publish(reply_to, json.dumps(reply))
         except (RedisError, OSError) as exc:
             self._log.error("cluster: could not answer a cancel: %s", exc)
 
@@ -320,14 +370,33 @@ class RedisCluster:
         task.add_done_callback(self._tasks.discard)
 
 
+def _seconds(value: object) -> float | None:
+    """A duration another replica sent: a non-negative number, or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        return None
+    return float(value)
+
+
+@dataclass(eq=False)
+class _Served:
+    """An order this replica heard: its answer, once it has one."""
+
+    reply: dict[str, Any] | None = None
+
+
 @dataclass(eq=False)
 class _Replies:
     expected: set[str]
     result: CancelResult = field(default_factory=CancelResult)
     complete: asyncio.Event = field(default_factory=asyncio.Event)
+    answered: set[str] = field(default_factory=set)
 
     def add(self, reply: dict[str, Any]) -> None:
-        self.expected.discard(str(reply.get("replica")))
+        replica = str(reply.get("replica"))
+        if replica in self.answered:  # a repeated order's repeated answer
+            return
+        self.answered.add(replica)
+        self.expected.discard(replica)
 
         def ids(key: str) -> list[str]:
             value = reply.get(key)

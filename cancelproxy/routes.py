@@ -65,9 +65,13 @@ def _cancel_answer(session_id: str | None, result: CancelResult) -> web.Response
     return web.json_response(body)
 
 
-async def cancel_here(services: Services, order: CancelOrder) -> CancelResult:
-    """Stop what this replica runs of ``order``."""
-    return await _answer_here(services, order, _stop_here(services, order))
+async def cancel_here(services: Services, order: CancelOrder, within_s: float | None) -> CancelResult:
+    """Stop what this replica runs of ``order`` (another replica's), answering
+    within ``within_s`` at most: its share of the time that replica's route has."""
+    timeout = services.config.limits.cancel_timeout_s
+    if within_s is not None:
+        timeout = min(timeout, within_s)
+    return await _answer_here(services, order, _stop_here(services, order), timeout)
 
 
 def _stop_here(services: Services, order: CancelOrder) -> tuple[list[LiveRequest], list[LiveRequest]]:
@@ -89,10 +93,10 @@ def _stop_here(services: Services, order: CancelOrder) -> tuple[list[LiveRequest
 
 
 async def _answer_here(
-    services: Services, order: CancelOrder, found: tuple[list[LiveRequest], list[LiveRequest]]
+    services: Services, order: CancelOrder, found: tuple[list[LiveRequest], list[LiveRequest]], timeout: float
 ) -> CancelResult:
     owned, stopping = found
-    stopped = await services.registry.until_stopped(stopping, services.config.limits.cancel_timeout_s)
+    stopped = await services.registry.until_stopped(stopping, timeout)
     response = None
     if order.response_id is not None and owned and isinstance(owned[0].transcript, ResponsesTranscript):
         response = owned[0].transcript.response_object()
@@ -119,10 +123,10 @@ async def _cancel(services: Services, order: CancelOrder) -> CancelResult:
     found = _stop_here(services, order)  # closed here and now; the rest is waiting
     stopped_at = time.monotonic()
     if services.cluster.alone:
-        result, remote = await _answer_here(services, order, found), CancelResult()
+        result, remote = await _answer_here(services, order, found, timeout), CancelResult()
     else:
         result, remote = await asyncio.gather(
-            _answer_here(services, order, found), services.cluster.cancel_elsewhere(order, timeout)
+            _answer_here(services, order, found, timeout), services.cluster.cancel_elsewhere(order, timeout)
         )
     stopped_here = list(result.stopped)
     result.add(remote)

@@ -1,0 +1,152 @@
+"""Cancel orders between replicas (cluster.RedisCluster) over a real Redis.
+
+Two replicas live in this process, each with a LocalCancel of the test's own,
+so what crosses Redis is the real thing and what a replica does with an order
+is what the test says."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from cancelproxy.cluster import CancelOrder, CancelResult, RedisCluster
+
+from .redis_server import unique_key_prefix
+
+HEARTBEAT_S = 0.2
+ORDER = CancelOrder(credential="sha256:test", admin=False, request_id="req_1")
+LOG = logging.getLogger("tests.cluster")
+
+
+class Replica:
+    """A RedisCluster whose local cancel records what it was asked, and
+    answers as the test tells it to."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.client: Redis = Redis.from_url(url)
+        self.cluster = RedisCluster(self.client, prefix, HEARTBEAT_S, LOG)
+        self.asked: list[tuple[CancelOrder, float | None]] = []
+        self.stuck = False  # its store does not answer: it waits its whole time
+
+    async def cancel_here(self, order: CancelOrder, within_s: float | None) -> CancelResult:
+        self.asked.append((order, within_s))
+        if self.stuck:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(within_s if within_s is not None else 30):
+                    await asyncio.Event().wait()
+            return CancelResult(stopped=["req_1"], not_durable=["req_1"], known=["req_1"])
+        return CancelResult(stopped=["req_1"], known=["req_1"])
+
+    async def start(self) -> None:
+        await self.cluster.start(self.cancel_here)
+
+    async def close(self) -> None:
+        await self.cluster.close()
+        await self.client.aclose()
+
+
+@pytest.fixture
+async def replicas(redis_url: str) -> AsyncIterator[tuple[Replica, Replica, str]]:
+    prefix = unique_key_prefix()
+    a, b = Replica(redis_url, prefix), Replica(redis_url, prefix)
+    try:
+        yield a, b, prefix
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def _first_message(client: Redis, channel: str, started: asyncio.Event) -> dict[str, Any]:
+    async with client.pubsub() as pubsub:
+        await pubsub.subscribe(channel)
+        started.set()
+        async for message in pubsub.listen():
+            if message["type"] == "message":
+                return dict(json.loads(message["data"]))
+    raise AssertionError("the subscription ended")
+
+
+async def test_an_order_published_before_a_replica_subscribed_again_still_reaches_it(
+    replicas: tuple[Replica, Replica, str], redis_url: str
+) -> None:
+    """Pub/sub delivers to whoever is subscribed at that instant: an order
+    published while A's subscription was being made again (Redis restarted,
+    its connection was cut) never reached A, and B named it unanswered after
+    the route's whole timeout while A's stream went on."""
+    a, b, prefix = replicas
+    watcher = Redis.from_url(redis_url)
+    try:
+        # A is alive (its heartbeat is in) but not subscribed yet.
+        await watcher.zadd(f"{prefix}replicas", {a.cluster.replica_id: time.time()})
+        await b.start()
+        watching = asyncio.Event()
+        first = asyncio.create_task(_first_message(watcher, f"{prefix}cancel", watching))
+        await watching.wait()
+        sending = asyncio.create_task(b.cluster.cancel_elsewhere(ORDER, 5))
+        await first  # the order went out, with nobody but the watcher to hear it
+        await a.start()
+        result = await sending
+    finally:
+        await watcher.aclose()
+    assert result.unanswered == []
+    assert result.stopped == ["req_1"]
+    assert [order for order, _ in a.asked] == [ORDER]
+
+
+async def test_a_repeated_order_is_served_once_and_answered_each_time(
+    replicas: tuple[Replica, Replica, str], redis_url: str
+) -> None:
+    """An answer can be lost as an order can; the sender then repeats the
+    order. The replica stops once, and answers the repeat as it did first."""
+    a, _, prefix = replicas
+    await a.start()
+    sender = Redis.from_url(redis_url)
+    reply_to = f"{prefix}cancelled:replica_sender"
+    order = {
+        "id": "order_1",
+        "reply_to": reply_to,
+        "order": {"credential": "sha256:test", "admin": False, "request_id": "req_1"},
+        "answer_within_s": 4.0,
+    }
+    try:
+        async with sender.pubsub() as pubsub:
+            await pubsub.subscribe(reply_to)
+            replies = []
+            for _ in range(2):
+                await sender.publish(f"{prefix}cancel", json.dumps(order))
+                async with asyncio.timeout(10):
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            replies.append(json.loads(message["data"]))
+                            break
+    finally:
+        await sender.aclose()
+    assert a.asked == [(ORDER, 4.0)]
+    assert replies[0] == replies[1]
+    assert replies[0]["replica"] == a.cluster.replica_id and replies[0]["stopped"] == ["req_1"]
+
+
+async def test_a_replica_that_cannot_store_in_time_still_answers_before_the_route_gives_up(
+    replicas: tuple[Replica, Replica, str],
+) -> None:
+    """A replica whose store hangs used to wait its own cancel_timeout_s (the
+    same as the route's) before answering, so the route named it unanswered
+    although it had stopped the stream. It now answers within a share of the
+    time the route has left: stopped, not yet stored."""
+    a, b, _ = replicas
+    a.stuck = True
+    await a.start()
+    await b.start()
+    result = await b.cluster.cancel_elsewhere(ORDER, 2)
+    assert result.unanswered == []
+    assert result.stopped == ["req_1"] and result.not_durable == ["req_1"]
+    ((_, within_s),) = a.asked
+    assert within_s is not None and 0 < within_s < 2
