@@ -89,9 +89,10 @@ async def test_an_order_published_before_a_replica_subscribed_again_still_reache
         await b.start()
         watching = asyncio.Event()
         first = asyncio.create_task(_first_message(watcher, f"{prefix}cancel", watching))
-        await watching.wait()
-        sending = asyncio.create_task(b.cluster.cancel_elsewhere(ORDER, 5))
-        await first  # the order went out, with nobody but the watcher to hear it
+        async with asyncio.timeout(10):
+            await watching.wait()
+            sending = asyncio.create_task(b.cluster.cancel_elsewhere(ORDER, 5))
+            await first  # the order went out, with nobody but the watcher to hear it
         await a.start()
         result = await sending
     finally:
