@@ -26,11 +26,10 @@ from yarl import URL
 
 from .config import AbortHook
 from .metrics import Metrics
+from .routing import UnsafePath, check_segment
 
 __all__ = ["Aborter", "fill"]
 
-# Ids that cannot stand for themselves in a path (RFC 3986 §3.3 dot segments).
-_DOT_SEGMENTS = frozenset({".", ".."})
 # How long shutdown waits for aborts still under way.
 _CLOSE_TIMEOUT_S = 5.0
 
@@ -77,19 +76,24 @@ class Aborter:
             self._metrics.upstream_abort(upstream, "skipped")
             self._log.info("abort: %s stopped before %s named it; no abort sent", request_id, upstream)
             return
-        if upstream_id in _DOT_SEGMENTS and _needs(hook.path, "upstream_id"):
-            # Percent-encoding keeps a "/" of the id inside its segment, but a
-            # whole segment "." or ".." is a step in the path to any server that
-            # normalises it (%2E%2E too): "/v1/stream/.." is "/v1/", and the
-            # configured key would go there. The id is the engine's, but an engine
-            # may take it from the client's body (SGLang's rid).
-            self._metrics.upstream_abort(upstream, "skipped")
-            self._log.warning(
-                "abort: %s named %s %r, which is no path segment; no abort sent", upstream, request_id, upstream_id
-            )
-            return
         values = {"upstream_id": upstream_id or "", "request_id": request_id}
-        url = base_url.origin().with_path(fill(hook.path, values, quoted=True), encoded=True)
+        path = fill(hook.path, values, quoted=True)
+        try:
+            # Only the segments an id went into: the configured ones are the operator's.
+            for written, filled in zip(hook.path.split("/"), path.split("/"), strict=True):
+                if filled != written:
+                    check_segment(filled)
+        except UnsafePath as exc:
+            # Percent-encoding keeps a "/" of the id inside its segment, but an
+            # id that makes a whole segment a dot segment ("..", "%2e%2e" to a
+            # server that decodes twice, "..;" to one that drops parameters)
+            # is a step in the path: "/v1/stream/.." is "/v1/", and the
+            # configured key would go there. The id is the engine's, but an
+            # engine may take it from the client's body (SGLang's rid).
+            self._metrics.upstream_abort(upstream, "skipped")
+            self._log.warning("abort: %s named %s %r: %s; no abort sent", upstream, request_id, upstream_id, exc)
+            return
+        url = base_url.origin().with_path(path, encoded=True)
         body = None if hook.body is None else json.dumps(fill(hook.body, values)).encode()
         task = asyncio.ensure_future(self._send(upstream, hook, url, body, dict(headers), request_id))
         self._tasks.add(task)

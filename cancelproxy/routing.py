@@ -21,6 +21,7 @@ from .sessions import CREDENTIAL_HEADERS
 __all__ = [
     "PROXY_ONLY_HEADERS",
     "UnsafePath",
+    "check_segment",
     "choose_upstream",
     "request_headers",
     "response_headers",
@@ -87,7 +88,7 @@ def upstream_url(base_url: URL, raw_path: str, prefix: Sequence[str], raw_query:
         raise UnsafePath(f"the path must start with /{'/'.join(prefix)}/")
     tail = segments[1 + len(prefix) :]
     for segment in tail:
-        _check_segment(segment)
+        check_segment(segment)
     base_path = base_url.raw_path.rstrip("/")
     url = URL.build(
         scheme=base_url.scheme,
@@ -102,7 +103,9 @@ def upstream_url(base_url: URL, raw_path: str, prefix: Sequence[str], raw_query:
     return url
 
 
-def _check_segment(segment: str) -> None:
+def check_segment(segment: str) -> None:
+    """Raise UnsafePath if one raw path segment is, to a server that decodes
+    and normalises it, a step out of its place (or holds a control character)."""
     decoded = segment
     # Decoded until stable (bounded): an upstream behind another proxy may
     # decode twice, so %252e%252e is as much a dot segment as %2e%2e.

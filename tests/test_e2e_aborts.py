@@ -144,17 +144,27 @@ async def test_a_hook_that_hangs_or_fails_changes_nothing_else(
     assert await _metric(aborting_proxy, outcome, "sglang") == before + 1
 
 
+STREAM_PATH = {"method": "DELETE", "path": "/v1/stream/{upstream_id}"}
+RID_BODY = {"method": "POST", "path": "/abort_request", "body": {"rid": "{upstream_id}"}}
+
+
 @pytest.mark.parametrize(
-    ("upstream_id", "hook"),
+    ("upstream_id", "hook", "sent"),
     [
-        ("..", {"method": "DELETE", "path": "/v1/stream/{upstream_id}"}),
-        (".", {"method": "DELETE", "path": "/v1/stream/{upstream_id}"}),
-        ("", {"method": "DELETE", "path": "/v1/stream/{upstream_id}"}),
-        ("", {"method": "POST", "path": "/abort_request", "body": {"rid": "{upstream_id}"}}),
+        ("..", STREAM_PATH, None),
+        (".", STREAM_PATH, None),
+        # ".." to a server behind one more that decodes, and to one that drops ";" parameters.
+        ("%2e%2e", STREAM_PATH, None),
+        ("..;", STREAM_PATH, None),
+        ("", STREAM_PATH, None),
+        ("", RID_BODY, None),
+        # Dots that are no segment of their own are the id's.
+        ("..", {"method": "DELETE", "path": "/v1/stream/gen-{upstream_id}"}, b"DELETE /v1/stream/gen-.. "),
+        ("..", RID_BODY, b'{"rid": ".."}'),
     ],
 )
-async def test_an_id_that_names_no_single_generation_is_never_sent(
-    tmp_path: Path, upstream_id: str, hook: dict[str, Any]
+async def test_an_abort_goes_only_where_its_id_names_one_generation(
+    tmp_path: Path, upstream_id: str, hook: dict[str, Any], sent: bytes | None
 ) -> None:
     # "/v1/stream/.." is "/v1/" to any server that normalises its path: the
     # configured key would go with a DELETE there. An empty id names nothing.
@@ -167,6 +177,7 @@ async def test_an_id_that_names_no_single_generation_is_never_sent(
         await upstream.scripts.put(
             Script(sse_head(), [http_chunk(b"data: " + json.dumps(chunk).encode() + b"\n\n")], "hold")
         )
+        await upstream.scripts.put(Script(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))  # the abort's answer
         config = {
             "upstreams": [{"name": "engine", "base_url": upstream.base_url, "models": ["*"], "abort": hook}],
             "store": {"url": "memory://"},
@@ -180,8 +191,16 @@ async def test_an_id_that_names_no_single_generation_is_never_sent(
                     request_id = answer.headers["X-Request-Id"]
                     async with session.post(f"{proxy.root}/requests/{request_id}/cancel", headers=AUTH) as r:
                         assert (await r.json())["cancelled"] is True
-            # Decided as the final state is queued, before the ack.
-            assert await _metric(proxy, "skipped", "engine") == 1
-            assert len(upstream.served) == 1  # the generation itself, no abort
+            if sent is None:
+                # Decided as the final state is queued, before the ack.
+                assert await _metric(proxy, "skipped", "engine") == 1
+                assert len(upstream.served) == 1  # the generation itself, no abort
+            else:
+                for _ in range(100):  # the hook is bounded: its outcome is counted within timeout_s
+                    if await _metric(proxy, "sent", "engine") == 1:
+                        break
+                    await asyncio.sleep(0.05)
+                assert await _metric(proxy, "sent", "engine") == 1
+                assert sent in upstream.served[1].request
         finally:
             proxy.program.stop()
