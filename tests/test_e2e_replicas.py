@@ -16,6 +16,7 @@ import aiohttp
 import openai
 import pytest
 from multidict import CIMultiDict
+from redis.asyncio import Redis
 
 from cancelproxy.records import Record
 from cancelproxy.sessions import credential_fingerprint
@@ -101,6 +102,42 @@ async def test_a_cancel_sent_to_b_stops_the_stream_held_by_a(
     finally:
         a.program.stop()
         b.program.stop()
+
+
+async def test_a_cancel_sent_to_b_as_redis_comes_back_stops_the_stream_held_by_a(
+    mock_provider: MockProvider,
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    """Redis restarted (empty, as without persistence). B's store is back,
+    but A, and B, subscribe again to the cancel channel only after their
+    backoff: an order published once then reached nobody, and B answered
+    "cancelled": false after cancel_timeout_s while A's stream went on. B
+    now sends the order again until A answers."""
+    prefix = unique_key_prefix()
+    store = {"url": redis_server.url, "key_prefix": prefix, "flush_interval_ms": 50, "heartbeat_s": 0.2}
+    with _two_replicas(tmp_path, proxy_config(mock_provider, store=store)) as (a, b):
+        async with openai.AsyncOpenAI(base_url=a.base_url, api_key=USER_KEY, max_retries=0) as client:
+            tag = f"redis-back-{uuid.uuid4().hex[:8]}"
+            stream = await open_stream(client, {"tokens": 1500, "rate": 50, "tag": tag})
+            rid = stream.response.headers["x-request-id"]
+            await provider_request(mock_provider.root, tag, wait="started")
+            redis_server.stop()
+            await asyncio.sleep(2)  # the restart takes 2 s: both replicas' subscriptions back off meanwhile
+            redis_server.start()
+            await _until(lambda: _get(f"{b.root}/readyz"), lambda r: r[0] == 200)
+            # Both replicas beat again within a beat (0.2 s), so B knows A is there.
+            redis = Redis.from_url(redis_server.url)
+            try:
+                await _until(lambda: redis.zcard(f"{prefix}replicas"), lambda n: n == 2)
+            finally:
+                await redis.aclose()
+            ack = await _post(f"{b.root}/requests/{rid}/cancel")
+            assert ack["cancelled"] is True and ack["request_ids"] == [rid], ack
+            reasons = [c.choices[0].finish_reason async for c in stream if c.choices and c.choices[0].finish_reason]
+            assert reasons == ["cancelled"]
+            ended = await provider_request(mock_provider.root, tag, wait="ended")
+            assert ended["state"] == "closed_by_client", ended
 
 
 async def test_a_replica_killed_mid_stream_leaves_its_records_interrupted(
