@@ -308,7 +308,9 @@ class RedisCluster:
             except (RedisError, OSError) as exc:
                 self._log.warning("cluster: lost the cancel channel, reconnecting: %s", exc)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                # At most a beat apart: once Redis is back, this replica hears
+                # orders again within a beat (a refused connect costs nothing).
+                backoff = min(backoff * 2, self._heartbeat_s)
             finally:
                 if pinging is not None:
                     pinging.cancel()
