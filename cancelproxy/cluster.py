@@ -23,6 +23,8 @@ in batches); the replicas' registries are always current.
 Each replica refreshes its score in a sorted set (its heartbeat). One whose
 score is older than three beats is gone: its in-progress records are marked
 interrupted by the others (``upkeep.py``) instead of being waited on for ever.
+Time in which Redis was away does not count: a replica whose own beats
+failed gives the others three beats, once they get through, to beat again.
 Each also pings its own subscription every beat, and makes it again when it
 stays silent for two: a subscription whose Redis host vanished hears nothing,
 and nothing tells it so but its own timers.
@@ -193,6 +195,8 @@ class RedisCluster:
         self._tasks: set[asyncio.Task[None]] = set()
         self._subscribed = asyncio.Event()
         self._cancel_here: LocalCancel | None = None
+        self._last_beat = time.time()  # when this replica's beat last got through
+        self._outage: _Outage | None = None  # the latest time its beats did not
 
     @property
     def _gone_after_s(self) -> float:
@@ -226,7 +230,24 @@ class RedisCluster:
             beat = await self._client.zscore(self._replicas_key, holder)
         except (RedisError, OSError):
             return True  # unknown: never interrupt another replica's work on a guess
-        return beat is not None and beat >= time.time() - self._gone_after_s
+        return beat is not None and beat >= self._alive_after()
+
+    def _alive_after(self) -> float:
+        """The oldest score of a replica that is not gone: three beats ago.
+
+        While this replica's own beats fail, and for three beats after they
+        get through again, a replica counts as alive if it beat in the three
+        beats before they failed: Redis was away for it too, and its score is
+        as old as the outage (a restarted Redis gives back the scores it
+        saved). Otherwise, once Redis is back, its in-progress records would
+        be marked interrupted, and cancels not sent to it, until it beats.
+        """
+        now = time.time()
+        since = now - self._gone_after_s
+        outage = self._outage
+        if outage is not None and (outage.ended is None or now - outage.ended < self._gone_after_s):
+            since = min(since, outage.began - self._gone_after_s)
+        return since
 
     async def cancel_elsewhere(self, order: CancelOrder, timeout: float) -> CancelResult:
         # All of it within ``timeout``, the Redis commands too: on a
@@ -277,20 +298,28 @@ class RedisCluster:
         return replies.result
 
     async def _live_replicas(self) -> set[str]:
-        since = time.time() - self._gone_after_s
-        members = await self._client.zrangebyscore(self._replicas_key, since, "+inf")
+        members = await self._client.zrangebyscore(self._replicas_key, self._alive_after(), "+inf")
         return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
 
     async def _beat(self) -> None:
         now = time.time()
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.zadd(self._replicas_key, {self.replica_id: now})
-            # Forget replicas long gone, so the set does not grow for ever.
-            pipe.zremrangebyscore(self._replicas_key, "-inf", now - 100 * self._gone_after_s)
+            # Forget replicas gone a hundred times as long (an outage does not
+            # count), so the set does not grow for ever.
+            pipe.zremrangebyscore(self._replicas_key, "-inf", self._alive_after() - 99 * self._gone_after_s)
             await pipe.execute()
+        self._last_beat = time.time()
+        if self._outage is not None and self._outage.ended is None:
+            self._outage.ended = self._last_beat
 
     def _beat_failed(self, exc: BaseException) -> None:
         self._log.warning("cluster: heartbeat failed: %s", str(exc) or "no answer in time")
+        outage = self._outage
+        if outage is not None and (outage.ended is None or time.time() - outage.ended < self._gone_after_s):
+            outage.ended = None  # the same outage, back before the others could beat again
+        else:
+            self._outage = _Outage(began=self._last_beat)
 
     async def _listen(self) -> None:
         backoff = 0.1
@@ -377,6 +406,14 @@ def _seconds(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         return None
     return float(value)
+
+
+@dataclass(eq=False)
+class _Outage:
+    """A time this replica's beats did not get through (wall-clock seconds)."""
+
+    began: float  # the last beat that got through before
+    ended: float | None = None  # the first that got through again
 
 
 @dataclass(eq=False)

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from cancelproxy.cluster import CancelOrder, CancelResult, RedisCluster
 
-from .redis_server import unique_key_prefix
+from .redis_server import RedisServer, unique_key_prefix
 
 HEARTBEAT_S = 0.2
 ORDER = CancelOrder(credential="sha256:test", admin=False, request_id="req_1")
@@ -151,3 +151,50 @@ async def test_a_replica_that_cannot_store_in_time_still_answers_before_the_rout
     assert result.stopped == ["req_1"] and result.not_durable == ["req_1"]
     ((_, within_s),) = a.asked
     assert within_s is not None and 0 < within_s < 2
+
+
+class _Heard(logging.Handler):
+    """Sets an event when a log line holding ``text`` is written (on the loop's thread)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.event = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+async def test_a_replica_as_silent_as_a_redis_outage_is_not_taken_for_gone_until_it_could_beat_again(
+    redis_server: RedisServer,
+) -> None:
+    """Redis was away for longer than three beats and came back with the
+    scores it saved. Every replica's score was then older than three beats
+    until its next beat got through, and in that time the others marked its
+    in-progress records interrupted (upkeep's sweep asks ``alive``) and sent
+    it no cancels."""
+    prefix = unique_key_prefix()
+    b = Replica(redis_server.url, prefix)
+    heard = _Heard("heartbeat failed")
+    LOG.addHandler(heard)
+    try:
+        await b.start()
+        other = "replica_other"  # the test plays it: it beat just before Redis went away
+        scores = {other: time.time()}
+        await b.client.zadd(f"{prefix}replicas", scores)
+        redis_server.stop()
+        async with asyncio.timeout(10):
+            await heard.event.wait()
+        await asyncio.sleep(1)  # the outage lasts 1 s, more than three beats (0.6 s)
+        redis_server.start()
+        await b.client.zadd(f"{prefix}replicas", scores)  # as a Redis that saved its data gives it back
+        assert await b.cluster.alive(other) is True
+        # Once B's beats got through for three beats, a replica silent all along is gone.
+        deadline = time.monotonic() + 10
+        while await b.cluster.alive(other):
+            assert time.monotonic() < deadline, "still taken for alive 10 s after Redis came back"
+            await asyncio.sleep(0.05)
+    finally:
+        LOG.removeHandler(heard)
+        await b.close()
