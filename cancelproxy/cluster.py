@@ -9,7 +9,7 @@ every live replica has answered, or ``cancel_timeout_s`` has passed.
 
 Pub/sub delivers to whoever is subscribed at that instant, and a replica
 whose subscription is being made again (Redis restarted, its connection was
-cut) is not. So the order is sent again every ``ORDER_REPEAT_S`` until every
+cut) is not. So the order is sent again every ``_ORDER_REPEAT_S`` until every
 replica answered; a replica serves each order once and answers a repeat with
 the answer it gave, which may itself have been lost the same way. Each copy
 gives the replica a share of the time the route has left, so a replica that
@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,13 +50,13 @@ from redis.exceptions import RedisError
 
 from .store.redis import beat_forever
 
-__all__ = ["ORDER_REPEAT_S", "CancelOrder", "CancelResult", "Cluster", "LocalCluster", "RedisCluster"]
+__all__ = ["CancelOrder", "CancelResult", "Cluster", "LocalCluster", "RedisCluster"]
 
 # How often an order goes out again while a replica has not answered it. A
 # replica answers in milliseconds when it heard the order, so a repeat is
 # only sent for a lost one (or a slow stop, which ignores it), and a lost
 # order costs at most this much beyond the replica's own resubscription.
-ORDER_REPEAT_S = 0.5
+_ORDER_REPEAT_S = 0.5
 # The share of the route's remaining time a replica may spend on an order
 # before it answers with what it has (stopped, not yet stored); the rest is
 # for the answer's way back.
@@ -282,7 +283,7 @@ class RedisCluster:
                     # The PUBLISH too: one stuck on a vanished connection is
                     # dropped with it, and the repeat goes on a new one.
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(ORDER_REPEAT_S):
+                        async with asyncio.timeout(_ORDER_REPEAT_S):
                             try:
                                 await self._client.publish(self._cancel_channel, json.dumps(message))
                             except (RedisError, OSError) as exc:
@@ -363,7 +364,7 @@ class RedisCluster:
             if served is None:
                 served = self._served[order_id] = _Served()
                 # Forgotten once its sender has stopped repeating it.
-                remember_s = (_seconds(message.get("answer_within_s")) or 0.0) / _ANSWER_SHARE + ORDER_REPEAT_S
+                remember_s = (_seconds(message.get("answer_within_s")) or 0.0) / _ANSWER_SHARE + _ORDER_REPEAT_S
                 asyncio.get_running_loop().call_later(remember_s, self._served.pop, order_id, None)
                 # Its own task: the listener must keep reading while this waits for the stop.
                 self._spawn(self._serve(message, served))
@@ -402,8 +403,8 @@ class RedisCluster:
 
 
 def _seconds(value: object) -> float | None:
-    """A duration another replica sent: a non-negative number, or None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+    """A duration another replica sent: a finite non-negative number, or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
         return None
     return float(value)
 
