@@ -193,7 +193,7 @@ class RedisCluster:
         self._reply_channel = f"{key_prefix}cancelled:{self.replica_id}"
         self._waiting: dict[str, _Replies] = {}  # the orders this replica sent, by id
         self._served: dict[str, _Served] = {}  # the orders it heard, by id, while a repeat may come
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self._subscribed = asyncio.Event()
         self._cancel_here: LocalCancel | None = None
         self._last_beat = time.time()  # when this replica's beat last got through
@@ -245,9 +245,8 @@ class RedisCluster:
         """
         now = time.time()
         since = now - self._gone_after_s
-        outage = self._outage
-        if outage is not None and (outage.ended is None or now - outage.ended < self._gone_after_s):
-            since = min(since, outage.began - self._gone_after_s)
+        if self._outage is not None and self._outage.counts(now, self._gone_after_s):
+            since = min(since, self._outage.began - self._gone_after_s)
         return since
 
     async def cancel_elsewhere(self, order: CancelOrder, timeout: float) -> CancelResult:
@@ -270,7 +269,7 @@ class RedisCluster:
         replies = _Replies(expected=others)
         self._waiting[correlation] = replies
         order_fields = asdict(order)
-        publish_failed = False
+        failed = False
         try:
             async with asyncio.timeout_at(deadline):
                 while not replies.complete.is_set():
@@ -284,12 +283,9 @@ class RedisCluster:
                     # dropped with it, and the repeat goes on a new one.
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(_ORDER_REPEAT_S):
-                            try:
-                                await self._client.publish(self._cancel_channel, json.dumps(message))
-                            except (RedisError, OSError) as exc:
-                                if not publish_failed:  # once per order; a repeat may get through
-                                    self._log.error("cluster: could not publish a cancel: %s", exc)
-                                publish_failed = True
+                            # Logged once per order: a repeat may get through.
+                            sent = await self._publish(self._cancel_channel, message, "publish", report=not failed)
+                            failed = failed or not sent
                             await replies.complete.wait()
         except TimeoutError:
             pass  # the replicas that did not answer are named
@@ -316,9 +312,8 @@ class RedisCluster:
 
     def _beat_failed(self, exc: BaseException) -> None:
         self._log.warning("cluster: heartbeat failed: %s", str(exc) or "no answer in time")
-        outage = self._outage
-        if outage is not None and (outage.ended is None or time.time() - outage.ended < self._gone_after_s):
-            outage.ended = None  # the same outage, back before the others could beat again
+        if self._outage is not None and self._outage.counts(time.time(), self._gone_after_s):
+            self._outage.ended = None  # the same outage, back before the others could beat again
         else:
             self._outage = _Outage(began=self._last_beat)
 
@@ -363,22 +358,23 @@ class RedisCluster:
             served = self._served.get(order_id)
             if served is None:
                 served = self._served[order_id] = _Served()
+                within_s = _seconds(message.get("answer_within_s"))
                 # Forgotten once its sender has stopped repeating it.
-                remember_s = (_seconds(message.get("answer_within_s")) or 0.0) / _ANSWER_SHARE + _ORDER_REPEAT_S
+                remember_s = (within_s or 0.0) / _ANSWER_SHARE + _ORDER_REPEAT_S
                 asyncio.get_running_loop().call_later(remember_s, self._served.pop, order_id, None)
                 # Its own task: the listener must keep reading while this waits for the stop.
-                self._spawn(self._serve(message, served))
+                self._spawn(self._serve(message, served, within_s))
             elif served.reply is not None:  # the answer was lost: the same answer again
-                self._spawn(self._answer(str(message.get("reply_to")), served.reply))
+                self._spawn(self._publish(str(message.get("reply_to")), served.reply, "answer"))
             # else: still being served; the answer goes when it is ready
 
-    async def _serve(self, message: dict[str, Any], served: _Served) -> None:
+    async def _serve(self, message: dict[str, Any], served: _Served, within_s: float | None) -> None:
         assert self._cancel_here is not None
         try:
             order = CancelOrder(**message["order"])
         except (KeyError, TypeError):
             return
-        result = await self._cancel_here(order, _seconds(message.get("answer_within_s")))
+        result = await self._cancel_here(order, within_s)
         served.reply = {
             "id": message.get("id"),
             "replica": self.replica_id,
@@ -388,16 +384,20 @@ class RedisCluster:
             "session_id": result.session_id,
             "response": result.response,
         }
-        await self._answer(str(message.get("reply_to")), served.reply)
+        await self._publish(str(message.get("reply_to")), served.reply, "answer")
 
-    async def _answer(self, reply_to: str, reply: dict[str, Any]) -> None:
+    async def _publish(self, channel: str, message: dict[str, Any], what: str, *, report: bool = True) -> bool:
+        """PUBLISH ``message``; False if Redis did not take it (logged if ``report``)."""
         try:
-            await self._client.publish(reply_to, json.dumps(reply))
+            await self._client.publish(channel, json.dumps(message))
         except (RedisError, OSError) as exc:
-            self._log.error("cluster: could not answer a cancel: %s", exc)
+            if report:
+                self._log.error("cluster: could not %s a cancel: %s", what, exc)
+            return False
+        return True
 
-    def _spawn(self, coroutine: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
+    def _spawn(self, coroutine: Awaitable[object]) -> None:
+        task: asyncio.Task[object] = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -415,6 +415,10 @@ class _Outage:
 
     began: float  # the last beat that got through before
     ended: float | None = None  # the first that got through again
+
+    def counts(self, now: float, gone_after_s: float) -> bool:
+        """Still going, or over too lately for the others to have beaten since."""
+        return self.ended is None or now - self.ended < gone_after_s
 
 
 @dataclass(eq=False)
