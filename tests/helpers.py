@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,16 @@ async def post_ok(url: str, headers: dict[str, str]) -> dict[str, Any]:
         async with session.post(url, headers=headers) as answer:
             assert answer.status == 200, await answer.text()
             return dict(await answer.json())
+
+
+async def until(read: Any, done: Any, bound_s: float = 15.0) -> Any:
+    """Re-read until ``done(value)``: for state another process changes on its
+    own timer (flushes, heartbeats), where there is no event to await."""
+    deadline = time.monotonic() + bound_s
+    while True:
+        value = await read()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {bound_s}s: {value}")
+        await asyncio.sleep(0.05)

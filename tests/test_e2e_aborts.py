@@ -6,7 +6,6 @@ after the connection closed) and records every abort it is sent.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -19,7 +18,7 @@ import openai
 import pytest
 
 from .conftest import MockProvider, Proxy, start_proxy
-from .helpers import provider_request, read_record
+from .helpers import provider_request, read_record, until
 from .scripted_upstream import Script, scripted_upstream, sse_head
 from .scripted_upstream import chunk as http_chunk
 
@@ -137,11 +136,8 @@ async def test_a_hook_that_hangs_or_fails_changes_nothing_else(
     assert abort["outcome"] == ("hung" if on_abort == "hang" else "failed")
     record = await read_record(aborting_proxy.root, request_id, KEY)
     assert (record["status"], record["stop_reason"]) == ("stopped", "cancel")
-    for _ in range(100):  # the hook is bounded: its outcome is counted within timeout_s
-        if await _metric(aborting_proxy, outcome, "sglang") == before + 1:
-            break
-        await asyncio.sleep(0.05)
-    assert await _metric(aborting_proxy, outcome, "sglang") == before + 1
+    # The hook is bounded: its outcome is counted within timeout_s.
+    await until(lambda: _metric(aborting_proxy, outcome, "sglang"), lambda n: n == before + 1, bound_s=5)
 
 
 STREAM_PATH = {"method": "DELETE", "path": "/v1/stream/{upstream_id}"}
@@ -196,11 +192,8 @@ async def test_an_abort_goes_only_where_its_id_names_one_generation(
                 assert await _metric(proxy, "skipped", "engine") == 1
                 assert len(upstream.served) == 1  # the generation itself, no abort
             else:
-                for _ in range(100):  # the hook is bounded: its outcome is counted within timeout_s
-                    if await _metric(proxy, "sent", "engine") == 1:
-                        break
-                    await asyncio.sleep(0.05)
-                assert await _metric(proxy, "sent", "engine") == 1
+                # The hook is bounded: its outcome is counted within timeout_s.
+                await until(lambda: _metric(proxy, "sent", "engine"), lambda n: n == 1, bound_s=5)
                 assert sent in upstream.served[1].request
         finally:
             proxy.program.stop()

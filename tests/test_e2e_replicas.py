@@ -23,7 +23,7 @@ from cancelproxy.sessions import credential_fingerprint
 from cancelproxy.store.redis import RedisStore
 
 from .conftest import MockProvider, Proxy, proxy_config, start_proxy
-from .helpers import TCP_ESTABLISHED, content_of, open_stream, provider_request, tcp_state
+from .helpers import TCP_ESTABLISHED, content_of, open_stream, provider_request, tcp_state, until
 from .redis_server import RedisServer, unique_key_prefix
 
 USER_KEY = "sk-user-a-0123456789abcdef"
@@ -46,19 +46,6 @@ async def _post(url: str) -> dict[str, Any]:
         async with session.post(url, headers=AUTH) as response:
             assert response.status == 200
             return dict(await response.json())
-
-
-async def _until(read: Any, done: Any, bound_s: float = 15.0) -> Any:
-    """Re-read until ``done(value)``: for state another process changes on its
-    own timer (flushes, heartbeats), where there is no event to await."""
-    deadline = time.monotonic() + bound_s
-    while True:
-        value = await read()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {bound_s}s: {value}")
-        await asyncio.sleep(0.05)
 
 
 async def test_a_cancel_sent_to_b_stops_the_stream_held_by_a(
@@ -125,11 +112,11 @@ async def test_a_cancel_sent_to_b_as_redis_comes_back_stops_the_stream_held_by_a
             redis_server.stop()
             await asyncio.sleep(2)  # the restart takes 2 s: both replicas' subscriptions back off meanwhile
             redis_server.start()
-            await _until(lambda: _get(f"{b.root}/readyz"), lambda r: r[0] == 200)
+            await until(lambda: _get(f"{b.root}/readyz"), lambda r: r[0] == 200)
             # Both replicas beat again within a beat (0.2 s), so B knows A is there.
             redis = Redis.from_url(redis_server.url)
             try:
-                await _until(lambda: redis.zcard(f"{prefix}replicas"), lambda n: n == 2)
+                await until(lambda: redis.zcard(f"{prefix}replicas"), lambda n: n == 2)
             finally:
                 await redis.aclose()
             ack = await _post(f"{b.root}/requests/{rid}/cancel")
@@ -158,12 +145,12 @@ async def test_a_replica_killed_mid_stream_leaves_its_records_interrupted(
             async for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content == "w5 ":
                     break
-            await _until(lambda: _get(f"{b.root}/requests/{rid}"), lambda r: r[0] == 200 and r[1]["content"])
+            await until(lambda: _get(f"{b.root}/requests/{rid}"), lambda r: r[0] == 200 and r[1]["content"])
             assert a.program.process is not None
             a.program.process.send_signal(signal.SIGKILL)
             a.program.stop()
             await stream.close()
-        _, record = await _until(lambda: _get(f"{b.root}/requests/{rid}"), lambda r: r[1]["status"] != "in_progress")
+        _, record = await until(lambda: _get(f"{b.root}/requests/{rid}"), lambda r: r[1]["status"] != "in_progress")
         assert record["status"] == "interrupted"
         assert record["content"] == content_of(len(record["content"].split()))
     finally:
@@ -199,10 +186,10 @@ async def test_redis_going_away_breaks_no_client(
             assert (status, body["error"]["code"]) == (503, "store_unavailable")
 
             redis_server.start()  # back, on the same port
-            await _until(lambda: _get(f"{proxy.root}/readyz"), lambda r: r[0] == 200)
+            await until(lambda: _get(f"{proxy.root}/readyz"), lambda r: r[0] == 200)
             # What could not be written while it was away is written now.
             rid = ack["request_ids"][0]
-            _, record = await _until(lambda: _get(f"{proxy.root}/requests/{rid}"), lambda r: r[0] == 200)
+            _, record = await until(lambda: _get(f"{proxy.root}/requests/{rid}"), lambda r: r[0] == 200)
             assert (record["status"], record["stop_reason"]) == ("stopped", "cancel")
     finally:
         proxy.program.stop()
@@ -316,7 +303,7 @@ async def test_a_resume_on_b_after_a_was_killed_ends_as_interrupted(
         assert b'"finish_reason":"cancelled"' in events[-3] and events[-2] == b"data: [DONE]"
         partial = b"".join(event + b"\n\n" for event in events[:-3])
         assert shown.startswith(partial) and partial.count(b"\n\n") >= 5
-        await _until(
+        await until(
             lambda: _get(f"{b.root}/requests/{request_id}"), lambda answer: answer[1].get("status") == "interrupted"
         )
     finally:
@@ -339,7 +326,7 @@ async def test_a_stream_that_ended_on_a_is_replayed_on_b_and_ends_at_once(
                     request_id = answer.headers["X-Request-Id"]
                 # Ended and stored: its whole stream, with its end, is in Redis.
                 read = functools.partial(_get, f"{b.root}/requests/{request_id}")
-                _, record = await _until(read, lambda r: r[1].get("status") == "completed")
+                _, record = await until(read, lambda r: r[1].get("status") == "completed")
                 url = f"{b.root}/requests/{request_id}/stream"
                 try:
                     async with session.get(url, headers=AUTH, timeout=aiohttp.ClientTimeout(total=30)) as resumed:
