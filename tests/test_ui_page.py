@@ -99,6 +99,26 @@ async def test_the_conversation_survives_a_reload(browser: str, ui_proxy: Proxy,
     assert record["session_id"] == seen["sessionId"] and record["content"] == stopped["text"]
 
 
+async def test_a_broken_connection_without_a_grace_shows_the_answer_as_the_proxy_stopped_it(
+    browser: str, ui_proxy: Proxy, mock_provider: MockProvider
+) -> None:
+    # No disconnect grace: the break stops the generation, like a closed tab.
+    seen = await run_scenario(
+        "network_drop_mid_answer", browser, ui_proxy.root, mock_provider.root, tag="ui-drop-stop", tokens=400
+    )
+    before, during, after = seen["before"], seen["during"], seen["after"]
+    assert during["status"] == "reconnecting"
+    provider = await provider_request(mock_provider.root, "ui-drop-stop", wait="ended", timeout=10)
+    assert provider["state"] == "closed_by_client" and provider["tokens_sent"] < 400
+    record = await read_record(ui_proxy.root, before["requestId"], None)
+    assert (record["status"], record["stop_reason"]) == ("stopped", "disconnect")
+    # Followed again, the page has all the proxy sent before it stopped, as its record keeps it
+    # (stopped: a dropped connection is a Stop; a reload would show the same).
+    assert after["status"] == "stopped" and after["requestId"] == before["requestId"] and after["error"] is None
+    assert after["text"] == record["content"] and after["text"].startswith(before["text"])
+    _assert_never_failed(seen["seen"])
+
+
 async def test_closing_the_tab_stops_the_provider(browser: str, ui_proxy: Proxy, mock_provider: MockProvider) -> None:
     seen = await run_scenario("close_tab", browser, ui_proxy.root, mock_provider.root, tag="ui-close-tab")
     provider = await provider_request(mock_provider.root, "ui-close-tab", wait="ended", timeout=CLOSED_WITHIN_MS / 1000)

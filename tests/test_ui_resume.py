@@ -44,6 +44,29 @@ async def test_a_reload_mid_answer_resumes_it_to_the_end(
     assert len(seen_by_provider) == 1 and seen_by_provider[0]["state"] == "completed"
 
 
+async def test_an_answer_whose_connection_breaks_is_followed_again_to_the_end(
+    browser: str, grace_proxy: Proxy, mock_provider: MockProvider
+) -> None:
+    tokens = 60
+    seen = await run_scenario(
+        "network_drop_mid_answer", browser, grace_proxy.root, mock_provider.root, tag="ui-drop", tokens=tokens
+    )
+    before, during, after = seen["before"], seen["during"], seen["after"]
+    assert before["status"] == "streaming" and before["requestId"]
+    # While the network is away the page says it reconnects; it never calls the answer failed.
+    assert during["status"] == "reconnecting" and during["text"].startswith(before["text"])
+    assert (after["status"], after["requestId"]) == ("completed", before["requestId"])
+    assert after["text"] == content_of(tokens) and after["error"] is None
+    assert "failed" not in seen["seen"][0] and "interrupted" not in seen["seen"][0]
+    record = await read_record(grace_proxy.root, before["requestId"], None)
+    assert (record["status"], record["content"]) == ("completed", content_of(tokens))
+    # The provider generated it once: the page followed the same answer again.
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{mock_provider.root}/_mock/requests") as response:
+            seen_by_provider = [r for r in (await response.json())["requests"] if r["tag"] == "ui-drop"]
+    assert len(seen_by_provider) == 1 and seen_by_provider[0]["state"] == "completed"
+
+
 async def test_the_module_resumes(js_packages: object, grace_proxy: Proxy, mock_provider: MockProvider) -> None:
     await run_node(
         ["--test", "--test-reporter=spec", "resume.test.mjs"],

@@ -55,6 +55,7 @@ function notice(message) {
 const STATUS_LABELS = {
   loading: "loading…",
   streaming: "streaming…",
+  reconnecting: "reconnecting…",
   completed: "completed",
   stopped: "stopped",
   failed: "failed",
@@ -96,11 +97,72 @@ function renderControls() {
 
 // --- answers ---------------------------------------------------------------
 
-/** Show an Answer of cancelproxy.js as it arrives, and keep its request id; `start(onUpdate)` makes it. */
-async function follow(turn, start) {
+// A stream whose connection breaks (the network, not an answer of the proxy) is
+// followed again from the events already shown, after these pauses (they start
+// over once an attempt brought more of the answer): the proxy replays what it
+// sent meanwhile. The generation went on if the proxy has a disconnect grace
+// (on_disconnect.grace_s, or X-Disconnect-Grace); without one the break
+// stopped it, and following it again shows where it ended.
+const RECONNECT_PAUSES_MS = [250, 1000, 2000, 4000, 8000];
+
+/** `follow`, then again from where it broke off while its connection breaks (RECONNECT_PAUSES_MS). */
+async function followThrough(turn, start) {
+  let answer = await follow(turn, start);
+  let attempt = 0;
+  while (brokeOff(answer)) {
+    if (attempt === RECONNECT_PAUSES_MS.length) {
+      show(turn, { ...turn.answer, status: "interrupted", error: answer.error });
+      return answer;
+    }
+    // Still this turn's: Stop stays pressable (it cancels on the proxy, and the
+    // next attempt shows the stopped answer), no new question meanwhile.
+    streaming.add(turn);
+    renderControls();
+    show(turn, { ...turn.answer, status: "reconnecting" });
+    await new Promise((resolve) => setTimeout(resolve, RECONNECT_PAUSES_MS[attempt]));
+    const { requestId, events: after, text, reasoning } = answer;
+    answer = await follow(turn, (onUpdate) => proxy.resume(requestId, { after, text, reasoning, onUpdate }), {
+      quietUntilPast: after,
+    });
+    if (answer.events > after) {
+      attempt = 0;
+    } else if (brokeOff(answer)) {
+      attempt += 1;
+    } else {
+      // The proxy answered, with nothing more: an error (the stream is gone,
+      // past resume.keep_s or with a proxy that restarted), or its end.
+      if (answer.status === "failed") {
+        const error = { message: `the stream broke off and cannot be resumed: ${describe(answer.error)}` };
+        show(turn, { ...turn.answer, status: "interrupted", error });
+      } else {
+        show(turn, { ...turn.answer, status: answer.status, error: answer.error });
+      }
+    }
+  }
+  return answer;
+}
+
+/** The connection broke (or could not be made again) with an answer the proxy knows by its id. */
+function brokeOff(answer) {
+  const cut = answer.status === "interrupted" || answer.status === "failed";
+  return cut && answer.error?.type === "network" && answer.requestId !== null;
+}
+
+function show(turn, answer) {
+  turn.answer = answer;
+  render(turn);
+}
+
+/**
+ * Show an Answer of cancelproxy.js as it arrives, and keep its request id; `start(onUpdate)` makes it.
+ * A broken connection's end is left to `followThrough`, which reconnects; with `quietUntilPast: N`
+ * (a reconnect), nothing is shown until an event past the N-th arrives.
+ */
+async function follow(turn, start, { quietUntilPast = null } = {}) {
   streaming.add(turn);
   renderControls();
   const onUpdate = (a) => {
+    if (brokeOff(a) || a.events === quietUntilPast) return;
     turn.answer = { status: a.status, text: a.text, reasoning: a.reasoning, error: a.error };
     if (a.requestId && turn.requestId !== a.requestId) {
       turn.requestId = a.requestId;
@@ -133,7 +195,7 @@ async function ask(question) {
   const turn = { question, requestId: null, answer: null };
   state.turns.push(turn);
   save();
-  await follow(turn, (onUpdate) => proxy.chat({ ...extra, model: state.model, messages }, { onUpdate }));
+  await followThrough(turn, (onUpdate) => proxy.chat({ ...extra, model: state.model, messages }, { onUpdate }));
 }
 
 /** After a reload: each turn's answer from its record, and a resume for one still streaming. */
@@ -187,7 +249,7 @@ function fromRecord(record) {
 
 async function resume(turn, record) {
   // The page kept no events across the reload: the whole stream is replayed.
-  const answer = await follow(turn, (onUpdate) => proxy.resume(record.request_id, { after: 0, onUpdate }));
+  const answer = await followThrough(turn, (onUpdate) => proxy.resume(record.request_id, { after: 0, onUpdate }));
   if (answer.status === "failed" && answer.events === 0) {
     // No stream to follow (a proxy without resume, or the record is gone): what the store holds.
     const error = { message: `cannot resume: ${describe(answer.error)}` };

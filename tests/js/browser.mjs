@@ -62,12 +62,10 @@ export async function waitForWords(page, n, count) {
   );
 }
 
-/** Wait until turn n is no longer streaming; what it then shows. */
+/** Wait until turn n is no longer streaming (nor reconnecting); what it then shows. */
 export async function settled(page, n, timeout = 30_000) {
-  await page.waitForSelector(
-    `#conversation > .turn:nth-child(${n})[data-request-id]:not([data-status="streaming"]):not([data-status="loading"])`,
-    { timeout },
-  );
+  const busy = ["loading", "streaming", "reconnecting"].map((status) => `:not([data-status="${status}"])`).join("");
+  await page.waitForSelector(`#conversation > .turn:nth-child(${n})[data-request-id]${busy}`, { timeout });
   return shown(page, n);
 }
 

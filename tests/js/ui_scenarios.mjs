@@ -4,6 +4,7 @@
 // it against the proxy's records and what the mock provider saw.
 import net from "node:net";
 import {
+  PROXY,
   ask,
   openPage,
   providerRequest,
@@ -95,6 +96,26 @@ const scenarios = {
     report({ before, after, seen, errors });
   },
 
+  // The network drops mid-answer (every connection between the page and the
+  // proxy cut, new ones refused), and comes back once the page has seen it go.
+  async network_drop_mid_answer({ tag, tokens }) {
+    const network = await cuttableNetwork(new URL(PROXY));
+    const { page, errors } = await openPage(`${network.url}/ui/`);
+    await watchStatuses(page);
+    await setExtraBody(page, { mock: { tokens, rate: 20, tag } });
+    await ask(page, "Tell me a story");
+    await waitForWords(page, 1, 5);
+    const before = await shown(page, 1);
+    network.cut();
+    const noticed = `#conversation > .turn:nth-child(1):not([data-status="streaming"])`;
+    await page.waitForSelector(noticed, { timeout: 30_000 });
+    const during = await shown(page, 1);
+    network.restore();
+    const after = await settled(page, 1);
+    const seen = await page.evaluate(() => window.seenStatuses);
+    report({ before, during, after, seen, errors });
+  },
+
   // The proxy stops accepting (SIGTERM, draining its streams) before Stop is pressed.
   async stop_with_proxy_unreachable({ tag, proxyPid, proxyPort }) {
     const { page, errors } = await openPage();
@@ -138,6 +159,33 @@ const scenarios = {
     report({ stopped, origin: await page.evaluate(() => location.origin), errors });
   },
 };
+
+/** A TCP hop in front of `target` whose connections can all be cut at once (and new ones refused until restored). */
+async function cuttableNetwork(target) {
+  const sockets = new Set();
+  let up = true;
+  const server = net.createServer((client) => {
+    if (!up) return client.destroy();
+    const upstream = net.connect(Number(target.port), target.hostname);
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.on("close", () => sockets.delete(socket));
+      socket.on("error", () => {});
+    }
+    client.pipe(upstream).pipe(client);
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    cut() {
+      up = false;
+      for (const socket of sockets) socket.destroy();
+    },
+    restore() {
+      up = true;
+    },
+  };
+}
 
 function accepts(port) {
   return new Promise((resolve) => {
