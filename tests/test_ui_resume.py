@@ -67,6 +67,24 @@ async def test_an_answer_whose_connection_breaks_is_followed_again_to_the_end(
     assert len(seen_by_provider) == 1 and seen_by_provider[0]["state"] == "completed"
 
 
+async def test_a_stop_pressed_while_the_page_reconnects_is_not_lost(
+    browser: str, grace_proxy: Proxy, mock_provider: MockProvider
+) -> None:
+    # The network is away when Stop is pressed: its cancel cannot get through,
+    # and the generation goes on (the grace). Once the network is back, the
+    # page asks again before it follows the answer.
+    seen = await run_scenario(
+        "stop_while_reconnecting", browser, grace_proxy.root, mock_provider.root, tag="ui-drop-stop", tokens=200
+    )
+    stopped, provider = seen["stopped"], seen["provider"]
+    assert provider["state"] == "closed_by_client" and provider["tokens_sent"] < 200
+    assert stopped["status"] == "stopped" and stopped["error"] is None
+    record = await read_record(grace_proxy.root, stopped["requestId"], None)
+    assert (record["status"], record["stop_reason"]) == ("stopped", "cancel")
+    assert stopped["text"] == record["content"]
+    assert "failed" not in seen["seen"][0]
+
+
 async def test_the_module_resumes(js_packages: object, grace_proxy: Proxy, mock_provider: MockProvider) -> None:
     await run_node(
         ["--test", "--test-reporter=spec", "resume.test.mjs"],

@@ -120,6 +120,9 @@ async function followThrough(turn, start) {
     renderControls();
     show(turn, { ...turn.answer, status: "reconnecting" });
     await new Promise((resolve) => setTimeout(resolve, RECONNECT_PAUSES_MS[attempt]));
+    // A Stop pressed meanwhile may not have reached the proxy: asked again
+    // (a cancel can be repeated), so that it is never lost to the outage.
+    if (turn.stopPressed) await proxy.stop();
     const { requestId, events: after, text, reasoning } = answer;
     answer = await follow(turn, (onUpdate) => proxy.resume(requestId, { after, text, reasoning, onUpdate }), {
       quietUntilPast: after,
@@ -291,7 +294,10 @@ function wire() {
       $("#ask").requestSubmit();
     }
   });
-  $("#stop").addEventListener("click", () => proxy.stop());
+  $("#stop").addEventListener("click", () => {
+    for (const turn of streaming) turn.stopPressed = true;
+    proxy.stop();
+  });
   $("#model").addEventListener("change", (event) => {
     state.model = event.target.value.trim();
     save();

@@ -116,6 +116,26 @@ const scenarios = {
     report({ before, during, after, seen, errors });
   },
 
+  // Stop pressed while the network is away (the cancel cannot get through), then the network comes back.
+  async stop_while_reconnecting({ tag, tokens }) {
+    const network = await cuttableNetwork(new URL(PROXY));
+    const { page, errors } = await openPage(`${network.url}/ui/`);
+    await watchStatuses(page);
+    await setExtraBody(page, { mock: { tokens, rate: 20, tag } });
+    await ask(page, "Tell me a long story");
+    await waitForWords(page, 1, 5);
+    network.cut();
+    await page.waitForSelector(`#conversation > .turn:nth-child(1)[data-status="reconnecting"]`, { timeout: 30_000 });
+    const cancelRefused = network.refused("POST /api/chat/cancel/");
+    await page.click("#stop");
+    await cancelRefused;
+    network.restore();
+    const stopped = await settled(page, 1);
+    const provider = await providerRequest(tag, "ended", 10);
+    const seen = await page.evaluate(() => window.seenStatuses);
+    report({ stopped, provider, seen, errors });
+  },
+
   // The proxy stops accepting (SIGTERM, draining its streams) before Stop is pressed.
   async stop_with_proxy_unreachable({ tag, proxyPid, proxyPort }) {
     const { page, errors } = await openPage();
@@ -160,12 +180,27 @@ const scenarios = {
   },
 };
 
-/** A TCP hop in front of `target` whose connections can all be cut at once (and new ones refused until restored). */
+/**
+ * A TCP hop in front of `target` whose connections can all be cut at once; while cut, new
+ * connections are refused once their request line has arrived (`refused(prefix)` waits for one).
+ */
 async function cuttableNetwork(target) {
   const sockets = new Set();
+  const waiting = [];
   let up = true;
+  const refuse = (client) => {
+    client.once("data", (data) => {
+      const line = data.toString("latin1").split("\r\n", 1)[0];
+      for (const w of waiting.filter((w) => line.startsWith(w.prefix))) {
+        waiting.splice(waiting.indexOf(w), 1);
+        w.resolve(line);
+      }
+      client.destroy();
+    });
+    client.on("error", () => {});
+  };
   const server = net.createServer((client) => {
-    if (!up) return client.destroy();
+    if (!up) return refuse(client);
     const upstream = net.connect(Number(target.port), target.hostname);
     for (const socket of [client, upstream]) {
       sockets.add(socket);
@@ -183,6 +218,9 @@ async function cuttableNetwork(target) {
     },
     restore() {
       up = true;
+    },
+    refused(prefix) {
+      return new Promise((resolve) => waiting.push({ prefix, resolve }));
     },
   };
 }
