@@ -22,6 +22,13 @@ def grace_proxy(mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFa
     proxy.program.stop()
 
 
+async def _generations(mock_provider: MockProvider, tag: str) -> list[str]:
+    """How each request the provider saw with this tag ended."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{mock_provider.root}/_mock/requests") as response:
+            return [r["state"] for r in (await response.json())["requests"] if r["tag"] == tag]
+
+
 async def test_a_reload_mid_answer_resumes_it_to_the_end(
     browser: str, grace_proxy: Proxy, mock_provider: MockProvider
 ) -> None:
@@ -38,10 +45,7 @@ async def test_a_reload_mid_answer_resumes_it_to_the_end(
     record = await read_record(grace_proxy.root, before["requestId"], None)
     assert (record["status"], record["content"]) == ("completed", content_of(tokens))
     # The provider generated it once: the reload asked for no new answer.
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{mock_provider.root}/_mock/requests") as response:
-            seen_by_provider = [r for r in (await response.json())["requests"] if r["tag"] == "ui-reload"]
-    assert len(seen_by_provider) == 1 and seen_by_provider[0]["state"] == "completed"
+    assert await _generations(mock_provider, "ui-reload") == ["completed"]
 
 
 async def test_an_answer_whose_connection_breaks_is_followed_again_to_the_end(
@@ -61,10 +65,7 @@ async def test_an_answer_whose_connection_breaks_is_followed_again_to_the_end(
     record = await read_record(grace_proxy.root, before["requestId"], None)
     assert (record["status"], record["content"]) == ("completed", content_of(tokens))
     # The provider generated it once: the page followed the same answer again.
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{mock_provider.root}/_mock/requests") as response:
-            seen_by_provider = [r for r in (await response.json())["requests"] if r["tag"] == "ui-drop"]
-    assert len(seen_by_provider) == 1 and seen_by_provider[0]["state"] == "completed"
+    assert await _generations(mock_provider, "ui-drop") == ["completed"]
 
 
 async def test_a_stop_pressed_while_the_page_reconnects_is_not_lost(
@@ -74,7 +75,7 @@ async def test_a_stop_pressed_while_the_page_reconnects_is_not_lost(
     # and the generation goes on (the grace). Once the network is back, the
     # page asks again before it follows the answer.
     seen = await run_scenario(
-        "stop_while_reconnecting", browser, grace_proxy.root, mock_provider.root, tag="ui-drop-stop", tokens=200
+        "stop_while_reconnecting", browser, grace_proxy.root, mock_provider.root, tag="ui-stop-reconnecting", tokens=200
     )
     stopped, provider = seen["stopped"], seen["provider"]
     assert provider["state"] == "closed_by_client" and provider["tokens_sent"] < 200
