@@ -33,6 +33,9 @@
  *                                    Only if the proxy cannot be reached (or does not answer in time) are
  *                                    the fetches aborted, which stops the provider too (a dropped
  *                                    connection is a Stop). Resolves to the proxy's answer, or null.
+ * proxy.cancel(requestId)           Stop one answer by its id: POST /requests/{id}/cancel. Resolves to the
+ *                                    proxy's answer, or null if it cannot be reached (or does not answer in
+ *                                    time); unlike stop(), no fetch is aborted.
  * proxy.session()                    GET /sessions/{id} → { session_id, requests: [records, oldest first] }
  *                                    (no requests when the proxy knows no such session)
  * proxy.request(requestId, { wait }) GET /requests/{id} → the record, or null; wait: until it is final
@@ -156,6 +159,18 @@ export class CancelProxy {
       }
     }
     return ack;
+  }
+
+  async cancel(requestId) {
+    try {
+      const response = await this.#call(`/requests/${encodeURIComponent(requestId)}/cancel`, {
+        method: "POST",
+        signal: AbortSignal.timeout(this.#cancelTimeoutMs),
+      });
+      return response.ok ? await response.json() : null;
+    } catch {
+      return null; // unreachable, or no answer in time
+    }
   }
 
   async session() {

@@ -66,6 +66,24 @@ test("stop() cancels through the proxy: a clean end, the partial kept, the provi
   assert.equal(seen.state, "closed_by_client");
 });
 
+test("cancel() stops one answer by its id and leaves the session's others alone", async () => {
+  const proxy = new CancelProxy({ baseUrl: PROXY });
+  const first = whenWords(3);
+  const second = whenWords(3);
+  const one = proxy.chat(chatBody({ tokens: 400, rate: 20, tag: "mod-cancel-one" }), { onUpdate: first.onUpdate });
+  const other = proxy.chat(chatBody({ tokens: 40, rate: 20 }), { onUpdate: second.onUpdate });
+  await Promise.all([first.reached, second.reached]);
+  const ack = await proxy.cancel(one.requestId);
+  assert.equal(ack.cancelled, true);
+  assert.deepEqual(ack.request_ids, [one.requestId]);
+  await Promise.all([one.done, other.done]);
+  assert.equal(one.status, "stopped");
+  assert.equal(one.finishReason, "cancelled");
+  assert.equal(other.status, "completed");
+  assert.equal((await provider("mod-cancel-one")).state, "closed_by_client");
+  assert.equal(await new CancelProxy({ baseUrl: "http://127.0.0.1:9" }).cancel(one.requestId), null);
+});
+
 test("stop() drops the connection when the proxy cannot be reached, and that is a stop", async () => {
   // The cancel cannot get through; the stream itself is real.
   const unreachable = (url, init) =>
