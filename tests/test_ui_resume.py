@@ -86,6 +86,23 @@ async def test_a_stop_pressed_while_the_page_reconnects_is_not_lost(
     assert "failed" not in seen["seen"][0]
 
 
+async def test_a_stop_that_cannot_reach_the_proxy_is_sent_again_once_it_can(
+    browser: str, grace_proxy: Proxy, mock_provider: MockProvider
+) -> None:
+    # Stop finds the proxy unreachable: the page drops its stream, which with a
+    # disconnect grace does not stop the generation. It asks again until a
+    # cancel gets through.
+    seen = await run_scenario(
+        "stop_while_unreachable", browser, grace_proxy.root, mock_provider.root, tag="ui-stop-unreachable", tokens=200
+    )
+    stopped, provider = seen["stopped"], seen["provider"]
+    assert stopped["status"] == "stopped" and stopped["error"] is None
+    assert provider["state"] == "closed_by_client" and provider["tokens_sent"] < 200
+    record = await read_record(grace_proxy.root, stopped["requestId"], None)
+    assert (record["status"], record["stop_reason"]) == ("stopped", "cancel")
+    assert "failed" not in seen["seen"][0]
+
+
 async def test_the_module_resumes(js_packages: object, grace_proxy: Proxy, mock_provider: MockProvider) -> None:
     await run_node(
         ["--test", "--test-reporter=spec", "resume.test.mjs"],

@@ -122,7 +122,7 @@ async function followThrough(turn, start) {
     await new Promise((resolve) => setTimeout(resolve, RECONNECT_PAUSES_MS[attempt]));
     // A Stop pressed meanwhile may not have reached the proxy: asked again
     // (a cancel can be repeated), so that it is never lost to the outage.
-    if (turn.stopPressed) await proxy.stop();
+    if (turn.stopPressed) await proxy.cancel(turn.requestId);
     const { requestId, events: after, text, reasoning } = answer;
     answer = await follow(turn, (onUpdate) => proxy.resume(requestId, { after, text, reasoning, onUpdate }), {
       quietUntilPast: after,
@@ -263,6 +263,26 @@ async function resume(turn, record) {
 
 // --- controls --------------------------------------------------------------
 
+/**
+ * Stop every answer of the session. When the proxy cannot be reached, the module
+ * drops the streams; that stops a generation only where the proxy has no
+ * disconnect grace (with one, it goes on until the grace ends), so those
+ * answers' cancels are asked again after the reconnect pauses until the proxy
+ * answers them; by id, so that a question asked meanwhile is not stopped.
+ */
+async function stop() {
+  const turns = [...streaming];
+  for (const turn of turns) turn.stopPressed = true;
+  if ((await proxy.stop()) !== null) return;
+  let unanswered = turns.map((turn) => turn.requestId).filter(Boolean);
+  for (const pause of RECONNECT_PAUSES_MS) {
+    if (unanswered.length === 0) return;
+    await new Promise((resolve) => setTimeout(resolve, pause));
+    const answers = await Promise.all(unanswered.map((requestId) => proxy.cancel(requestId)));
+    unanswered = unanswered.filter((_, i) => answers[i] === null);
+  }
+}
+
 async function listModels() {
   const input = $("#model");
   input.value = state.model;
@@ -294,10 +314,7 @@ function wire() {
       $("#ask").requestSubmit();
     }
   });
-  $("#stop").addEventListener("click", () => {
-    for (const turn of streaming) turn.stopPressed = true;
-    proxy.stop();
-  });
+  $("#stop").addEventListener("click", stop);
   $("#model").addEventListener("change", (event) => {
     state.model = event.target.value.trim();
     save();

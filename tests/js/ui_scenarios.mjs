@@ -136,6 +136,26 @@ const scenarios = {
     report({ stopped, provider, seen, errors });
   },
 
+  // Stop pressed while the page cannot reach the proxy (its stream still flows, new connections
+  // are refused), then the network comes back.
+  async stop_while_unreachable({ tag, tokens }) {
+    const network = await cuttableNetwork(new URL(PROXY));
+    const { page, errors } = await openPage(`${network.url}/ui/`);
+    await watchStatuses(page);
+    await setExtraBody(page, { mock: { tokens, rate: 20, tag } });
+    await ask(page, "Tell me a long story");
+    await waitForWords(page, 1, 5);
+    network.refuseNew("POST /v1/chat/completions ");
+    const cancelRefused = network.refused("POST /api/chat/cancel/");
+    await page.click("#stop");
+    await cancelRefused;
+    const stopped = await settled(page, 1);
+    network.restore();
+    const provider = await providerRequest(tag, "ended", 20);
+    const seen = await page.evaluate(() => window.seenStatuses);
+    report({ stopped, provider, seen, errors });
+  },
+
   // The proxy stops accepting (SIGTERM, draining its streams) before Stop is pressed.
   async stop_with_proxy_unreachable({ tag, proxyPid, proxyPort }) {
     const { page, errors } = await openPage();
@@ -181,8 +201,9 @@ const scenarios = {
 };
 
 /**
- * A TCP hop in front of `target` whose connections can all be cut at once; while cut, new
- * connections are refused once their request line has arrived (`refused(prefix)` waits for one).
+ * A TCP hop in front of `target` whose connections can all be cut at once (or only new ones refused);
+ * while down, new connections are refused once their request line has arrived (`refused(prefix)`
+ * waits for one).
  */
 async function cuttableNetwork(target) {
   const sockets = new Set();
@@ -199,6 +220,7 @@ async function cuttableNetwork(target) {
     });
     client.on("error", () => {});
   };
+  const lastRequest = new Map(); // client socket → the request line it sent last (keep-alive: one after another)
   const server = net.createServer((client) => {
     if (!up) return refuse(client);
     const upstream = net.connect(Number(target.port), target.hostname);
@@ -207,6 +229,11 @@ async function cuttableNetwork(target) {
       socket.on("close", () => sockets.delete(socket));
       socket.on("error", () => {});
     }
+    client.on("data", (data) => {
+      const line = data.toString("latin1").split("\r\n", 1)[0];
+      if (/^[A-Z]+ \S+ HTTP\/1\.1$/.test(line)) lastRequest.set(client, line);
+    });
+    client.on("close", () => lastRequest.delete(client));
     client.pipe(upstream).pipe(client);
   });
   await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
@@ -215,6 +242,11 @@ async function cuttableNetwork(target) {
     cut() {
       up = false;
       for (const socket of sockets) socket.destroy();
+    },
+    /** Refuse new connections and close the idle ones: only the streams that run (`keep`) go on. */
+    refuseNew(keep) {
+      up = false;
+      for (const [client, line] of lastRequest) if (!line.startsWith(keep)) client.destroy();
     },
     restore() {
       up = true;
