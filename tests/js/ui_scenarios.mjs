@@ -100,11 +100,7 @@ const scenarios = {
   // proxy cut, new ones refused), and comes back once the page has seen it go.
   async network_drop_mid_answer({ tag, tokens }) {
     const network = await cuttableNetwork(new URL(PROXY));
-    const { page, errors } = await openPage(`${network.url}/ui/`);
-    await watchStatuses(page);
-    await setExtraBody(page, { mock: { tokens, rate: 20, tag } });
-    await ask(page, "Tell me a story");
-    await waitForWords(page, 1, 5);
+    const { page, errors } = await answerStreamingThrough(network, { tag, tokens });
     const before = await shown(page, 1);
     network.cut();
     const noticed = `#conversation > .turn:nth-child(1):not([data-status="streaming"])`;
@@ -119,11 +115,7 @@ const scenarios = {
   // Stop pressed while the network is away (the cancel cannot get through), then the network comes back.
   async stop_while_reconnecting({ tag, tokens }) {
     const network = await cuttableNetwork(new URL(PROXY));
-    const { page, errors } = await openPage(`${network.url}/ui/`);
-    await watchStatuses(page);
-    await setExtraBody(page, { mock: { tokens, rate: 20, tag } });
-    await ask(page, "Tell me a long story");
-    await waitForWords(page, 1, 5);
+    const { page, errors } = await answerStreamingThrough(network, { tag, tokens });
     network.cut();
     await page.waitForSelector(`#conversation > .turn:nth-child(1)[data-status="reconnecting"]`, { timeout: 30_000 });
     const cancelRefused = network.refused("POST /api/chat/cancel/");
@@ -140,11 +132,7 @@ const scenarios = {
   // are refused), then the network comes back.
   async stop_while_unreachable({ tag, tokens }) {
     const network = await cuttableNetwork(new URL(PROXY));
-    const { page, errors } = await openPage(`${network.url}/ui/`);
-    await watchStatuses(page);
-    await setExtraBody(page, { mock: { tokens, rate: 20, tag } });
-    await ask(page, "Tell me a long story");
-    await waitForWords(page, 1, 5);
+    const { page, errors } = await answerStreamingThrough(network, { tag, tokens });
     network.refuseNew("POST /v1/chat/completions ");
     const cancelRefused = network.refused("POST /api/chat/cancel/");
     await page.click("#stop");
@@ -199,6 +187,16 @@ const scenarios = {
     report({ stopped, origin: await page.evaluate(() => location.origin), errors });
   },
 };
+
+/** The chat page through `network`, an answer streaming (5 words of it shown). */
+async function answerStreamingThrough(network, { tag, tokens }) {
+  const { page, errors } = await openPage(`${network.url}/ui/`);
+  await watchStatuses(page);
+  await setExtraBody(page, { mock: { tokens, rate: 20, tag } });
+  await ask(page, "Tell me a story");
+  await waitForWords(page, 1, 5);
+  return { page, errors };
+}
 
 /**
  * A TCP hop in front of `target` whose connections can all be cut at once (or only new ones refused);
