@@ -119,6 +119,32 @@ async def test_a_broken_connection_without_a_grace_shows_the_answer_as_the_proxy
     _assert_never_failed(seen["seen"])
 
 
+async def test_a_broken_connection_whose_stream_is_no_longer_kept_says_it_cannot_be_resumed(
+    browser: str, mock_provider: MockProvider, tmp_path: Path
+) -> None:
+    # No grace, and the stream kept for 10 ms only: gone before the page's first reconnect.
+    config = proxy_config(mock_provider, ui={"enabled": True}, resume={"keep_s": 0.01})
+    proxy = start_proxy(tmp_path, config)
+    try:
+        seen = await run_scenario(
+            "network_drop_mid_answer", browser, proxy.root, mock_provider.root, tag="ui-drop-gone", tokens=400
+        )
+        record = await read_record(proxy.root, seen["before"]["requestId"], None)
+    finally:
+        proxy.program.stop()
+    before, during, after = seen["before"], seen["during"], seen["after"]
+    assert during["status"] == "reconnecting"
+    assert after["status"] == "interrupted" and after["requestId"] == before["requestId"]
+    assert (
+        after["error"].startswith("the stream broke off and cannot be resumed: ") and "no longer kept" in after["error"]
+    )
+    # What the page had is kept on screen; the record holds it (and what was in flight when it broke).
+    assert after["text"] == during["text"] and after["text"].startswith(before["text"])
+    assert (record["status"], record["stop_reason"]) == ("stopped", "disconnect")
+    assert record["content"].startswith(after["text"])
+    _assert_never_failed(seen["seen"])
+
+
 async def test_closing_the_tab_stops_the_provider(browser: str, ui_proxy: Proxy, mock_provider: MockProvider) -> None:
     seen = await run_scenario("close_tab", browser, ui_proxy.root, mock_provider.root, tag="ui-close-tab")
     provider = await provider_request(mock_provider.root, "ui-close-tab", wait="ended", timeout=CLOSED_WITHIN_MS / 1000)
