@@ -68,6 +68,20 @@ async def test_an_answer_whose_connection_breaks_is_followed_again_to_the_end(
     assert await _generations(mock_provider, "ui-drop") == ["completed"]
 
 
+async def test_an_answer_whose_network_does_not_come_back_ends_interrupted_after_the_last_attempt(
+    browser: str, grace_proxy: Proxy, mock_provider: MockProvider
+) -> None:
+    # The attempts' pauses add up to 15.25 s; the scenario waits up to 30 s.
+    seen = await run_scenario(
+        "network_gone_mid_answer", browser, grace_proxy.root, mock_provider.root, tag="ui-gone", tokens=400
+    )
+    before, after = seen["before"], seen["after"]
+    assert after["status"] == "interrupted" and after["requestId"] == before["requestId"]
+    assert after["error"].startswith("the proxy cannot be reached")
+    assert after["text"].startswith(before["text"])
+    assert seen["seen"][0][-2:] == ["reconnecting", "interrupted"] and "failed" not in seen["seen"][0]
+
+
 async def test_a_stop_pressed_while_the_page_reconnects_is_not_lost(
     browser: str, grace_proxy: Proxy, mock_provider: MockProvider
 ) -> None:

@@ -112,6 +112,17 @@ const scenarios = {
     report({ before, during, after, seen, errors });
   },
 
+  // The network drops mid-answer and does not come back.
+  async network_gone_mid_answer({ tag, tokens }) {
+    const network = await cuttableNetwork(new URL(PROXY));
+    const { page, errors } = await answerStreamingThrough(network, { tag, tokens });
+    const before = await shown(page, 1);
+    network.cut();
+    const after = await settled(page, 1);
+    const seen = await page.evaluate(() => window.seenStatuses);
+    report({ before, after, seen, errors });
+  },
+
   // Stop pressed while the network is away (the cancel cannot get through), then the network comes back.
   async stop_while_reconnecting({ tag, tokens }) {
     const network = await cuttableNetwork(new URL(PROXY));
