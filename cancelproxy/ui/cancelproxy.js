@@ -32,8 +32,10 @@
  *                                    The streams then end by themselves, cleanly, with their partial text.
  *                                    Only if the proxy cannot be reached (or does not answer in time) are
  *                                    the fetches aborted, which stops the provider too (a dropped
- *                                    connection is a Stop). Resolves to the proxy's answer, or null.
- * proxy.cancel(requestId)           Stop one answer by its id: POST /requests/{id}/cancel. Resolves to the
+ *                                    connection is a Stop), at once, or where the proxy has a disconnect
+ *                                    grace once it ends: cancel() then, when the proxy can be reached
+ *                                    again, stops it sooner. Resolves to the proxy's answer, or null.
+ * proxy.cancel(requestId)            Stop one answer by its id: POST /requests/{id}/cancel. Resolves to the
  *                                    proxy's answer, or null if it cannot be reached (or does not answer in
  *                                    time); unlike stop(), no fetch is aborted.
  * proxy.session()                    GET /sessions/{id} → { session_id, requests: [records, oldest first] }
