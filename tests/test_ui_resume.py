@@ -1,6 +1,7 @@
-"""Resume from the page and the module: a reload mid-answer, and ``resume()``
-(``GET /requests/{id}/stream?after=N``, with ``on_disconnect.grace_s`` keeping
-a generation alive while its reader comes back)."""
+"""Resume from the page and the module: a reload mid-answer, a connection that
+breaks (the page reconnects, and a Stop pressed meanwhile is not lost), and
+``resume()`` (``GET /requests/{id}/stream?after=N``, with ``on_disconnect.grace_s``
+keeping a generation alive while its reader comes back)."""
 
 from __future__ import annotations
 
