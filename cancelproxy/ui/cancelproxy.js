@@ -139,16 +139,8 @@ export class CancelProxy {
   async stop() {
     const live = [...this.#live.values()];
     for (const run of live) run.stopping = true;
-    let ack = null;
-    try {
-      const response = await this.#call(`/api/chat/cancel/${encodeURIComponent(this.sessionId)}`, {
-        method: "POST",
-        signal: AbortSignal.timeout(this.#cancelTimeoutMs),
-      });
-      if (response.ok) ack = await response.json();
-    } catch {
-      // Unreachable, or no answer in time: dropping the connection is the Stop left.
-    }
+    // Null: unreachable, or no answer in time; dropping the connection is the Stop left.
+    const ack = await this.#cancelAt(`/api/chat/cancel/${encodeURIComponent(this.sessionId)}`);
     for (const run of live) {
       // Reached, the proxy ends each stream cleanly (its last bytes are still
       // to be read, so no abort then); one it had not answered yet may not
@@ -163,15 +155,17 @@ export class CancelProxy {
     return ack;
   }
 
-  async cancel(requestId) {
+  cancel(requestId) {
+    return this.#cancelAt(`/requests/${encodeURIComponent(requestId)}/cancel`);
+  }
+
+  /** POST a cancel route within cancelTimeoutMs: the proxy's answer, or null (unreachable, too slow, an error). */
+  async #cancelAt(path) {
     try {
-      const response = await this.#call(`/requests/${encodeURIComponent(requestId)}/cancel`, {
-        method: "POST",
-        signal: AbortSignal.timeout(this.#cancelTimeoutMs),
-      });
+      const response = await this.#call(path, { method: "POST", signal: AbortSignal.timeout(this.#cancelTimeoutMs) });
       return response.ok ? await response.json() : null;
     } catch {
-      return null; // unreachable, or no answer in time
+      return null;
     }
   }
 
