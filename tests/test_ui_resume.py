@@ -87,8 +87,8 @@ async def test_a_stop_pressed_while_the_page_reconnects_is_not_lost(
     browser: str, grace_proxy: Proxy, mock_provider: MockProvider
 ) -> None:
     # The network is away when Stop is pressed: its cancel cannot get through,
-    # and the generation goes on (the grace). Once the network is back, the
-    # page asks again before it follows the answer.
+    # and the generation goes on (the grace). The page asks again until one
+    # gets through, once the network is back.
     seen = await run_scenario(
         "stop_while_reconnecting", browser, grace_proxy.root, mock_provider.root, tag="ui-stop-reconnecting", tokens=200
     )

@@ -114,15 +114,13 @@ async function followThrough(turn, start) {
       show(turn, { ...turn.answer, status: "interrupted", error: answer.error });
       return answer;
     }
-    // Still this turn's: Stop stays pressable (it cancels on the proxy, and the
-    // next attempt shows the stopped answer), no new question meanwhile.
+    // Still this turn's: Stop stays pressable (it cancels on the proxy, and
+    // `stop` asks again until it gets through; the next attempt shows the
+    // stopped answer), no new question meanwhile.
     streaming.add(turn);
     renderControls();
     show(turn, { ...turn.answer, status: "reconnecting" });
-    await new Promise((resolve) => setTimeout(resolve, RECONNECT_PAUSES_MS[attempt]));
-    // A Stop pressed meanwhile may not have reached the proxy: asked again
-    // (a cancel can be repeated), so that it is never lost to the outage.
-    if (turn.stopPressed) await proxy.cancel(turn.requestId);
+    await sleep(RECONNECT_PAUSES_MS[attempt]);
     const { requestId, events: after, text, reasoning } = answer;
     answer = await follow(turn, (onUpdate) => proxy.resume(requestId, { after, text, reasoning, onUpdate }), {
       quietUntilPast: after,
@@ -131,15 +129,13 @@ async function followThrough(turn, start) {
       attempt = 0;
     } else if (brokeOff(answer)) {
       attempt += 1;
-    } else {
+    } else if (answer.status === "failed") {
       // The proxy answered, with nothing more: an error (the stream is gone,
-      // past resume.keep_s or with a proxy that restarted), or its end.
-      if (answer.status === "failed") {
-        const error = { message: `the stream broke off and cannot be resumed: ${describe(answer.error)}` };
-        show(turn, { ...turn.answer, status: "interrupted", error });
-      } else {
-        show(turn, { ...turn.answer, status: answer.status, error: answer.error });
-      }
+      // past resume.keep_s or with a proxy that restarted), or below, its end.
+      const error = { message: `the stream broke off and cannot be resumed: ${describe(answer.error)}` };
+      show(turn, { ...turn.answer, status: "interrupted", error });
+    } else {
+      show(turn, { ...turn.answer, status: answer.status, error: answer.error });
     }
   }
   return answer;
@@ -156,6 +152,10 @@ function show(turn, answer) {
   render(turn);
 }
 
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
 /**
  * Show an Answer of cancelproxy.js as it arrives, and keep its request id; `start(onUpdate)` makes it.
  * A broken connection's end is left to `followThrough`, which reconnects; with `quietUntilPast: N`
@@ -166,12 +166,11 @@ async function follow(turn, start, { quietUntilPast = null } = {}) {
   renderControls();
   const onUpdate = (a) => {
     if (brokeOff(a) || a.events === quietUntilPast) return;
-    turn.answer = { status: a.status, text: a.text, reasoning: a.reasoning, error: a.error };
     if (a.requestId && turn.requestId !== a.requestId) {
       turn.requestId = a.requestId;
       save(); // from now on a reload finds this answer again
     }
-    render(turn);
+    show(turn, { status: a.status, text: a.text, reasoning: a.reasoning, error: a.error });
   };
   const answer = start(onUpdate);
   onUpdate(answer);
@@ -264,20 +263,20 @@ async function resume(turn, record) {
 // --- controls --------------------------------------------------------------
 
 /**
- * Stop every answer of the session. When the proxy cannot be reached, the module
- * drops the streams; that stops a generation only where the proxy has no
- * disconnect grace (with one, it goes on until the grace ends), so those
- * answers' cancels are asked again after the reconnect pauses until the proxy
- * answers them; by id, so that a question asked meanwhile is not stopped.
+ * Stop every answer of the session (those reconnecting too). When the proxy
+ * cannot be reached, the module drops the streams; that stops a generation only
+ * where the proxy has no disconnect grace (with one, it goes on until the grace
+ * ends), so those answers' cancels are asked again after the reconnect pauses
+ * until the proxy answers them; by id, so that a question asked meanwhile is
+ * not stopped.
  */
 async function stop() {
-  const turns = [...streaming];
-  for (const turn of turns) turn.stopPressed = true;
+  // Taken first: the streams the module drops leave `streaming` as they end.
+  let unanswered = [...streaming].map((turn) => turn.requestId).filter(Boolean);
   if ((await proxy.stop()) !== null) return;
-  let unanswered = turns.map((turn) => turn.requestId).filter(Boolean);
   for (const pause of RECONNECT_PAUSES_MS) {
     if (unanswered.length === 0) return;
-    await new Promise((resolve) => setTimeout(resolve, pause));
+    await sleep(pause);
     const answers = await Promise.all(unanswered.map((requestId) => proxy.cancel(requestId)));
     unanswered = unanswered.filter((_, i) => answers[i] === null);
   }
