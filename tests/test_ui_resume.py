@@ -6,6 +6,7 @@ keeping a generation alive while its reader comes back)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -28,6 +29,18 @@ async def _generations(mock_provider: MockProvider, tag: str) -> list[str]:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{mock_provider.root}/_mock/requests") as response:
             return [r["state"] for r in (await response.json())["requests"] if r["tag"] == tag]
+
+
+async def _stopped_by_its_cancel(proxy: Proxy, seen: dict[str, Any], tokens: int) -> dict[str, Any]:
+    """Check that the page's Stop got through: shown stopped (never failed), the provider closed
+    before the end, the record stopped by a cancel. The record."""
+    stopped, provider = seen["stopped"], seen["provider"]
+    assert stopped["status"] == "stopped" and stopped["error"] is None
+    assert provider["state"] == "closed_by_client" and provider["tokens_sent"] < tokens
+    record = await read_record(proxy.root, stopped["requestId"], None)
+    assert (record["status"], record["stop_reason"]) == ("stopped", "cancel")
+    assert "failed" not in seen["seen"][0]
+    return record
 
 
 async def test_a_reload_mid_answer_resumes_it_to_the_end(
@@ -92,13 +105,8 @@ async def test_a_stop_pressed_while_the_page_reconnects_is_not_lost(
     seen = await run_scenario(
         "stop_while_reconnecting", browser, grace_proxy.root, mock_provider.root, tag="ui-stop-reconnecting", tokens=200
     )
-    stopped, provider = seen["stopped"], seen["provider"]
-    assert provider["state"] == "closed_by_client" and provider["tokens_sent"] < 200
-    assert stopped["status"] == "stopped" and stopped["error"] is None
-    record = await read_record(grace_proxy.root, stopped["requestId"], None)
-    assert (record["status"], record["stop_reason"]) == ("stopped", "cancel")
-    assert stopped["text"] == record["content"]
-    assert "failed" not in seen["seen"][0]
+    record = await _stopped_by_its_cancel(grace_proxy, seen, tokens=200)
+    assert seen["stopped"]["text"] == record["content"]
 
 
 async def test_a_stop_that_cannot_reach_the_proxy_is_sent_again_once_it_can(
@@ -110,12 +118,7 @@ async def test_a_stop_that_cannot_reach_the_proxy_is_sent_again_once_it_can(
     seen = await run_scenario(
         "stop_while_unreachable", browser, grace_proxy.root, mock_provider.root, tag="ui-stop-unreachable", tokens=200
     )
-    stopped, provider = seen["stopped"], seen["provider"]
-    assert stopped["status"] == "stopped" and stopped["error"] is None
-    assert provider["state"] == "closed_by_client" and provider["tokens_sent"] < 200
-    record = await read_record(grace_proxy.root, stopped["requestId"], None)
-    assert (record["status"], record["stop_reason"]) == ("stopped", "cancel")
-    assert "failed" not in seen["seen"][0]
+    await _stopped_by_its_cancel(grace_proxy, seen, tokens=200)
 
 
 async def test_the_module_resumes(js_packages: object, grace_proxy: Proxy, mock_provider: MockProvider) -> None:
