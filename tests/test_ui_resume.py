@@ -121,6 +121,29 @@ async def test_a_stop_that_cannot_reach_the_proxy_is_sent_again_once_it_can(
     await _stopped_by_its_cancel(grace_proxy, seen, tokens=200)
 
 
+async def test_a_stop_sent_again_leaves_a_question_asked_meanwhile_alone(
+    browser: str, grace_proxy: Proxy, mock_provider: MockProvider
+) -> None:
+    # Only the cancel routes are unreachable when Stop is pressed; the next
+    # question is asked, and streams, before the page's Stop gets through. That
+    # Stop was for the first answer only: the next one goes on until its own Stop.
+    seen = await run_scenario(
+        "ask_again_while_a_stop_is_retried",
+        browser,
+        grace_proxy.root,
+        mock_provider.root,
+        tag="ui-stop-retried",
+        nextTag="ui-asked-meanwhile",
+        tokens=200,
+    )
+    await _stopped_by_its_cancel(grace_proxy, seen, tokens=200)
+    assert seen["next"] == "went on"
+    assert seen["nextProvider"]["state"] == "closed_by_client"
+    next_record = await read_record(grace_proxy.root, seen["nextStopped"]["requestId"], None)
+    assert (next_record["status"], next_record["stop_reason"]) == ("stopped", "cancel")
+    assert seen["nextStopped"]["text"] == next_record["content"]
+
+
 async def test_the_module_resumes(js_packages: object, grace_proxy: Proxy, mock_provider: MockProvider) -> None:
     await run_node(
         ["--test", "--test-reporter=spec", "resume.test.mjs"],

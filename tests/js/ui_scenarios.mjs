@@ -155,6 +155,34 @@ const scenarios = {
     report({ stopped, provider, seen, errors });
   },
 
+  // Stop finds the cancel routes unreachable (everything else goes through); the next question is
+  // asked and streams while the page asks again to stop the first answer. Once that gets through,
+  // the next answer must go on: the Stop is asked again by request id, not for the whole session.
+  async ask_again_while_a_stop_is_retried({ tag, nextTag, tokens }) {
+    const network = await cuttableNetwork(new URL(PROXY));
+    const { page, errors } = await answerStreamingThrough(network, { tag, tokens });
+    network.block(["POST /api/chat/cancel/", "POST /requests/"]);
+    const cancelRefused = network.refused("POST /api/chat/cancel/");
+    await page.click("#stop");
+    await cancelRefused;
+    const stopped = await settled(page, 1);
+    await setExtraBody(page, { mock: { tokens, rate: 20, tag: nextTag } });
+    await ask(page, "Tell me another one");
+    await waitForWords(page, 2, 5);
+    network.restore();
+    const provider = await providerRequest(tag, "ended", 20);
+    const words = (await shown(page, 2)).text.split(" ").filter(Boolean).length;
+    const next = await Promise.race([
+      waitForWords(page, 2, words + 10).then(() => "went on"),
+      settled(page, 2).then((answer) => `ended ${answer.status}`),
+    ]);
+    if (next === "went on") await page.click("#stop"); // its own Stop
+    const nextStopped = await settled(page, 2);
+    const nextProvider = await providerRequest(nextTag, "ended", 20);
+    const seen = await page.evaluate(() => window.seenStatuses);
+    report({ stopped, provider, next, nextStopped, nextProvider, seen, errors });
+  },
+
   // The proxy stops accepting (SIGTERM, draining its streams) before Stop is pressed.
   async stop_with_proxy_unreachable({ tag, proxyPid, proxyPort }) {
     const { page, errors } = await openPage();
@@ -210,21 +238,24 @@ async function answerStreamingThrough(network, { tag, tokens }) {
 }
 
 /**
- * A TCP hop in front of `target` whose connections can all be cut at once (or only new ones refused);
- * while down, new connections are refused once their request line has arrived (`refused(prefix)`
- * waits for one).
+ * A TCP hop in front of `target` whose connections can all be cut at once (or only new ones refused,
+ * or only some requests: `block`); while down, new connections are refused once their request line
+ * has arrived (`refused(prefix)` waits for one refused request).
  */
 async function cuttableNetwork(target) {
   const sockets = new Set();
   const waiting = [];
   let up = true;
+  let blocked = []; // request-line prefixes refused on any connection, new or kept alive
+  const announceRefused = (line) => {
+    for (const w of waiting.filter((w) => line.startsWith(w.prefix))) {
+      waiting.splice(waiting.indexOf(w), 1);
+      w.resolve(line);
+    }
+  };
   const refuse = (client) => {
     client.once("data", (data) => {
-      const line = data.toString("latin1").split("\r\n", 1)[0];
-      for (const w of waiting.filter((w) => line.startsWith(w.prefix))) {
-        waiting.splice(waiting.indexOf(w), 1);
-        w.resolve(line);
-      }
+      announceRefused(data.toString("latin1").split("\r\n", 1)[0]);
       client.destroy();
     });
     client.on("error", () => {});
@@ -238,12 +269,22 @@ async function cuttableNetwork(target) {
       socket.on("close", () => sockets.delete(socket));
       socket.on("error", () => {});
     }
+    // Forwarded by hand (not piped) so that a blocked request never reaches the proxy.
     client.on("data", (data) => {
       const line = data.toString("latin1").split("\r\n", 1)[0];
-      if (/^[A-Z]+ \S+ HTTP\/1\.1$/.test(line)) lastRequest.set(client, line);
+      if (/^[A-Z]+ \S+ HTTP\/1\.1$/.test(line)) {
+        if (blocked.some((prefix) => line.startsWith(prefix))) {
+          announceRefused(line);
+          client.destroy();
+          return;
+        }
+        lastRequest.set(client, line);
+      }
+      upstream.write(data);
     });
+    client.on("end", () => upstream.end());
     client.on("close", () => lastRequest.delete(client));
-    client.pipe(upstream).pipe(client);
+    upstream.pipe(client);
   });
   await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
   return {
@@ -257,8 +298,13 @@ async function cuttableNetwork(target) {
       up = false;
       for (const [client, line] of lastRequest) if (!line.startsWith(keep)) client.destroy();
     },
+    /** Refuse only the requests whose line starts with one of `prefixes`; everything else goes through. */
+    block(prefixes) {
+      blocked = prefixes;
+    },
     restore() {
       up = true;
+      blocked = [];
     },
     refused(prefix) {
       return new Promise((resolve) => waiting.push({ prefix, resolve }));
