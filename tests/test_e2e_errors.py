@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -67,6 +69,33 @@ async def test_bad_requests(strict_proxy: Proxy, data: bytes, headers: dict[str,
     got_status, body = await _post(f"{strict_proxy.base_url}/chat/completions", data, headers)
     assert got_status == status
     _assert_openai_shape(body, code)
+    await _assert_still_serving(strict_proxy)
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["body-with-the-head", "body-still-coming"])
+async def test_a_chunked_body_over_the_limit_is_413(strict_proxy: Proxy, whole: bool) -> None:
+    # No Content-Length to refuse it by: the limit holds whether the whole body
+    # came with the head (read at once) or is still coming (read as it comes;
+    # the answer comes before the body's end).
+    body = b'{"model": "mock-1", "pad": "' + b"x" * 3000 + b'"}'
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    chunk = b"%x\r\n%s\r\n" % (len(body), body)
+    reader, writer = await asyncio.open_connection("127.0.0.1", strict_proxy.port)
+    try:
+        writer.write(head + chunk + (b"0\r\n\r\n" if whole else b""))
+        async with asyncio.timeout(10):
+            status_line, _, headers = (await reader.readuntil(b"\r\n\r\n")).partition(b"\r\n")
+            length = next(
+                int(v)
+                for k, _, v in (h.partition(b": ") for h in headers.split(b"\r\n"))
+                if k.lower() == b"content-length"
+            )
+            answer = json.loads(await reader.readexactly(length))
+    finally:
+        writer.close()
+    assert int(status_line.split()[1]) == 413
+    _assert_openai_shape(answer, "request_too_large")
     await _assert_still_serving(strict_proxy)
 
 
