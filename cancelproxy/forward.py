@@ -167,9 +167,16 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     except TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
     except web.RequestPayloadError as exc:  # a broken chunked encoding or compression
-        # Its first line only: what follows quotes the client's bytes.
-        reason = str(exc).splitlines()[0].rstrip(":") if str(exc) else "unreadable"
-        raise BadRequest(f"the request body is malformed: {reason}", code="invalid_body") from None
+        raise BadRequest(f"the request body is malformed: {_malformed_reason(exc)}", code="invalid_body") from None
+
+
+def _malformed_reason(exc: web.RequestPayloadError) -> str:
+    """The reason aiohttp gives, and only that line: its text reads "400, message:",
+    then the reason, and may go on to quote the client's bytes."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    if len(lines) > 1 and lines[0].endswith("message:") and lines[1]:
+        return lines[1]
+    return lines[0].rstrip(":") if lines and lines[0] else "unreadable"
 
 
 def _too_large(limit: int) -> BodyTooLarge:

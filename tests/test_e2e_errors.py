@@ -99,6 +99,15 @@ async def test_a_chunked_body_over_the_limit_is_413(strict_proxy: Proxy, whole: 
     await _assert_still_serving(strict_proxy)
 
 
+async def test_a_body_that_cannot_be_decoded_says_why(strict_proxy: Proxy) -> None:
+    body = b"this is not gzip"
+    status, answer = await _post(f"{strict_proxy.base_url}/chat/completions", body, {"Content-Encoding": "gzip"})
+    assert status == 400
+    _assert_openai_shape(answer, "invalid_body")
+    assert answer["error"]["message"] == "the request body is malformed: Can not decode content-encoding: gzip"
+    await _assert_still_serving(strict_proxy)
+
+
 async def test_valid_session_ids_are_accepted(strict_proxy: Proxy) -> None:
     for session_id in ("a", "chat:42", "user.7_turn-3", "Z" * 128):
         status, _ = await _post(
