@@ -201,16 +201,17 @@ class Generation:
 
     def _final_record(self, failure: ProxyError | None, upstream_status: int | None) -> Record:
         transcript = self.live.transcript
+        answer = transcript.answer()
         ending = Ending(
             stop=self.live.stop_reason,
             failure=failure,
             upstream_status=upstream_status,
-            answer=transcript.answer(),
+            answer=answer,
             estimated_usage=transcript.estimated_usage(self._protocol.estimate_prompt_tokens(self._payload)),
             cancel_finish_reason=self._services.config.cancel_finish_reason,
             ended_at=time.time(),
         )
-        return final_record(self.live.snapshot(), ending)
+        return final_record(self.live.snapshot(answer), ending)
 
     def _final_record_or_failed(self, failure: ProxyError | None, upstream_status: int | None) -> Record:
         try:

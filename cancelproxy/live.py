@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .protocols.base import Transcript
+from .protocols.base import Answer, Transcript
 from .records import Record
 
 __all__ = ["LiveRequest", "StopCause"]
@@ -70,12 +70,14 @@ class LiveRequest:
     def credential(self) -> str:
         return self.record.credential
 
-    def snapshot(self) -> Record:
-        """The record as it stands now, the partial answer included."""
+    def snapshot(self, answer: Answer | None = None) -> Record:
+        """The record as it stands now, the partial answer included (``answer``:
+        the transcript's, if the caller has just read it)."""
         record = self.record.copy()
         if record.is_final:
             return record  # the final state, answer and all
-        answer = self.transcript.answer()
+        if answer is None:
+            answer = self.transcript.answer()
         record.content = answer.content
         record.reasoning_content = answer.reasoning_content
         record.tool_calls = answer.tool_calls
