@@ -66,7 +66,8 @@ class Fleet:
                 raise RuntimeError(f"{program.name} exited:\n{program.output[-3000:]}")
 
 
-def _proxy_config(tmp: Path, mock_root: str, store: str | None) -> Path:
+def proxy_config(tmp: Path, mock_root: str, store: str | None) -> Path:
+    """cancelproxy's config for a run in ``tmp`` in front of the mock (the store: SQLite unless ``store``)."""
     config = {
         "default_upstream": "mock",
         "upstreams": [{"name": "mock", "base_url": f"{mock_root}/v1", "models": ["mock-*"]}],
@@ -128,7 +129,7 @@ def running_fleet(tmp: Path, with_nginx: bool = True, store: str | None = None) 
         port = free_port()
         proxy = Program(
             "cancelproxy",
-            [sys.executable, "proxy.py", "--config", str(_proxy_config(tmp, mock_root, store)), "--port", str(port)],
+            [sys.executable, "proxy.py", "--config", str(proxy_config(tmp, mock_root, store)), "--port", str(port)],
             cwd=ROOT,
             ready_marker="listening on",
         )
