@@ -62,8 +62,10 @@ class Program:
         ready_marker: str | None = None,
         ready_port: int | None = None,
         env: dict[str, str] | None = None,
+        start_timeout_s: float = START_TIMEOUT_S,
     ) -> None:
         self.name = name
+        self.start_timeout_s = start_timeout_s
         self.args = args
         self.cwd = cwd
         self.ready_marker = ready_marker
@@ -96,7 +98,7 @@ class Program:
         )
         self._drainer = threading.Thread(target=self._drain, name=f"drain-{self.name}", daemon=True)
         self._drainer.start()
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline and self.process.poll() is None:
             if self.ready_marker is not None and self._ready.wait(0.05):
                 return
