@@ -14,7 +14,7 @@ the same per request for both, is not in them, which is why these ratios are
 larger than those of CPU time. Under callgrind a program runs ~50x slower, so
 the counts are small and the run takes a few minutes.
 
-    python -m bench.instructions [--requests N] [--store URL]
+    python -m bench.instructions [--requests N] [--warm-up N] [--store URL]
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from .client import JSON, chat_body
 from .fleet import FLOOR, ROOT, proxy_config
 from .procs import Program, free_port
 
-WARM_UP = 200
 # A program under callgrind starts in tens of seconds, not one.
 START_TIMEOUT_S = 120.0
 
@@ -99,9 +98,9 @@ async def _send(url: str, case: Case, count: int) -> None:
                 await answer.read()
 
 
-def _count(target: Counted, url: str, requests: int) -> dict[str, float]:
+def _count(target: Counted, url: str, requests: int, warm_up: int) -> dict[str, float]:
     """Instructions per request of each case."""
-    asyncio.run(_send(url, CASES[1], WARM_UP))
+    asyncio.run(_send(url, CASES[1], warm_up))
     per_request = {}
     for case in CASES:
         target.counting(True)
@@ -114,6 +113,7 @@ def _count(target: Counted, url: str, requests: int) -> dict[str, float]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=1000, help="counted requests per case (default 1000)")
+    parser.add_argument("--warm-up", type=int, default=200, help="uncounted requests first (default 200)")
     parser.add_argument("--store", metavar="URL", help="cancelproxy's store.url (default: SQLite, as shipped)")
     return parser
 
@@ -146,7 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 target = Counted(name, command, port, tmp)
                 target.start()
                 try:
-                    figures[name] = _count(target, f"http://127.0.0.1:{port}/v1/chat/completions", args.requests)
+                    figures[name] = _count(
+                        target, f"http://127.0.0.1:{port}/v1/chat/completions", args.requests, args.warm_up
+                    )
                 finally:
                     target.stop()
         finally:

@@ -102,3 +102,23 @@ def test_quick_bench_runs_and_reports(tmp_path: Path) -> None:
     document = json.loads(results.read_text())
     assert document["failed"] == []
     assert set(document["scenarios"]) == set(SCENARIOS)
+
+
+def test_instruction_counts_run_and_report() -> None:
+    # Small counts: only that it runs under callgrind and reports a count per case.
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.instructions", "--requests", "3", "--warm-up", "3", "--store", "memory://"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
+    rows = [line.strip("|").split("|") for line in done.stdout.splitlines() if line.startswith("| ")]
+    cases = [cells[0].strip() for cells in rows[1:]]
+    assert cases[:3] == ["not streamed (1 token)", "streamed (1 token)", "streamed (101 tokens)"], done.stdout
+    assert cases[3].startswith("per delta")
+    for cells in rows[1:]:
+        floor, proxy = (int(cell.replace(",", "")) for cell in cells[1:3])
+        assert floor > 0 and proxy > 0, cells
+        assert cells[3].strip().endswith("×")
