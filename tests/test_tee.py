@@ -68,6 +68,35 @@ def test_hidden_usage_gives_the_bytes_of_a_stream_that_never_asked() -> None:
         assert answer.usage is not None and answer.usage.total_tokens == 5 and answer.content == "ab"
 
 
+def test_hidden_usage_in_every_spelling_a_provider_may_use() -> None:
+    # Spaces, "usage" first, a choices-less chunk that carries no usage (kept),
+    # and a spaced usage-only chunk (dropped), in one stream cut everywhere.
+    content = '"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": null}]'
+    asked_and_shown = [
+        (
+            b'data: {"id":"c1",' + content.encode() + b',"usage":null}\n\n',
+            b'data: {"id":"c1",' + content.encode() + b"}\n\n",
+        ),
+        (
+            b'data: {"id": "c1", ' + content.encode() + b', "usage" : null}\n\n',
+            b'data: {"id": "c1", ' + content.encode() + b"}\n\n",
+        ),
+        (
+            b'data: {"usage":null,"id":"c1",' + content.encode() + b"}\n\n",
+            b'data: {"id":"c1",' + content.encode() + b"}\n\n",
+        ),
+        (b'data: {"id":"c1","choices":[],"usage":null}\n\n', b'data: {"id":"c1","choices":[]}\n\n'),
+        (b'data: {"id": "c1", "choices": [ ], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n\n', b""),
+        (b"data: [DONE]\n\n", b"data: [DONE]\n\n"),
+    ]
+    asked = b"".join(a for a, _ in asked_and_shown)
+    shown = b"".join(s for _, s in asked_and_shown)
+    for cut in range(1, len(asked)):
+        tee = _tee(rewrite=hide_injected_usage)
+        assert _through(tee, [asked[:cut], asked[cut:]]) == shown, cut
+        assert tee.transcript.answer().usage is not None
+
+
 def test_a_hidden_event_keeps_its_place_with_an_empty_span() -> None:
     usage_only = _event({"id": "c1", "choices": [], "usage": USAGE})
     first = _event(_chunk("a", True))
