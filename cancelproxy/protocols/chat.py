@@ -42,12 +42,15 @@ def hide_injected_usage(whole: bytes, events: list[Event]) -> tuple[bytes, list[
     """Whole events as the client would have had them without ``include_usage``,
     and where each now ends (see ``base.Rewrite``).
 
-    The common block (each chunk with one compact ``,"usage":null``, no
-    usage-only chunk) is one replace and a shift of the offsets; anything else
-    is rewritten event by event."""
+    The common block, where every ``"usage"`` is a compact ``,"usage":null``
+    (so no usage-only chunk either), is one replace and a shift of the offsets,
+    found by two counts; anything else is rewritten event by event."""
     last = events[-1][0]
-    head = whole[:last]
-    if _NO_CHOICES.search(head) is None:
+    head = whole[:last] if last < len(whole) else whole
+    nulls = head.count(_USAGE_NULL_COMPACT)
+    if nulls == head.count(b'"usage"'):
+        if nulls == 0:
+            return whole, events
         moved: list[Event] = []
         found, shift, width = head.find(_USAGE_NULL_COMPACT), 0, len(_USAGE_NULL_COMPACT)
         for end, payload in events:
@@ -56,8 +59,7 @@ def hide_injected_usage(whole: bytes, events: list[Event]) -> tuple[bytes, list[
                 found = head.find(_USAGE_NULL_COMPACT, found + width)
             moved.append((end - shift, payload))
         rest = head.replace(_USAGE_NULL_COMPACT, b"")
-        if b'"usage"' not in rest:  # nothing else to take out: done
-            return rest + whole[last:], moved
+        return (rest + whole[last:] if head is not whole else rest), moved
     pieces: list[bytes] = []
     moved = []
     start = size = 0
