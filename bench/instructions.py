@@ -60,7 +60,15 @@ class Counted:
     def __init__(self, name: str, args: list[str], port: int, out_dir: Path) -> None:
         self._out = out_dir / f"{name}.callgrind"
         valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={self._out}"]
-        self.program = Program(name, [*valgrind, *args], cwd=ROOT, ready_port=port, start_timeout_s=START_TIMEOUT_S)
+        self.program = Program(
+            name,
+            [*valgrind, *args],
+            cwd=ROOT,
+            ready_port=port,
+            # One hash seed: dicts and sets laid out alike from run to run.
+            env={"PYTHONHASHSEED": "0"},
+            start_timeout_s=START_TIMEOUT_S,
+        )
         self.dumps = 0
 
     def start(self) -> None:
