@@ -9,6 +9,7 @@ credential replaces every credential header the client sent.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Mapping, Sequence
 from urllib.parse import unquote
 
@@ -103,9 +104,16 @@ def upstream_url(base_url: URL, raw_path: str, prefix: Sequence[str], raw_query:
     return url
 
 
+# A segment of these only decodes to itself, and is no dot segment: most are
+# ("chat", "completions"), and they need no decoding to be judged.
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_~-]+")
+
+
 def check_segment(segment: str) -> None:
     """Raise UnsafePath if one raw path segment is, to a server that decodes
     and normalises it, a step out of its place (or holds a control character)."""
+    if _PLAIN_SEGMENT.fullmatch(segment):
+        return
     decoded = segment
     # Decoded until stable (bounded): an upstream behind another proxy may
     # decode twice, so %252e%252e is as much a dot segment as %2e%2e.
