@@ -8,7 +8,7 @@ run-to-run spread of ``python -m bench``, is read here exactly.
 The aiohttp floor and cancelproxy (``python proxy.py``) each run under
 ``valgrind --tool=callgrind`` in front of the mock provider (which runs
 natively), and are sent the same sequential requests from this process:
-warm-up first, uncounted, then each case counted alone. Only user-space
+each case uncounted first (warm-up), then each case counted alone. Only user-space
 instructions are counted: the kernel's work (the syscalls, loopback TCP), about
 the same per request for both, is not in them, which is why these ratios are
 larger than those of CPU time. Under callgrind a program runs ~50x slower, so
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import platform
 import shutil
 import subprocess
 import sys
@@ -58,7 +59,7 @@ class Counted:
     """A program under callgrind, counting only while told to."""
 
     def __init__(self, name: str, args: list[str], port: int, out_dir: Path) -> None:
-        self._out = out_dir / f"{name}.callgrind"
+        self._out = out_dir / f"{name.replace(' ', '-')}.callgrind"
         valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={self._out}"]
         self.program = Program(
             name,
@@ -108,7 +109,8 @@ async def _send(url: str, case: Case, count: int) -> None:
 
 def _count(target: Counted, url: str, requests: int, warm_up: int) -> dict[str, float]:
     """Instructions per request of each case."""
-    asyncio.run(_send(url, CASES[1], warm_up))
+    for case in CASES:  # every path warm (imports, caches, pools) before any is counted
+        asyncio.run(_send(url, case, warm_up))
     per_request = {}
     for case in CASES:
         target.counting(True)
@@ -121,7 +123,7 @@ def _count(target: Counted, url: str, requests: int, warm_up: int) -> dict[str, 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=1000, help="counted requests per case (default 1000)")
-    parser.add_argument("--warm-up", type=int, default=200, help="uncounted requests first (default 200)")
+    parser.add_argument("--warm-up", type=int, default=200, help="uncounted requests of each case first (default 200)")
     parser.add_argument("--store", metavar="URL", help="cancelproxy's store.url (default: SQLite, as shipped)")
     return parser
 
@@ -169,7 +171,7 @@ def _report(figures: dict[str, dict[str, float]], args: argparse.Namespace) -> s
     store = args.store or "SQLite"
     lines = [
         f"# instructions per request (callgrind), {args.requests} sequential requests per case",
-        f"cancelproxy revision {machine.revision(ROOT)}, store {store}",
+        f"cancelproxy revision {machine.revision(ROOT)}, store {store}, Python {platform.python_version()}",
         "",
         "| case | aiohttp floor | cancelproxy | ÷ floor |",
         "|---|---:|---:|---:|",
