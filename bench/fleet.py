@@ -81,17 +81,30 @@ def proxy_config(tmp: Path, mock_root: str, store: str | None) -> Path:
     return path
 
 
+def mock_program(port: int) -> Program:
+    """The mock provider on ``port``, not started yet."""
+    return Program(
+        "mock",
+        [sys.executable, "-m", "cancelproxy", "mock-upstream", "--port", str(port)],
+        cwd=ROOT,
+        ready_marker="listening on",
+    )
+
+
+def floor_command(port: int, mock_root: str) -> list[str]:
+    return [sys.executable, "-m", "bench.floor", "--port", str(port), "--upstream", mock_root]
+
+
+def proxy_command(port: int, config: Path) -> list[str]:
+    return [sys.executable, "proxy.py", "--config", str(config), "--port", str(port)]
+
+
 @contextlib.contextmanager
 def running_fleet(tmp: Path, with_nginx: bool = True, store: str | None = None) -> Iterator[Fleet]:
     """Start everything; stop everything on the way out, whatever happened."""
     with contextlib.ExitStack() as stack:
         mock_port = free_port()
-        mock = Program(
-            "mock",
-            [sys.executable, "-m", "cancelproxy", "mock-upstream", "--port", str(mock_port)],
-            cwd=ROOT,
-            ready_marker="listening on",
-        )
+        mock = mock_program(mock_port)
         stack.callback(mock.stop)
         mock.start()
         mock_root = f"http://127.0.0.1:{mock_port}"
@@ -102,7 +115,7 @@ def running_fleet(tmp: Path, with_nginx: bool = True, store: str | None = None) 
         port = free_port()
         floor = Program(
             FLOOR,
-            [sys.executable, "-m", "bench.floor", "--port", str(port), "--upstream", mock_root],
+            floor_command(port, mock_root),
             cwd=ROOT,
             ready_marker="listening on",
         )
@@ -129,7 +142,7 @@ def running_fleet(tmp: Path, with_nginx: bool = True, store: str | None = None) 
         port = free_port()
         proxy = Program(
             "cancelproxy",
-            [sys.executable, "proxy.py", "--config", str(proxy_config(tmp, mock_root, store)), "--port", str(port)],
+            proxy_command(port, proxy_config(tmp, mock_root, store)),
             cwd=ROOT,
             ready_marker="listening on",
         )

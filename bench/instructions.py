@@ -34,7 +34,7 @@ import aiohttp
 
 from . import machine
 from .client import JSON, chat_body
-from .fleet import FLOOR, ROOT, proxy_config
+from .fleet import FLOOR, ROOT, floor_command, mock_program, proxy_command, proxy_config
 from .procs import Program, free_port
 
 # A program under callgrind starts in tens of seconds, not one.
@@ -136,12 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cancelproxy-instructions-") as tmp_dir:
         tmp = Path(tmp_dir)
         mock_port = free_port()
-        mock = Program(
-            "mock",
-            [sys.executable, "-m", "cancelproxy", "mock-upstream", "--port", str(mock_port)],
-            cwd=ROOT,
-            ready_marker="listening on",
-        )
+        mock = mock_program(mock_port)
         mock.start()
         mock_root = f"http://127.0.0.1:{mock_port}"
         figures: dict[str, dict[str, float]] = {}
@@ -149,10 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name in (FLOOR, "cancelproxy"):
                 port = free_port()
                 if name == FLOOR:
-                    command = [sys.executable, "-m", "bench.floor", "--port", str(port), "--upstream", mock_root]
+                    command = floor_command(port, mock_root)
                 else:
-                    config = proxy_config(tmp, mock_root, args.store)
-                    command = [sys.executable, "proxy.py", "--config", str(config), "--port", str(port)]
+                    command = proxy_command(port, proxy_config(tmp, mock_root, args.store))
                 target = Counted(name, command, port, tmp)
                 target.start()
                 try:
