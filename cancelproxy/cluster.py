@@ -48,7 +48,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as BrokenConnection
 from redis.exceptions import RedisError
 
-from .store.redis import beat_forever
+from .store.redis import beat_forever, raise_if_cancelled
 
 __all__ = ["CancelOrder", "CancelResult", "Cluster", "LocalCluster", "RedisCluster"]
 
@@ -178,6 +178,7 @@ async def _pings(pubsub: PubSub, every_s: float) -> None:
         await asyncio.sleep(every_s)
         with contextlib.suppress(RedisError, OSError):  # the listener tells a lost connection
             await pubsub.ping()
+        raise_if_cancelled()
 
 
 class RedisCluster:
@@ -331,6 +332,7 @@ class RedisCluster:
                     if message.get("type") == "message":
                         self._dispatch(message["channel"], message["data"])
             except (RedisError, OSError) as exc:
+                raise_if_cancelled()
                 self._log.warning("cluster: lost the cancel channel, reconnecting: %s", exc)
                 await asyncio.sleep(backoff)
                 # At most a beat apart: once Redis is back, this replica hears

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from cancelproxy.cluster import CancelOrder, CancelResult, RedisCluster
+from cancelproxy.cluster import CancelOrder, CancelResult, RedisCluster, _pings
+from cancelproxy.store.redis import beat_forever
 
 from .helpers import until
 from .redis_server import RedisServer, unique_key_prefix
@@ -196,3 +197,39 @@ async def test_a_replica_as_silent_as_a_redis_outage_is_not_taken_for_gone_until
     finally:
         LOG.removeHandler(heard)
         await b.close()
+
+
+class _TurnsCancelIntoTimeout:
+    """A Redis client call that ends the first cancel with an error of its own, as redis-py can."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.turned = False
+
+    async def ping(self) -> None:
+        self.entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            if self.turned:
+                raise
+            self.turned = True
+            raise TimeoutError("Timeout reading from the connection") from None
+
+
+@pytest.mark.parametrize("loop", ["pings", "beats"])
+async def test_a_loop_that_outlives_lost_connections_still_ends_when_cancelled(loop: str) -> None:
+    # Seen in a run of the test above: the ping loop took the cancel of
+    # close() for a lost connection and went on, and close() waited for ever.
+    client = _TurnsCancelIntoTimeout()
+    if loop == "pings":
+        task = asyncio.create_task(_pings(client, 0.01))  # type: ignore[arg-type]
+    else:
+        task = asyncio.create_task(beat_forever(client.ping, 30, at_once=True))
+    await client.entered.wait()
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=5)
+    if not done:  # it went on: a second cancel, which the client lets through, ends it
+        task.cancel()
+        await asyncio.wait([task])
+    assert task in done and task.cancelled()

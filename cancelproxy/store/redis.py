@@ -36,7 +36,7 @@ from redis.exceptions import RedisError, ResponseError
 from ..records import Record
 from .base import StoreError
 
-__all__ = ["RedisStore", "beat_forever"]
+__all__ = ["RedisStore", "beat_forever", "raise_if_cancelled"]
 
 # Without a connect timeout, an unreachable host (packets dropped, not
 # refused) would hang open() and every /readyz ping until the OS gives up.
@@ -91,6 +91,21 @@ def _keepalive_options() -> dict[int, int]:
     return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
 
 
+def raise_if_cancelled() -> None:
+    """Raise the cancel of this task if one was asked for and a Redis call ate it.
+
+    redis-py can end a cancelled call with an error of its own (a
+    ``TimeoutError``, which is an ``OSError``), or return. A loop that lives
+    through lost connections takes that for one and goes on: the task then never
+    ends, and whatever awaits it (``close()``, shutdown) waits for ever. asyncio
+    still knows the cancel was asked for, and ``asyncio.timeout`` takes back its
+    own, so this raises only for a cancel from outside.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def beat_forever(
     beat: Callable[[], Awaitable[object]],
     every_s: float,
@@ -115,9 +130,11 @@ async def beat_forever(
                 await beat()
             pause = every_s
         except (TimeoutError, RedisError, OSError) as exc:
+            raise_if_cancelled()
             if failed is not None:
                 failed(exc)
             pause = every_s / 2
+        raise_if_cancelled()
 
 
 def _text(value: bytes | str) -> str:

@@ -32,7 +32,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .redis import beat_forever
+from .redis import beat_forever, raise_if_cancelled
 
 __all__ = ["RedisStreams", "RemoteEntry"]
 
@@ -134,6 +134,7 @@ class RedisStreams:
             try:
                 await self._send(batch)
             except (RedisError, OSError) as exc:
+                raise_if_cancelled()
                 # Resume across replicas is best effort: a reader here still
                 # gets the whole stream; one on another replica is cut off.
                 if not self._failing:
