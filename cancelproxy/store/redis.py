@@ -94,12 +94,14 @@ def _keepalive_options() -> dict[int, int]:
 def raise_if_cancelled() -> None:
     """Raise the cancel of this task if one was asked for and a Redis call ate it.
 
-    redis-py can end a cancelled call with an error of its own (a
-    ``TimeoutError``, which is an ``OSError``), or return. A loop that lives
-    through lost connections takes that for one and goes on: the task then never
-    ends, and whatever awaits it (``close()``, shutdown) waits for ever. asyncio
-    still knows the cancel was asked for, and ``asyncio.timeout`` takes back its
-    own, so this raises only for a cancel from outside.
+    A cancelled redis-py call does not always end in ``CancelledError``: the
+    cancel channel's ping task was once seen "cancelling" and still pinging,
+    its cancel taken inside ``pubsub.ping()`` for a lost connection (an error
+    the loop suppresses; a ``TimeoutError`` is an ``OSError`` too). A loop that
+    lives through lost connections then never ends, and whatever awaits it
+    (``close()``, shutdown) waits for ever. asyncio still knows the cancel was
+    asked for, and ``asyncio.timeout`` takes back its own, so this raises only
+    for a cancel from outside.
     """
     task = asyncio.current_task()
     if task is not None and task.cancelling():
