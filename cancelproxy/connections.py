@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
-from aiohttp.http_exceptions import HttpProcessingError, InvalidHeader, LineTooLong
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 
@@ -44,14 +43,13 @@ from .errors import (
     TooManyConnections,
     error_response,
     raw_error_response,
+    refusal_reason,
 )
 
 __all__ = ["Connections", "GuardedHandler", "GuardedServer"]
 
 # aiohttp's message when a head has more than max_headers fields (both its parsers).
 _TOO_MANY_HEADERS = "Too many headers received"
-# Where aiohttp's parsing error messages start quoting the client's bytes.
-_QUOTED_BYTES = re.compile(r"(?:^|(?<=\s))(?:bytearray\()?b?['\"]")
 
 
 class Connections:
@@ -220,7 +218,7 @@ class GuardedHandler(web.RequestHandler):
             return HeaderFieldsTooLarge(f"a header field is larger than {self.max_field_size} bytes")
         if isinstance(exc, HttpProcessingError) and exc.message == _TOO_MANY_HEADERS:
             return HeaderFieldsTooLarge(f"the request has more than {self.max_headers} header fields")
-        shaped = BadRequest(f"the request is not valid HTTP/1.1: {_reason(exc)}", code="invalid_http")
+        shaped = BadRequest(f"the request is not valid HTTP/1.1: {refusal_reason(exc)}", code="invalid_http")
         shaped.status = status  # aiohttp's choice: 400 for everything it cannot parse
         return shaped
 
@@ -278,19 +276,6 @@ class GuardedHandler(web.RequestHandler):
             # does not read. What the kernel took is still sent, then a FIN.
             transport.abort()
         self.force_close()
-
-
-def _reason(exc: BaseException | None) -> str:
-    """aiohttp's reason for refusing a request, without the client's bytes it quotes after it.
-
-    Those bytes could be anything the client sent, a key in a header or a
-    query included, so they are neither echoed nor logged.
-    """
-    message = exc.message if isinstance(exc, HttpProcessingError) else ""
-    if isinstance(exc, InvalidHeader):
-        message = "Invalid HTTP header"
-    kept = _QUOTED_BYTES.split(message, maxsplit=1)[0]
-    return " ".join(kept.split()).strip(" :.^") or "malformed request"
 
 
 _RequestFactory = Callable[

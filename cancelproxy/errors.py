@@ -25,19 +25,23 @@ The two sides of a proxy fail differently and must never be confused::
 
 ``map_upstream_error`` is the one place aiohttp client exceptions become
 ``UpstreamError``; nothing else inspects aiohttp's exception types on the
-client side (server.py maps aiohttp's own HTTP parsing errors).
+client side. On the server side, connections.py maps aiohttp's errors for a
+request head and forward.py those for a body, both worded by
+``refusal_reason``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, InvalidHeader
 
 __all__ = [
     "CLOSE_CONNECTION",
@@ -62,12 +66,16 @@ __all__ = [
     "error_response",
     "map_upstream_error",
     "raw_error_response",
+    "refusal_reason",
     "sse_error_event",
 ]
 
+# Where aiohttp's parsing error messages start quoting the client's bytes.
+_QUOTED_BYTES = re.compile(r"(?:^|(?<=\s))(?:bytearray\()?b?['\"]")
+
 # Set on an answer after which the connection is closed at once: aiohttp
 # would otherwise go on reading (up to 10 s) a request body the proxy gave up
-# on. server.py does the closing.
+# on. connections.py does the closing.
 CLOSE_CONNECTION = web.ResponseKey("close_connection", bool)
 
 
@@ -196,7 +204,7 @@ def error_response(
 def raw_error_response(error: ProxyError) -> bytes:
     """The whole HTTP/1.1 answer as bytes, ending the connection.
 
-    For the server's guards (server.py), which answer where aiohttp has no
+    For the server's guards (server.py, connections.py), which answer where aiohttp has no
     request object to build a ``web.Response`` for: a head that never
     completed, a connection refused before it was handed to aiohttp.
     """
@@ -229,3 +237,16 @@ def map_upstream_error(exc: BaseException, upstream: str, *, answered: bool) -> 
     if answered:
         return UpstreamBroken(f"upstream '{upstream}' broke off the answer: {detail}")
     return UpstreamUnreachable(f"upstream '{upstream}' is unreachable: {detail}")
+
+
+def refusal_reason(exc: BaseException | None) -> str:
+    """aiohttp's reason for refusing what a client sent, without the client's bytes it quotes after it.
+
+    Those bytes could be anything the client sent, a key in a header or a
+    query included, so they are neither echoed nor logged.
+    """
+    message = exc.message if isinstance(exc, HttpProcessingError) else ""
+    if isinstance(exc, InvalidHeader):
+        message = "Invalid HTTP header"
+    kept = _QUOTED_BYTES.split(message, maxsplit=1)[0]
+    return " ".join(kept.split()).strip(" :.^") or "malformed request"

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .errors import BadRequest, BodyTooLarge, NotFound, ProxyError, RequestTimeout, error_response
+from .errors import BadRequest, BodyTooLarge, NotFound, ProxyError, RequestTimeout, error_response, refusal_reason
 from .exchange import PassThrough
 from .generation import Generation
 from .live import LiveRequest
@@ -167,16 +167,9 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     except TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
     except web.RequestPayloadError as exc:  # a broken chunked encoding or compression
-        raise BadRequest(f"the request body is malformed: {_malformed_reason(exc)}", code="invalid_body") from None
-
-
-def _malformed_reason(exc: web.RequestPayloadError) -> str:
-    """The reason aiohttp gives, and only that line: its text reads "400, message:",
-    then the reason, and may go on to quote the client's bytes."""
-    lines = [line.strip() for line in str(exc).splitlines()]
-    if len(lines) > 1 and lines[0].endswith("message:") and lines[1]:
-        return lines[1]
-    return lines[0].rstrip(":") if lines and lines[0] else "unreadable"
+        # aiohttp wraps the parser's own error, whose message is the reason.
+        reason = refusal_reason(exc.__cause__)
+        raise BadRequest(f"the request body is malformed: {reason}", code="invalid_body") from None
 
 
 def _too_large(limit: int) -> BodyTooLarge:
