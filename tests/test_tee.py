@@ -106,6 +106,21 @@ def test_a_hidden_event_keeps_its_place_with_an_empty_span() -> None:
     assert [end for end, _ in events] == [len(shown), len(shown)]
 
 
+def test_a_read_of_many_deltas_and_the_usage_only_chunk_keeps_every_events_end() -> None:
+    # A fast stream's last read: compact nulls, rewritten together, then the
+    # usage-only chunk and [DONE], one by one.
+    asked = [_event(_chunk(f"w{i} ", True)) for i in range(5)]
+    asked += [_event({"id": "c1", "choices": [], "usage": USAGE}), b"data: [DONE]\n\n"]
+    shown = [_event(_chunk(f"w{i} ", False)) for i in range(5)] + [b"", b"data: [DONE]\n\n"]
+    tee = _tee(rewrite=hide_injected_usage)
+    whole, events = tee.split(b"".join(asked))
+    assert whole == b"".join(shown)
+    ends = [sum(len(piece) for piece in shown[: i + 1]) for i in range(len(shown))]
+    assert [end for end, _ in events] == ends
+    tee.commit(events)
+    assert tee.transcript.answer().content == "w0 w1 w2 w3 w4 "
+
+
 def test_usage_is_left_alone_when_the_client_asked() -> None:
     stream = _event(_chunk("a", True)) + _event({"id": "c1", "choices": [], "usage": USAGE})
     assert _tee().split(stream)[0] is stream

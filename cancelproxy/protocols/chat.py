@@ -12,10 +12,12 @@ out of the client's bytes again, so they stay what they would have been.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import re
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from ..errors import BadRequest, ProxyError, error_body
@@ -36,34 +38,39 @@ _NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 
 
 _USAGE_NULL_COMPACT = b',"usage":null'
+# A "usage" that is not part of a compact ``,"usage":null``. Written to
+# start with the literal, which re finds at C speed (~30x faster on a block of
+# many events than with the lookbehind first).
+_OTHER_USAGE = re.compile(rb'"usage"(?:(?<!,"usage")|(?!:null))')
 
 
 def hide_injected_usage(whole: bytes, events: list[Event]) -> tuple[bytes, list[Event]]:
     """Whole events as the client would have had them without ``include_usage``,
     and where each now ends (see ``base.Rewrite``).
 
-    The common block, where every ``"usage"`` is a compact ``,"usage":null``
-    (so no usage-only chunk either), is one replace and a shift of the offsets,
-    found by two counts; anything else is rewritten event by event."""
+    Where every ``"usage"`` is a compact ``,"usage":null`` (so no usage-only
+    chunk either), the events are rewritten together: one replace and a shift
+    of the offsets, found by two counts. From the first other ``"usage"`` on
+    (in a stream that sends many deltas per read: the usage-only chunk in the
+    last read) they are rewritten event by event."""
     last = events[-1][0]
     head = whole[:last] if last < len(whole) else whole
     nulls = head.count(_USAGE_NULL_COMPACT)
     if nulls == head.count(b'"usage"'):
         if nulls == 0:
             return whole, events
-        moved: list[Event] = []
-        found, shift, width = head.find(_USAGE_NULL_COMPACT), 0, len(_USAGE_NULL_COMPACT)
-        for end, payload in events:
-            while 0 <= found < end:
-                shift += width
-                found = head.find(_USAGE_NULL_COMPACT, found + width)
-            moved.append((end - shift, payload))
-        rest = head.replace(_USAGE_NULL_COMPACT, b"")
-        return (rest + whole[last:] if head is not whole else rest), moved
-    pieces: list[bytes] = []
-    moved = []
-    start = size = 0
-    for end, payload in events:
+        shown, moved = _hide_compact_nulls(head, events)
+        return (shown + whole[last:] if head is not whole else shown), moved
+    other = _OTHER_USAGE.search(head)
+    # The events that end before it hold compact nulls only.
+    compact = bisect.bisect_right(events, other.start() if other is not None else 0, key=itemgetter(0))
+    start = events[compact - 1][0] if compact else 0
+    if compact:
+        shown, moved = _hide_compact_nulls(head[:start], events[:compact])
+        pieces, size = [shown], len(shown)
+    else:
+        pieces, moved, size = [], [], 0
+    for end, payload in events[compact:]:
         piece = _hide_in_event(whole[start:end])
         pieces.append(piece)
         size += len(piece)
@@ -71,6 +78,19 @@ def hide_injected_usage(whole: bytes, events: list[Event]) -> tuple[bytes, list[
         start = end
     pieces.append(whole[start:])
     return b"".join(pieces), moved
+
+
+def _hide_compact_nulls(block: bytes, events: list[Event]) -> tuple[bytes, list[Event]]:
+    """``block`` (the bytes of ``events``, each ``"usage"`` in them a compact
+    ``,"usage":null``) without them, and where each event now ends."""
+    moved: list[Event] = []
+    found, shift, width = block.find(_USAGE_NULL_COMPACT), 0, len(_USAGE_NULL_COMPACT)
+    for end, payload in events:
+        while 0 <= found < end:
+            shift += width
+            found = block.find(_USAGE_NULL_COMPACT, found + width)
+        moved.append((end - shift, payload))
+    return block.replace(_USAGE_NULL_COMPACT, b""), moved
 
 
 def _hide_in_event(event: bytes) -> bytes:
