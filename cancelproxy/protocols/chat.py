@@ -145,6 +145,10 @@ class ChatTranscript(Chunks):
         content = str_field(part, "content")
         if content:
             self._content.append(content)
+            if len(part) == 1:
+                # {"content": "..."}, nearly every delta of a stream: there is
+                # nothing else to look for, and this runs for each of them.
+                return True
         # "reasoning" is the vLLM/OpenRouter spelling of DeepSeek's field.
         reasoning = str_field(part, "reasoning_content") or str_field(part, "reasoning")
         if reasoning:
