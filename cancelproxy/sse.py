@@ -39,6 +39,7 @@ Event = tuple[int, bytes]
 _LFLF = b"\n\n"
 _LFCRLF = b"\n\r\n"
 _CR = 0x0D
+_LF = 0x0A
 _SP = 0x20
 
 
@@ -79,6 +80,18 @@ def _extract(buf: bytes, end: int, out: list[Event]) -> None:
         nl = buf.find(b"\n", pos, end)
         if nl < 0:  # cannot happen for whole lines; be defensive
             break
+        if (
+            data is None
+            and nl + 1 < end
+            and buf[nl + 1] == _LF
+            and buf.startswith(b"data: ", pos)
+            and buf[nl - 1] != _CR
+        ):
+            # Nearly every event an LLM provider sends: one "data: " line
+            # and its blank line, both ending in LF. Taken in one step.
+            out.append((nl + 2, buf[pos + 6 : nl]))
+            pos = nl + 2
+            continue
         stop = nl - 1 if nl > pos and buf[nl - 1] == _CR else nl
         if stop == pos:  # blank line: dispatch the event, if it had data
             if data is not None:

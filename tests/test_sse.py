@@ -164,6 +164,14 @@ def test_crlf_events() -> None:
     assert (whole, payloads) == (b"data: d\r\n\r\n", [b"d"])
 
 
+def test_a_data_line_ended_by_crlf_before_an_lf_blank_line_keeps_no_cr() -> None:
+    framer = SSEFramer()
+    data = b"data: a\r\n\ndata: b\n\ndata: \r\n\n"
+    whole, payloads = _feed(framer, data)
+    assert whole is data
+    assert payloads == [b"a", b"b", b""]
+
+
 def test_comment_and_field_only_events_have_no_payload() -> None:
     framer = SSEFramer()
     data = b": keep-alive\n\nevent: ping\nid: 3\n\nretry: 5\r\n\r\n"
