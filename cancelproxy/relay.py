@@ -338,8 +338,11 @@ class Relay:
         if self._client_left:
             self._exchange.sent(data, events or [])
             return
-        # Per chunk: only the first write prepares the response.
-        response = self._response or await self._prepare()
+        # Per chunk: only the first write prepares the response. (``is None``,
+        # not ``or``: a StreamResponse's truth is a Python call of its own.)
+        response = self._response
+        if response is None:
+            response = await self._prepare()
         transport = self._request.transport
         try:
             if transport is None or transport.is_closing():

@@ -49,7 +49,8 @@ class Chunks:
         if payload[:1] != b"{" and payload.strip() == _DONE:
             self.done = True
             return
-        choice = self._take(payload)
+        obj = parse_object(payload)
+        choice = self._take_object(obj) if obj is not None else None
         if choice is not None and self._take_choice(choice, stream=True):
             self.tokens += 1
 
@@ -68,10 +69,6 @@ class Chunks:
         # Some servers end a stream after its finish_reason without [DONE];
         # the SDKs take that as a whole answer, and so does the record.
         return self.done or self.finish_reason is not None
-
-    def _take(self, raw: bytes) -> dict[str, Any] | None:
-        obj = parse_object(raw)
-        return self._take_object(obj) if obj is not None else None
 
     def _take_object(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         """Note error/id/model/usage/finish_reason; choice 0, if there is one."""
