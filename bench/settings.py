@@ -27,6 +27,7 @@ class Settings:
     disconnect_repeats: int
     concurrent_streams: int
     concurrent_tokens: int  # per stream, at 50 a second
+    concurrent_rounds: int  # each through every target in turn
     resume_streams: int
     resume_tokens: int  # per stream, at 50 a second
 
@@ -56,6 +57,7 @@ QUICK = Settings(
     disconnect_repeats=20,
     concurrent_streams=100,
     concurrent_tokens=50,
+    concurrent_rounds=1,
     resume_streams=20,
     resume_tokens=50,
 )
@@ -80,6 +82,7 @@ FULL = Settings(
     disconnect_repeats=200,
     concurrent_streams=100,
     concurrent_tokens=250,
+    concurrent_rounds=3,
     resume_streams=100,
     resume_tokens=250,
 )

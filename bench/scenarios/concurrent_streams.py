@@ -11,14 +11,15 @@ streams) have set far above what 100 streams need.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..client import listen_overflows
-from ..fleet import FLOOR
+from ..fleet import FLOOR, Target
 from ..gcfigures import FULL, GcWindow, scrape
-from ..procstat import total_cpu
+from ..procstat import CpuWindow, total_cpu
 from ..report import CPU_COLUMN, FLOOR_NOTE, Table, bottleneck, cpu_cell, ratio, ratios_cell
-from ..stats import percentile
+from ..stats import median, percentile
 from ..workers import Job
 from . import Context
 from .slow_streams import peak_in_flight
@@ -26,11 +27,62 @@ from .slow_streams import peak_in_flight
 RATE = 50.0
 
 
+@dataclass(frozen=True)
+class _Round:
+    """One window of the scenario through one target."""
+
+    results: list[dict[str, Any]]
+    wall_s: float
+    window: CpuWindow  # every process's share of the CPU meanwhile
+    cpu_s: float  # the server's utime+stime over the window
+    overflows: int
+    delivered: int  # deltas the clients received
+
+    @property
+    def cpu_s_per_chunk(self) -> float | None:
+        return self.cpu_s / self.delivered if self.delivered else None
+
+
+def _one_round(ctx: Context, target: Target, n: int, tokens: int) -> _Round:
+    ctx.fleet.clear_mock()
+    start_at = ctx.start_at()
+    jobs = [
+        Job(
+            "bench.scenarios.slow_streams:slow_job",
+            {
+                "url": target.chat_url,
+                "streams": share,
+                "start_at": start_at,
+                "timeout_s": 60.0 + tokens / RATE,
+                "tokens": tokens,
+                "rate": RATE,
+            },
+        )
+        for share in ctx.split(n)
+    ]
+    pids = target.server_pids
+    cpu_before, overflows = total_cpu(pids()), listen_overflows()
+    meter = ctx.cpu_meter(target)
+    meter.start()
+    results = ctx.pool.run(jobs, timeout_s=90 + tokens / RATE)
+    wall = max(r["ended"] for r in results) - start_at
+    window = meter.stop(wall_s=wall)
+    return _Round(
+        results=results,
+        wall_s=wall,
+        window=window,
+        cpu_s=total_cpu(pids()) - cpu_before,
+        overflows=listen_overflows() - overflows,
+        delivered=sum(len(r["durations"]) for r in results) * tokens,
+    )
+
+
 def run(ctx: Context) -> Table:
-    n, tokens = ctx.settings.concurrent_streams, ctx.settings.concurrent_tokens
+    n, tokens, rounds = ctx.settings.concurrent_streams, ctx.settings.concurrent_tokens, ctx.settings.concurrent_rounds
     table = Table(
         "concurrent_streams",
-        f"{n} concurrent streams at {RATE:g} chunks/s × {tokens} chunks ({tokens / RATE:.0f} s), started together",
+        f"{n} concurrent streams at {RATE:g} chunks/s × {tokens} chunks ({tokens / RATE:.0f} s), started together; "
+        f"{rounds} round(s), the targets taking turns in each",
         [
             "target",
             "wall s",
@@ -45,77 +97,84 @@ def run(ctx: Context) -> Table:
             "errors",
         ],
     )
-    floor: dict[str, Any] | None = None
+    # The GC figures and the CPU they are a share of span all of a target's
+    # rounds (a process waiting for its turn does next to nothing).
+    gc_before = {t.name: scrape(t.metrics_url) if t.gc_metrics else None for t in ctx.targets}
+    cpu_before = {t.name: total_cpu(t.server_pids()) for t in ctx.targets}
+    measured: dict[str, list[_Round]] = {t.name: [] for t in ctx.targets}
+    for _ in range(rounds):
+        # Each round through every target in turn: what else the machine does
+        # for a few seconds then falls on one round, not on one target.
+        for target in ctx.targets:
+            measured[target.name].append(_one_round(ctx, target, n, tokens))
+
+    floor: list[_Round] | None = measured.get(FLOOR)
+    floor_gc_share: float | None = None
     full_since_start: dict[str, float | None] = {}  # None: no full collection yet
+    round_notes: list[str] = []
     for target in ctx.targets:
-        pids = target.server_pids
-        ctx.fleet.clear_mock()
-        start_at = ctx.start_at()
-        jobs = [
-            Job(
-                "bench.scenarios.slow_streams:slow_job",
-                {
-                    "url": target.chat_url,
-                    "streams": share,
-                    "start_at": start_at,
-                    "timeout_s": 60.0 + tokens / RATE,
-                    "tokens": tokens,
-                    "rate": RATE,
-                },
-            )
-            for share in ctx.split(n)
-        ]
-        gc_before = scrape(target.metrics_url) if target.gc_metrics else None
-        cpu_before, overflows = total_cpu(pids()), listen_overflows()
-        meter = ctx.cpu_meter(target)
-        meter.start()
-        results = ctx.pool.run(jobs, timeout_s=90 + tokens / RATE)
-        wall = max(r["ended"] for r in results) - start_at
-        window = meter.stop(wall_s=wall)
-        cpu_s, overflows = total_cpu(pids()) - cpu_before, listen_overflows() - overflows
-        gc_after = scrape(target.metrics_url) if gc_before is not None else None
-        gc = GcWindow.between(gc_before, gc_after) if gc_before is not None and gc_after is not None else None
+        taken = measured[target.name]
+        before = gc_before[target.name]
+        gc_after = scrape(target.metrics_url) if before is not None else None
+        gc = GcWindow.between(before, gc_after) if before is not None and gc_after is not None else None
         if gc_after is not None:
             full_since_start[target.name] = gc_after.longest_s[FULL] if gc_after.collections[FULL] else None
+        cpu_all_rounds = total_cpu(target.server_pids()) - cpu_before[target.name]
 
         proxied = target.name != "direct"
-        gaps = [g for r in results for g in r["gaps"]]
-        delivered = sum(len(r["durations"]) for r in results) * tokens
-        in_flight = peak_in_flight([i for r in results for i in r["intervals"]])
+        per_chunk = [r.cpu_s_per_chunk for r in taken]
+        # The round reported is the median one by CPU per chunk (by wall time for direct).
+        chosen = sorted(taken, key=lambda r: (r.cpu_s_per_chunk or 0.0, r.wall_s))[len(taken) // 2]
+        gaps = [g for r in taken for res in r.results for g in res["gaps"]]
         figures: dict[str, Any] = {
-            "wall_s": wall,
+            "rounds": len(taken),
+            "wall_s": chosen.wall_s,
             "added_gap_p50_s": percentile(gaps, 50) - 1 / RATE if gaps else None,
             "added_gap_p99_s": percentile(gaps, 99) - 1 / RATE if gaps else None,
-            "server_cpu_s": cpu_s if proxied else None,
-            "server_cpu_s_per_chunk": cpu_s / delivered if proxied and delivered else None,
-            "peak_in_flight": in_flight,
-            "gc": None if gc is None else gc.as_json(cpu_s),
+            "server_cpu_s": chosen.cpu_s if proxied else None,
+            "server_cpu_s_per_chunk": chosen.cpu_s_per_chunk if proxied else None,
+            "server_cpu_s_per_chunk_rounds": per_chunk if proxied else None,
+            "peak_in_flight": max(peak_in_flight([i for res in r.results for i in res["intervals"]]) for r in taken),
+            "gc": None if gc is None else gc.as_json(cpu_all_rounds),
             "gc_longest_full_since_start_s": full_since_start.get(target.name),
-            "gc_share_of_cpu": None if gc is None else gc.share(cpu_s),
-            "cpu_s": window.seconds,
-            "machine_busy": window.machine_busy,
-            "listen_overflows": overflows,
-            "errors": sum(r["error_count"] for r in results),
-            "error_samples": [e for r in results for e in r["errors"]],
+            "gc_share_of_cpu": None if gc is None else gc.share(cpu_all_rounds),
+            "cpu_s": chosen.window.seconds,
+            "machine_busy": chosen.window.machine_busy,
+            "listen_overflows": sum(r.overflows for r in taken),
+            "errors": sum(res["error_count"] for r in taken for res in r.results),
+            "error_samples": [e for r in taken for res in r.results for e in res["errors"]],
         }
         over = None
         if floor is not None and proxied and target.name != FLOOR:
-            over = [ratio(figures[k], floor[k]) for k in ("server_cpu_s_per_chunk", "gc_share_of_cpu")]
+            # Each round's figure to the floor's of the same round, minutes
+            # apart at most; the median of those.
+            by_round = [ratio(mine, theirs.cpu_s_per_chunk) for mine, theirs in zip(per_chunk, floor, strict=True)]
+            known = [r for r in by_round if r is not None]
+            over = [median(known) if known else None, ratio(figures["gc_share_of_cpu"], floor_gc_share)]
             figures["ratio_to_floor"] = dict(zip(["cpu_per_chunk", "gc_share"], over, strict=True))
-        table.add(target.name, _cells(figures, gc, over, window), figures)
-        floor = figures if target.name == FLOOR else floor
-        limit = bottleneck(window, ctx.fleet_cores, ctx.settings.clients)
+            figures["ratio_to_floor"]["cpu_per_chunk_rounds"] = by_round
+            if len(taken) > 1:
+                round_notes.append(
+                    f"{target.name}: CPU per chunk ÷ the floor's, round by round: "
+                    + ", ".join("n/a" if r is None else f"{r:.2f}" for r in by_round)
+                )
+        table.add(target.name, _cells(figures, gc, over, chosen.window), figures)
+        if target.name == FLOOR:
+            floor_gc_share = figures["gc_share_of_cpu"]
+        limit = bottleneck(chosen.window, ctx.fleet_cores, ctx.settings.clients)
         if limit:
             table.notes.append(f"{target.name}: limited by {limit}")
+    table.notes += round_notes
     table.notes += [
         "wall = the common start → the last delta; added gap = client inter-arrival of deltas − "
-        f"{1000 / RATE:.0f} ms; server CPU / chunk = the server's utime+stime over the run ÷ the deltas delivered "
-        "(stream set-ups included)",
-        "GC (the aiohttp floor and cancelproxy only): from each one's GET /metrics before and after the run, where "
-        "gc.callbacks times every collection; % of server CPU = the collecting thread's CPU time in collections ÷ "
-        "the process's utime+stime; a pause is a collection's wall time (the event loop stands still meanwhile); "
-        "gen 2 is a full collection; ≤: no longer pause than the process's longest before the run, bounded by the "
-        "pause histogram's bucket; none: no collection of that generation",
+        f"{1000 / RATE:.0f} ms, over all rounds; server CPU / chunk = the server's utime+stime over a round ÷ the "
+        "deltas delivered (stream set-ups included); the row is the median round by it, and ÷ floor the median of "
+        "each round's ratio to the floor's of the same round",
+        "GC (the aiohttp floor and cancelproxy only): from each one's GET /metrics before the first round and after "
+        "the last, where gc.callbacks times every collection; % of server CPU = the collecting thread's CPU time in "
+        "collections ÷ the process's utime+stime over the same span; a pause is a collection's wall time (the event "
+        "loop stands still meanwhile); gen 2 is a full collection; ≤: no longer pause than the process's longest "
+        "before the run, bounded by the pause histogram's bucket; none: no collection of that generation",
         "the longest full collection each process has had since it started (its GC figures' own maximum): "
         + "; ".join(
             f"{name} {'none yet' if seconds is None else f'{seconds * 1000:.2f} ms'}"
@@ -126,7 +185,9 @@ def run(ctx: Context) -> Table:
     return table
 
 
-def _cells(figures: dict[str, Any], gc: GcWindow | None, over: list[float | None] | None, window: Any) -> list[str]:
+def _cells(
+    figures: dict[str, Any], gc: GcWindow | None, over: list[float | None] | None, window: CpuWindow
+) -> list[str]:
     def maybe(value: float | None, scale: float, digits: int) -> str:
         return "n/a" if value is None else f"{value * scale:.{digits}f}"
 
