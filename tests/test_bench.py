@@ -116,8 +116,13 @@ def test_instruction_counts_run_and_report() -> None:
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
     rows = [line.strip("|").split("|") for line in done.stdout.splitlines() if line.startswith("| ")]
     cases = [cells[0].strip() for cells in rows[1:]]
-    assert cases[:3] == ["not streamed (1 token)", "streamed (1 token)", "streamed (101 tokens)"], done.stdout
-    assert cases[3].startswith("per delta")
+    assert cases[:4] == [
+        "not streamed (1 token)",
+        "streamed (1 token)",
+        "streamed (101 tokens)",
+        "streamed (101 tokens, 100 a second)",
+    ], done.stdout
+    assert cases[4].startswith("per delta (") and cases[5].startswith("per delta at 100 a second"), done.stdout
     for cells in rows[1:]:
         floor, proxy = (int(cell.replace(",", "")) for cell in cells[1:3])
         assert floor > 0 and proxy > 0, cells
