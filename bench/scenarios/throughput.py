@@ -108,6 +108,11 @@ def cpu_per_chunk(target: Target, chosen: Round) -> float | None:
     return chosen.window.seconds["server"] / chosen.received if target.name != "direct" and chosen.received else None
 
 
+def _median_known(ratios: list[float | None]) -> float | None:
+    known = [r for r in ratios if r is not None]
+    return median(known) if known else None
+
+
 def run(ctx: Context) -> Table:
     settings = ctx.settings
     streams, chunks, rounds = settings.throughput_streams, settings.throughput_chunks, settings.throughput_rounds
@@ -126,18 +131,31 @@ def run(ctx: Context) -> Table:
             "errors",
         ],
     )
+    # Each round through every target in turn: what else the machine does for
+    # a second or two then falls on one round, not on one target.
+    rounds_of: dict[str, list[Round]] = {target.name: [] for target in ctx.targets}
+    for _ in range(rounds):
+        for target in ctx.targets:
+            rounds_of[target.name] += measure(ctx, target, "chat", streams, chunks, 1)
+    floor_target = next((target for target in ctx.targets if target.name == FLOOR), None)
     direct_rate: float | None = None
-    floor: tuple[float, float] | None = None  # the floor's chunks/s and CPU s per chunk
     for target in ctx.targets:
-        measured = measure(ctx, target, "chat", streams, chunks, rounds)
+        measured = rounds_of[target.name]
         chosen = median_round(measured)
         rate, window = chosen.chunks_per_s, chosen.window
         direct_rate = rate if target.name == "direct" else direct_rate
         to_direct = rate / direct_rate if direct_rate else None
         per_chunk = cpu_per_chunk(target, chosen)
-        if target.name == FLOOR:
-            floor = (rate, per_chunk) if per_chunk else None
-        over = [ratio(rate, floor[0]), ratio(per_chunk, floor[1])] if floor and target.name != FLOOR else None
+        over = None
+        if floor_target is not None and target.name not in (FLOOR, "direct"):
+            # Each round's figures to the floor's of the same round; the median of those.
+            pairs = list(zip(measured, rounds_of[FLOOR], strict=True))
+            over = [
+                _median_known([ratio(mine.chunks_per_s, floor.chunks_per_s) for mine, floor in pairs]),
+                _median_known(
+                    [ratio(cpu_per_chunk(target, mine), cpu_per_chunk(floor_target, floor)) for mine, floor in pairs]
+                ),
+            ]
         table.add(
             target.name,
             [
@@ -165,7 +183,9 @@ def run(ctx: Context) -> Table:
         who = "direct is the ceiling here (clients + mock alone)" if target.name == "direct" else target.name
         table.notes.append(f"{who}: limited by {limit}" if limit else f"{who}: no process saturated")
     table.notes.append(
-        "server CPU / chunk: the server's utime+stime over the round ÷ the content chunks the clients received"
+        "server CPU / chunk: the server's utime+stime over the round ÷ the content chunks the clients received; "
+        "the rounds take turns, every target in each; a row is its median round by chunks/s, and ÷ floor the median "
+        "of each round's ratio to the floor's in the same round"
     )
     table.notes.append(FLOOR_NOTE)
     return table
