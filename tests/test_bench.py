@@ -16,7 +16,7 @@ from bench.fleet import FLOOR
 from bench.nginx import find_nginx
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["latency", "cancel_new_conn", "disconnect", "concurrent_streams", "resume"]
+SCENARIOS = ["latency", "throughput", "cancel_new_conn", "disconnect", "concurrent_streams", "resume"]
 
 
 def _tables(output: str) -> dict[str, list[list[str]]]:
@@ -68,6 +68,10 @@ def test_quick_bench_runs_and_reports(tmp_path: Path) -> None:
         assert all(_is_number(cell) for cell in row[1:3]), row  # p50, p99
     assert all(_is_number(cell) for cell in latency["cancelproxy"][3:6])  # added p50, p99, CPU
     assert _is_number(latency["cancelproxy"][6].split(" / ")[2])  # CPU ÷ the floor's
+
+    throughput = {row[0]: row for row in tables["throughput"]}
+    assert list(throughput) == targets
+    assert all(_is_number(figure) for figure in throughput["cancelproxy"][5].split(" / ")), throughput  # ÷ floor
 
     cancel = tables["cancel_new_conn"]
     assert [row[0] for row in cancel if not row[0].startswith("cancelproxy")] == targets[:-1]
