@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .procstat import CpuWindow
+from .stats import median
 
 
 @dataclass
@@ -75,6 +77,17 @@ def ratio(value: float | None, floor: float | None) -> float | None:
     if value is None or floor is None or floor <= 0 or value < 0:
         return None
     return value / floor
+
+
+def ratios_by_round(values: Sequence[float | None], floors: Sequence[float | None]) -> list[float | None]:
+    """Each round's figure as a multiple of the floor's in the same round (see ``Context.in_turns``)."""
+    return [ratio(value, floor) for value, floor in zip(values, floors, strict=True)]
+
+
+def median_ratio(ratios: Sequence[float | None]) -> float | None:
+    """The median of the ratios that mean something; None if none does."""
+    known = [r for r in ratios if r is not None]
+    return median(known) if known else None
 
 
 def ratios_cell(ratios: list[float | None]) -> str:

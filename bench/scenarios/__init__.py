@@ -8,12 +8,15 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..fleet import Fleet, Target
 from ..procstat import CpuMeter
 from ..report import Table
 from ..settings import Settings
 from ..workers import WorkerPool
+
+Measured = TypeVar("Measured")
 
 
 @dataclass
@@ -38,6 +41,19 @@ class Context:
     def start_at(self, delay_s: float = 0.3) -> float:
         """A common start instant for jobs sent to several workers now."""
         return time.monotonic() + delay_s
+
+    def in_turns(self, rounds: int, measure: Callable[[Target], Measured]) -> dict[str, list[Measured]]:
+        """``rounds`` rounds, each measuring every target in turn; by target name.
+
+        Whatever else the machine does for a few seconds then falls on one
+        round of each target, not on every round of one, so a round's figure
+        is compared with the floor's of the same round (``report.ratios_by_round``).
+        """
+        measured: dict[str, list[Measured]] = {target.name: [] for target in self.targets}
+        for _ in range(rounds):
+            for target in self.targets:
+                measured[target.name].append(measure(target))
+        return measured
 
     def split(self, total: int) -> list[int]:
         """``total`` streams shared as evenly as possible by the client processes."""

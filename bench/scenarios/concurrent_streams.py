@@ -18,8 +18,18 @@ from ..client import listen_overflows
 from ..fleet import FLOOR, Target
 from ..gcfigures import FULL, GcWindow, scrape
 from ..procstat import CpuWindow, total_cpu
-from ..report import CPU_COLUMN, FLOOR_NOTE, Table, bottleneck, cpu_cell, ratio, ratios_cell
-from ..stats import median, percentile
+from ..report import (
+    CPU_COLUMN,
+    FLOOR_NOTE,
+    Table,
+    bottleneck,
+    cpu_cell,
+    median_ratio,
+    ratio,
+    ratios_by_round,
+    ratios_cell,
+)
+from ..stats import percentile
 from ..workers import Job
 from . import Context
 from .slow_streams import peak_in_flight
@@ -101,12 +111,7 @@ def run(ctx: Context) -> Table:
     # rounds (a process waiting for its turn does next to nothing).
     gc_before = {t.name: scrape(t.metrics_url) if t.gc_metrics else None for t in ctx.targets}
     cpu_before = {t.name: total_cpu(t.server_pids()) for t in ctx.targets}
-    measured: dict[str, list[_Round]] = {t.name: [] for t in ctx.targets}
-    for _ in range(rounds):
-        # Each round through every target in turn: what else the machine does
-        # for a few seconds then falls on one round, not on one target.
-        for target in ctx.targets:
-            measured[target.name].append(_one_round(ctx, target, n, tokens))
+    measured = ctx.in_turns(rounds, lambda target: _one_round(ctx, target, n, tokens))
 
     floor: list[_Round] | None = measured.get(FLOOR)
     floor_gc_share: float | None = None
@@ -148,9 +153,8 @@ def run(ctx: Context) -> Table:
         if floor is not None and proxied and target.name != FLOOR:
             # Each round's figure to the floor's of the same round, minutes
             # apart at most; the median of those.
-            by_round = [ratio(mine, theirs.cpu_s_per_chunk) for mine, theirs in zip(per_chunk, floor, strict=True)]
-            known = [r for r in by_round if r is not None]
-            over = [median(known) if known else None, ratio(figures["gc_share_of_cpu"], floor_gc_share)]
+            by_round = ratios_by_round(per_chunk, [f.cpu_s_per_chunk for f in floor])
+            over = [median_ratio(by_round), ratio(figures["gc_share_of_cpu"], floor_gc_share)]
             figures["ratio_to_floor"] = dict(zip(["cpu_per_chunk", "gc_share"], over, strict=True))
             figures["ratio_to_floor"]["cpu_per_chunk_rounds"] = by_round
             if len(taken) > 1:

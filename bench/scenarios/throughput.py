@@ -12,7 +12,7 @@ import aiohttp
 from ..client import MARKS, ContentCounter, Opener, Protocol, check, read_to_end, session, sleep_until, stream_body
 from ..fleet import FLOOR, Target
 from ..procstat import CpuWindow
-from ..report import CPU_COLUMN, FLOOR_NOTE, Table, bottleneck, cpu_cell, ratio, ratios_cell
+from ..report import CPU_COLUMN, FLOOR_NOTE, Table, bottleneck, cpu_cell, median_ratio, ratios_by_round, ratios_cell
 from ..stats import median
 from ..workers import Job
 from . import Context
@@ -108,11 +108,6 @@ def cpu_per_chunk(target: Target, chosen: Round) -> float | None:
     return chosen.window.seconds["server"] / chosen.received if target.name != "direct" and chosen.received else None
 
 
-def _median_known(ratios: list[float | None]) -> float | None:
-    known = [r for r in ratios if r is not None]
-    return median(known) if known else None
-
-
 def run(ctx: Context) -> Table:
     settings = ctx.settings
     streams, chunks, rounds = settings.throughput_streams, settings.throughput_chunks, settings.throughput_rounds
@@ -131,12 +126,7 @@ def run(ctx: Context) -> Table:
             "errors",
         ],
     )
-    # Each round through every target in turn: what else the machine does for
-    # a second or two then falls on one round, not on one target.
-    rounds_of: dict[str, list[Round]] = {target.name: [] for target in ctx.targets}
-    for _ in range(rounds):
-        for target in ctx.targets:
-            rounds_of[target.name] += measure(ctx, target, "chat", streams, chunks, 1)
+    rounds_of = ctx.in_turns(rounds, lambda target: measure(ctx, target, "chat", streams, chunks, 1)[0])
     floor_target = next((target for target in ctx.targets if target.name == FLOOR), None)
     direct_rate: float | None = None
     for target in ctx.targets:
@@ -148,14 +138,12 @@ def run(ctx: Context) -> Table:
         per_chunk = cpu_per_chunk(target, chosen)
         over = None
         if floor_target is not None and target.name not in (FLOOR, "direct"):
-            # Each round's figures to the floor's of the same round; the median of those.
-            pairs = list(zip(measured, rounds_of[FLOOR], strict=True))
-            over = [
-                _median_known([ratio(mine.chunks_per_s, floor.chunks_per_s) for mine, floor in pairs]),
-                _median_known(
-                    [ratio(cpu_per_chunk(target, mine), cpu_per_chunk(floor_target, floor)) for mine, floor in pairs]
-                ),
-            ]
+            floor_rounds = rounds_of[FLOOR]
+            rates = ratios_by_round([m.chunks_per_s for m in measured], [f.chunks_per_s for f in floor_rounds])
+            cpu = ratios_by_round(
+                [cpu_per_chunk(target, m) for m in measured], [cpu_per_chunk(floor_target, f) for f in floor_rounds]
+            )
+            over = [median_ratio(rates), median_ratio(cpu)]
         table.add(
             target.name,
             [
