@@ -51,6 +51,10 @@ class Case:
     rate: float = 0.0  # deltas a second from the mock; 0: as fast as it sends
     share: int = 1  # this case sends the run's request counts ÷ share (a paced stream lasts a second)
 
+    def count(self, requests: int) -> int:
+        """How many of the run's ``requests`` (counted or warm-up) this case sends."""
+        return max(1, requests // self.share)
+
 
 CASES = (
     Case("not streamed (1 token)", stream=False, tokens=1),
@@ -118,10 +122,10 @@ async def _send(url: str, case: Case, count: int) -> None:
 def _count(target: Counted, url: str, requests: int, warm_up: int) -> dict[str, float]:
     """Instructions per request of each case."""
     for case in CASES:  # every path warm (imports, caches, pools) before any is counted
-        asyncio.run(_send(url, case, max(1, warm_up // case.share)))
+        asyncio.run(_send(url, case, case.count(warm_up)))
     per_request = {}
     for case in CASES:
-        count = max(1, requests // case.share)
+        count = case.count(requests)
         target.counting(True)
         asyncio.run(_send(url, case, count))
         target.counting(False)
@@ -197,8 +201,8 @@ def _report(figures: dict[str, dict[str, float]], args: argparse.Namespace) -> s
     paced = CASES[3]
     lines += [
         "",
-        f"({paced.name}: {max(1, args.requests // paced.share)} counted requests, after "
-        f"{max(1, args.warm_up // paced.share)} uncounted; what the proxy does on a clock while it streams, "
+        f"({paced.name}: {paced.count(args.requests)} counted requests, after "
+        f"{paced.count(args.warm_up)} uncounted; what the proxy does on a clock while it streams, "
         "the partial record's flushes among it, is in its count)",
     ]
     return "\n".join(lines)
