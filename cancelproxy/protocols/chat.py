@@ -48,39 +48,35 @@ def hide_injected_usage(whole: bytes, events: list[Event]) -> tuple[bytes, list[
     """Whole events as the client would have had them without ``include_usage``,
     and where each now ends (see ``base.Rewrite``).
 
-    The events before the first ``"usage"`` that is not a compact
-    ``,"usage":null`` (all of them, in nearly every read) are rewritten
-    together: one replace and a shift of the offsets. From that one on (in a
-    stream that sends many deltas per read: the usage-only chunk in the last
-    read) they are rewritten event by event."""
+    Where every ``"usage"`` is a compact ``,"usage":null`` (so no usage-only
+    chunk either), the events are rewritten together: one replace and a shift
+    of the offsets, found by two counts. From the first other ``"usage"`` on
+    (in a stream that sends many deltas per read: the usage-only chunk in the
+    last read) they are rewritten event by event."""
     last = events[-1][0]
     head = whole[:last] if last < len(whole) else whole
     nulls = head.count(_USAGE_NULL_COMPACT)
-    if nulls == head.count(b'"usage"'):  # two counts: cheaper than the search below
+    if nulls == head.count(b'"usage"'):
         if nulls == 0:
             return whole, events
-        compact = len(events)
-    else:
-        other = _OTHER_USAGE.search(head)
-        compact = bisect.bisect_right(events, other.start() if other is not None else 0, key=itemgetter(0))
+        shown, moved = _hide_compact_nulls(head, events)
+        return (shown + whole[last:] if head is not whole else shown), moved
+    other = _OTHER_USAGE.search(head)
+    # The events that end before it hold compact nulls only.
+    compact = bisect.bisect_right(events, other.start() if other is not None else 0, key=itemgetter(0))
     start = events[compact - 1][0] if compact else 0
-    pieces: list[bytes] = []
-    moved: list[Event] = []
-    size = 0
     if compact:
         shown, moved = _hide_compact_nulls(head[:start], events[:compact])
-        pieces.append(shown)
-        size = len(shown)
+        pieces, size = [shown], len(shown)
+    else:
+        pieces, moved, size = [], [], 0
     for end, payload in events[compact:]:
         piece = _hide_in_event(whole[start:end])
         pieces.append(piece)
         size += len(piece)
         moved.append((size, payload))
         start = end
-    if start < len(whole):
-        pieces.append(whole[start:])
-    # One piece (the common read: compact nulls only, nothing after them) is
-    # handed back as it is: join copies only when there is more than one.
+    pieces.append(whole[start:])
     return b"".join(pieces), moved
 
 
