@@ -14,7 +14,6 @@ after the client has its end and a cancel its ack, bounded by the hook's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from yarl import URL
 from .config import AbortHook
 from .metrics import Metrics
 from .routing import UnsafePath, check_segment
+from .tasks import cancel_and_wait
 
 __all__ = ["Aborter", "fill"]
 
@@ -126,7 +126,4 @@ class Aborter:
         pending = list(self._tasks)
         _, late = await asyncio.wait(pending, timeout=_CLOSE_TIMEOUT_S)
         for task in late:
-            task.cancel()
-        for task in late:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)

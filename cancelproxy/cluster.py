@@ -49,6 +49,7 @@ from redis.exceptions import ConnectionError as BrokenConnection
 from redis.exceptions import RedisError
 
 from .store.redis import beat_forever, raise_if_cancelled
+from .tasks import cancel_and_wait
 
 __all__ = ["CancelOrder", "CancelResult", "Cluster", "LocalCluster", "RedisCluster"]
 
@@ -218,10 +219,7 @@ class RedisCluster:
 
     async def close(self) -> None:
         for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         with contextlib.suppress(RedisError, OSError):
             await self._client.zrem(self._replicas_key, self.replica_id)
 
@@ -340,9 +338,7 @@ class RedisCluster:
                 backoff = min(backoff * 2, self._heartbeat_s)
             finally:
                 if pinging is not None:
-                    pinging.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await pinging
+                    await cancel_and_wait(pinging)
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -20,6 +19,7 @@ from .config import StoreConfig
 from .records import Record, Usage
 from .store import Store
 from .store.writer import StoreWriter
+from .tasks import cancel_and_wait
 
 __all__ = ["Upkeep", "interrupted"]
 
@@ -87,9 +87,7 @@ class Upkeep:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         sweep_every = self._config.heartbeat_s * 3

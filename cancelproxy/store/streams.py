@@ -32,6 +32,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from ..tasks import cancel_and_wait
 from .redis import beat_forever, raise_if_cancelled
 
 __all__ = ["RedisStreams", "RemoteEntry"]
@@ -94,9 +95,7 @@ class RedisStreams:
 
     async def close(self) -> None:
         if self._sender is not None:
-            self._sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sender
+            await cancel_and_wait(self._sender)
         with contextlib.suppress(RedisError, OSError):
             await self._send(self._take())  # what was queued before the end
 
@@ -228,9 +227,7 @@ class RedisStreams:
         try:
             yield
         finally:
-            beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beating
+            await cancel_and_wait(beating)
             with contextlib.suppress(RedisError, OSError):
                 await self._client.zrem(key, reader)
 

@@ -30,13 +30,13 @@ request that has ended is dropped, not retried (``_keep``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..records import Record
+from ..tasks import cancel_and_wait
 from .base import Store
 
 __all__ = ["StoreWriter", "Trackable"]
@@ -110,9 +110,7 @@ class StoreWriter:
     async def close(self) -> None:
         """Stop flushing, then write what is left (one last attempt)."""
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            await cancel_and_wait(self._flusher)
         if self._committing is not None:
             await self._committing
         await self.flush()
