@@ -18,13 +18,25 @@ from typing import Any
 
 from ..client import PROTOCOLS, Protocol
 from ..fleet import FLOOR, Target
-from ..report import CPU_COLUMN, FLOOR_NOTE, Table, bottleneck, cpu_cell, ratio, ratios_cell
+from ..report import (
+    CPU_COLUMN,
+    FLOOR_NOTE,
+    Table,
+    bottleneck,
+    cpu_cell,
+    median_ratio,
+    ratio,
+    ratios_by_round,
+    ratios_cell,
+)
 from ..stats import ms, percentile, signed_ms
 from . import Context, latency, throughput
 
 # The figures of a row divided by the floor's of the same format, and a Responses row's by its target's chat row.
 _RATIOS = ("added_p50_s", "chunks_per_s", "server_cpu_s_per_chunk")
 _TO_CHAT = ("ttft_p50_s", "chunks_per_s", "server_cpu_s_per_chunk")
+# A figure taken in each round, and the row's key for its value in each.
+_BY_ROUND = {"chunks_per_s": "rounds", "server_cpu_s_per_chunk": "cpu_per_chunk_rounds"}
 
 
 def run(ctx: Context) -> Table:
@@ -52,12 +64,18 @@ def run(ctx: Context) -> Table:
         text_columns=2,
     )
     ttft = {protocol: latency.measure(ctx, True, count, protocol) for protocol in PROTOCOLS}
+    rounds_of = ctx.in_turns(
+        rounds,
+        lambda target: {
+            protocol: throughput.measure(ctx, target, protocol, streams, chunks, 1)[0] for protocol in PROTOCOLS
+        },
+    )
     figures: dict[str, dict[Protocol, dict[str, Any]]] = {}
     for target in ctx.targets:
         figures[target.name] = {}
         for protocol in PROTOCOLS:
             samples, cpu_ms = ttft[protocol]
-            measured = throughput.measure(ctx, target, protocol, streams, chunks, rounds)
+            measured = [by_protocol[protocol] for by_protocol in rounds_of[target.name]]
             figures[target.name][protocol] = _figures(target, samples, cpu_ms, measured)
     for name, by_protocol in figures.items():
         for protocol, row in by_protocol.items():
@@ -73,8 +91,10 @@ def run(ctx: Context) -> Table:
         "content_part.added); added = target − direct of the same format; server CPU / request: the server's "
         "utime+stime over that format's run ÷ its requests, warm-up included",
         "chunks/s, server CPU / chunk, CPU %: as the throughput table, per format (chunks counted by the format's "
-        "delta mark in the bytes, no parsing); the two formats of a target run one after the other; the CPU column "
-        "and the limits below are the median round's",
+        "delta mark in the bytes, no parsing); the rounds take turns, every target in each, its two formats one "
+        "after the other; a row is its median round by chunks/s (the CPU column and the limits below too), and its "
+        "chunks/s and CPU per chunk ÷ floor and ÷ chat the median of each round's ratio to the floor's (chat's) in "
+        "the same round",
         "÷ chat: a Responses row's figure divided by the same target's chat row (ttft p50, not its added part: "
         "direct has none)",
         FLOOR_NOTE,
@@ -100,11 +120,21 @@ def _figures(
         "errors": chosen.errors,
         "error_samples": chosen.error_samples,
         "rounds": [m.chunks_per_s for m in measured],
+        "cpu_per_chunk_rounds": [throughput.cpu_per_chunk(target, m) for m in measured],
         "window": chosen.window,
     }
     if name != "direct":
         row |= {f"added_p{p}_s": percentile(values, p) - percentile(base, p) for p in (50, 99)}
     return row
+
+
+def _ratio(row: dict[str, Any], other: dict[str, Any], key: str) -> float | None:
+    """``row``'s figure ``key`` as a multiple of ``other``'s: for one taken in each
+    round, the median of the rounds' ratios (``Context.in_turns``)."""
+    by_round = _BY_ROUND.get(key)
+    if by_round is None:
+        return ratio(row[key], other.get(key))
+    return median_ratio(ratios_by_round(row[by_round], other[by_round]))
 
 
 def _add_row(
@@ -118,11 +148,11 @@ def _add_row(
 ) -> None:
     over = None
     if floor is not None and name not in ("direct", FLOOR):
-        over = [ratio(row[k], floor.get(k)) for k in _RATIOS]
+        over = [_ratio(row, floor, k) for k in _RATIOS]
         row["ratio_to_floor"] = dict(zip(["added_p50", "chunks_per_s", "cpu_per_chunk"], over, strict=True))
     to_chat = None
     if protocol != "chat":
-        to_chat = [ratio(row[k], chat[k]) for k in _TO_CHAT]
+        to_chat = [_ratio(row, chat, k) for k in _TO_CHAT]
         row["ratio_to_chat"] = dict(zip(["ttft_p50", "chunks_per_s", "cpu_per_chunk"], to_chat, strict=True))
     per_request, per_chunk = row["server_cpu_ms_per_request"], row["server_cpu_s_per_chunk"]
     table.rows.append(
