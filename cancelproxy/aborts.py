@@ -125,5 +125,4 @@ class Aborter:
             return
         pending = list(self._tasks)
         _, late = await asyncio.wait(pending, timeout=_CLOSE_TIMEOUT_S)
-        for task in late:
-            await cancel_and_wait(task)
+        await cancel_and_wait(*late)

@@ -218,8 +218,7 @@ class RedisCluster:
                 await self._subscribed.wait()
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            await cancel_and_wait(task)
+        await cancel_and_wait(*self._tasks)
         with contextlib.suppress(RedisError, OSError):
             await self._client.zrem(self._replicas_key, self.replica_id)
 

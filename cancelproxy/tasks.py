@@ -12,20 +12,25 @@ from __future__ import annotations
 import asyncio
 
 
-async def cancel_and_wait(task: asyncio.Task[object]) -> None:
-    """Cancel ``task`` and wait until it has ended.
+async def cancel_and_wait(*tasks: asyncio.Task[object]) -> None:
+    """Cancel ``tasks`` and wait until each has ended.
 
-    The task's own cancel is taken here. A cancel of the caller while it waits
-    is raised to the caller, as for any other await (the task, cancelled
-    already, then ends without it). A cancel the caller is already handling,
-    as in a ``finally`` run because it was cancelled, is not raised again, so
-    the rest of that clean-up runs. An exception the task ended with instead
-    (it had failed before, or failed while ending) is raised too: it is the
-    caller's to log or to let through.
+    Their own cancels are taken here. A cancel of the caller while it waits is
+    raised to the caller, as for any other await (the tasks, cancelled already,
+    then end without it). A cancel the caller is already handling, as in a
+    ``finally`` run because it was cancelled, is not raised again, so the rest
+    of that clean-up runs. An exception a task ended with instead (it had
+    failed before, or failed while ending) is raised once all have ended: it
+    is the caller's to log or to let through.
     """
-    task.cancel()
-    # asyncio.wait raises only the caller's own cancel, never the task's, and
-    # leaves the task's outcome to be read here.
-    await asyncio.wait([task])
-    if not task.cancelled():
-        task.result()
+    if not tasks:
+        return
+    for task in tasks:  # all at once: they end side by side, not one after another
+        task.cancel()
+    # asyncio.wait raises only the caller's own cancel, never a task's, and
+    # leaves each task's outcome to be read here.
+    await asyncio.wait(tasks)
+    # Every outcome read, so none is logged as "never retrieved".
+    failures = [error for task in tasks if not task.cancelled() and (error := task.exception()) is not None]
+    if failures:
+        raise failures[0]

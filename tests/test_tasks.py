@@ -23,7 +23,9 @@ class SlowToEnd:
             await asyncio.Event().wait()
         finally:
             self.cancelled.set()
-            await self.may_end.wait()
+            # Bounded, so that a failed test's clean-up does not wait for ever.
+            async with asyncio.timeout(10):
+                await self.may_end.wait()
 
 
 async def test_the_tasks_own_cancel_is_taken() -> None:
@@ -104,3 +106,32 @@ async def test_a_clean_up_in_finally_runs_on_after_waiting() -> None:
     with pytest.raises(asyncio.CancelledError):
         await owner
     assert cleaned_up.is_set()
+
+
+async def test_several_tasks_are_cancelled_together_and_a_failure_is_raised_after_all_ended() -> None:
+    first, second = SlowToEnd(), SlowToEnd()
+    await asyncio.sleep(0)
+
+    async def fails_on_cancel() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            raise ValueError("failed while ending")
+
+    failing = asyncio.create_task(fails_on_cancel())
+    await asyncio.sleep(0)
+    closing = asyncio.create_task(cancel_and_wait(first.task, failing, second.task))
+    # Both slow tasks got their cancel before either was allowed to end (one
+    # after the other, the second would wait for ever for the first).
+    async with asyncio.timeout(10):
+        await first.cancelled.wait()
+        await second.cancelled.wait()
+    first.may_end.set()
+    second.may_end.set()
+    with pytest.raises(ValueError, match="failed while ending"):
+        await closing
+    assert first.task.cancelled() and second.task.cancelled()
+
+
+async def test_no_tasks_is_nothing_to_wait_for() -> None:
+    await cancel_and_wait()
