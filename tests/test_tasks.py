@@ -28,6 +28,13 @@ class SlowToEnd:
                 await self.may_end.wait()
 
 
+async def fails_on_cancel() -> None:
+    try:
+        await asyncio.Event().wait()
+    finally:
+        raise ValueError("failed while ending")
+
+
 async def test_the_tasks_own_cancel_is_taken() -> None:
     task = asyncio.create_task(asyncio.Event().wait())
     await asyncio.sleep(0)  # let it start
@@ -73,12 +80,6 @@ async def test_a_timeout_around_the_wait_still_fires() -> None:
 
 
 async def test_an_exception_the_task_ended_with_is_raised() -> None:
-    async def fails_on_cancel() -> None:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            raise ValueError("failed while ending")
-
     task = asyncio.create_task(fails_on_cancel())
     await asyncio.sleep(0)
     with pytest.raises(ValueError, match="failed while ending"):
@@ -111,12 +112,6 @@ async def test_a_clean_up_in_finally_runs_on_after_waiting() -> None:
 async def test_several_tasks_are_cancelled_together_and_a_failure_is_raised_after_all_ended() -> None:
     first, second = SlowToEnd(), SlowToEnd()
     await asyncio.sleep(0)
-
-    async def fails_on_cancel() -> None:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            raise ValueError("failed while ending")
 
     failing = asyncio.create_task(fails_on_cancel())
     await asyncio.sleep(0)
