@@ -198,6 +198,16 @@ async def _drain(app: web.Application) -> None:
     await services.registry.cancel(leftovers, "shutdown", services.config.limits.cancel_timeout_s)
 
 
+def _stop_in_progress(app: web.Application) -> None:
+    """A second signal while shutting down: stop every request in progress now,
+    as the drain does once the grace is over (upstream closed, client ended
+    cleanly, record interrupted). The drain then finds the registry empty as
+    soon as their final states are stored, and the shutdown goes on."""
+    services = app.get(SERVICES)
+    if services is not None:  # None: the signals came before the app had started
+        services.registry.stop(services.registry.all(), "shutdown")
+
+
 async def _metrics(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     services.metrics.set_store_transactions(services.writer.transactions)
@@ -234,12 +244,14 @@ async def _openai_shaped_errors(
 def serve(config: Config, *, host: str | None = None, port: int | None = None) -> None:
     setup_logging(config.log_level)
     listen_host = host or config.listen.host
+    app = create_app(config)
     run(
-        create_app(config),
+        app,
         config,
         host=listen_host,
         port=config.listen.port if port is None else port,
         shutdown_timeout=_HANDLERS_FINISH_S,
         options=RUNNER_OPTIONS,
         on_listening=lambda bound: print(f"cancelproxy listening on http://{listen_host}:{bound}/v1", flush=True),
+        hurry=functools.partial(_stop_in_progress, app),
     )

@@ -40,7 +40,7 @@ from .config import Config
 from .connections import Connections, GuardedServer
 from .errors import ProxyError, TooManyConnections, raw_error_response
 
-__all__ = ["ProxyRunner", "ProxySite", "connection_budget", "run"]
+__all__ = ["ProxyRunner", "ProxySite", "ShutdownSignals", "connection_budget", "run"]
 
 # What web.run_app used: a connection idle between requests is closed after
 # this long (and, being idle, is the first to go when the proxy is full).
@@ -108,12 +108,15 @@ def run(
     shutdown_timeout: float,
     options: Mapping[str, Any],
     on_listening: Callable[[int], None],
+    hurry: Callable[[], None],
 ) -> None:
     """Serve ``app`` until SIGTERM or SIGINT, then shut down gracefully.
 
     Shutting down: no new connections, the app's ``on_shutdown`` (the drain),
     handlers get ``shutdown_timeout`` to finish, then the app's cleanup. A
-    second signal stops at once. ``on_listening`` gets the bound port.
+    second signal calls ``hurry`` (the app stops what is in progress now,
+    instead of at the end of its grace) and the shutdown goes on; a third
+    stops at once. ``on_listening`` gets the bound port.
     """
     log = logging.getLogger("cancelproxy")
     max_connections = connection_budget(config, log)
@@ -127,26 +130,71 @@ def run(
         "shutdown_timeout": shutdown_timeout,
     }
     try:
-        asyncio.run(_serve(app, host, port, runner_options, on_listening))
+        asyncio.run(_serve(app, host, port, runner_options, on_listening, hurry, config.shutdown_grace_s))
     except asyncio.CancelledError:
         raise SystemExit(1) from None
 
 
+class ShutdownSignals:
+    """What each SIGTERM or SIGINT does: the first starts the graceful shutdown
+    (``stopping``), the second calls ``hurry``, the third cancels ``serving``.
+
+    Each step is said in the log, so that whoever sent the signal knows what it
+    waits for and what another one does (a container runtime's stop, or
+    someone at a terminal about to press Ctrl-C again).
+    """
+
+    def __init__(
+        self, serving: asyncio.Task[None], hurry: Callable[[], None], log: logging.Logger, grace_s: float
+    ) -> None:
+        self.stopping = asyncio.Event()
+        self.count = 0
+        self._serving = serving
+        self._hurry = hurry
+        self._log = log
+        self._grace_s = grace_s
+
+    def received(self, signum: signal.Signals) -> None:
+        self.count += 1
+        if self.count == 1:
+            self._log.info(
+                "shutdown: %s: no new connections; requests in progress get %g s to finish (shutdown_grace_s); "
+                "a second SIGTERM or SIGINT stops them now",
+                signum.name,
+                self._grace_s,
+            )
+            self.stopping.set()
+        elif self.count == 2:
+            self._log.warning(
+                "shutdown: %s again: stopping the requests in progress now (their final states are stored); "
+                "a third SIGTERM or SIGINT exits at once",
+                signum.name,
+            )
+            self._hurry()
+        else:
+            self._log.warning(
+                "shutdown: %s a third time: exiting at once; requests whose final state is not stored yet are "
+                "marked interrupted at the next start",
+                signum.name,
+            )
+            self._serving.cancel()
+
+
 async def _serve(
-    app: web.Application, host: str, port: int, runner_options: dict[str, Any], on_listening: Callable[[int], None]
+    app: web.Application,
+    host: str,
+    port: int,
+    runner_options: dict[str, Any],
+    on_listening: Callable[[int], None],
+    hurry: Callable[[], None],
+    grace_s: float,
 ) -> None:
     loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
     serving = asyncio.current_task()
     assert serving is not None
-
-    def on_signal() -> None:
-        if stopping.is_set():
-            serving.cancel()
-        stopping.set()
-
+    signals = ShutdownSignals(serving, hurry, runner_options["log"], grace_s)
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal)
+        loop.add_signal_handler(signum, signals.received, signum)
     runner = ProxyRunner(app, **runner_options)
     await runner.setup()
     _settle_heap()
@@ -154,7 +202,7 @@ async def _serve(
         site = ProxySite(runner, host, port, backlog=_BACKLOG)
         await site.start()
         on_listening(site.port)
-        await stopping.wait()
+        await signals.stopping.wait()
     finally:
         await runner.cleanup()
 

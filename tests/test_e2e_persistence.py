@@ -52,6 +52,24 @@ def _sqlite_proxy(mock: MockProvider, tmp_path: Path, **overrides: object) -> tu
     return start_proxy(tmp_path, config), db
 
 
+async def _logged(proxy: Proxy, text: str, bound_s: float = 10.0) -> None:
+    """Wait for a line of the proxy's log (another process: re-read, within a bound)."""
+    deadline = time.monotonic() + bound_s
+    while not any(text in line for line in proxy.program.lines):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the proxy did not log {text!r} within {bound_s}s:\n{proxy.program.output}")
+        await asyncio.sleep(0.02)
+
+
+async def _read_on(stream: openai.AsyncStream[Any], text: list[str], reasons: list[str]) -> None:
+    """The rest of ``stream``: its content into ``text``, its finish reasons into ``reasons``."""
+    async for chunk in stream:
+        for choice in chunk.choices:
+            text.append(choice.delta.content or "")
+            if choice.finish_reason:
+                reasons.append(choice.finish_reason)
+
+
 async def test_every_record_is_in_the_file(mock_provider: MockProvider, tmp_path: Path) -> None:
     proxy, db = _sqlite_proxy(mock_provider, tmp_path)
     try:
@@ -132,17 +150,14 @@ async def test_sigterm_lets_short_streams_finish_and_stops_the_rest(
         long_id, short_id = long.response.headers["x-request-id"], short.response.headers["x-request-id"]
         signalled = time.monotonic()
         proxy.program.process.send_signal(signal.SIGTERM)
-
-        async def read(stream: openai.AsyncStream[Any]) -> tuple[str, list[str]]:
-            text, reasons = [], []
-            async for chunk in stream:  # both end without raising
-                for choice in chunk.choices:
-                    text.append(choice.delta.content or "")
-                    if choice.finish_reason:
-                        reasons.append(choice.finish_reason)
-            return "".join(text), reasons
-
-        (long_text, long_reasons), (short_text, short_reasons) = await asyncio.gather(read(long), read(short))
+        long_parts: list[str] = []
+        long_reasons: list[str] = []
+        short_parts: list[str] = []
+        short_reasons: list[str] = []
+        await asyncio.gather(  # both end without raising
+            _read_on(long, long_parts, long_reasons), _read_on(short, short_parts, short_reasons)
+        )
+        long_text, short_text = "".join(long_parts), "".join(short_parts)
     exit_code = await asyncio.to_thread(proxy.program.process.wait, 30)
     exited_after = time.monotonic() - signalled
     proxy.program.stop()
@@ -283,3 +298,31 @@ async def test_kill_9_under_load_loses_no_request_whose_id_a_client_had(
     finally:
         restarted.program.stop()
     assert len(had) >= 150 and missing == []
+
+
+async def test_a_second_sigterm_stops_what_is_in_progress_now_and_stores_it(
+    mock_provider: MockProvider, tmp_path: Path
+) -> None:
+    proxy, db = _sqlite_proxy(mock_provider, tmp_path, shutdown_grace_s=60)
+    process = proxy.program.process
+    assert process is not None
+    text: list[str] = []
+    reasons: list[str] = []
+    async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=USER_KEY, max_retries=0) as client:
+        stream = await open_stream(client, {"tokens": 1000, "rate": 20})
+        request_id = stream.response.headers["x-request-id"]
+        process.send_signal(signal.SIGTERM)
+        await _logged(proxy, "a second SIGTERM or SIGINT stops them now")
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        await _read_on(stream, text, reasons)  # ends without raising
+    exit_code = await asyncio.to_thread(process.wait, 30)
+    exited_after = time.monotonic() - signalled
+    proxy.program.stop()
+    assert exit_code == 0
+    assert exited_after < 10  # not the 60 s of grace
+    assert "SIGTERM again: stopping the requests in progress now" in proxy.program.output
+    assert reasons == ["cancelled"]
+    stored = _stored(db, request_id)
+    assert stored is not None
+    assert (stored["status"], stored["content"]) == ("interrupted", "".join(text))

@@ -10,8 +10,10 @@ tests/test_e2e_hostile.py), not in production.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import resource
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,7 +25,7 @@ from aiohttp.pytest_plugin import AiohttpClient
 from cancelproxy.app import RUNNER_OPTIONS, _openai_shaped_errors
 from cancelproxy.config import parse_config
 from cancelproxy.connections import GuardedHandler, GuardedServer
-from cancelproxy.server import ProxyRunner, ProxySite, connection_budget
+from cancelproxy.server import ProxyRunner, ProxySite, ShutdownSignals, connection_budget
 
 LOG = logging.getLogger("cancelproxy")
 
@@ -122,3 +124,24 @@ def test_a_configured_limit_wins_and_is_warned_about_when_too_high(
     with caplog.at_level(logging.WARNING, logger="cancelproxy"):
         assert connection_budget(_config(max_connections=5000), LOG) == 5000
     assert "limits.max_connections is 5000" in caplog.text
+
+
+async def test_each_shutdown_signal_takes_the_next_step(caplog: pytest.LogCaptureFixture) -> None:
+    serving = asyncio.create_task(asyncio.Event().wait())
+    hurried: list[bool] = []
+    signals = ShutdownSignals(serving, lambda: hurried.append(True), LOG, grace_s=30)
+    caplog.set_level(logging.INFO, logger="cancelproxy")
+
+    signals.received(signal.SIGTERM)  # the graceful shutdown begins
+    assert signals.stopping.is_set() and not hurried and not serving.cancelling()
+    assert "SIGTERM: no new connections; requests in progress get 30 s to finish" in caplog.text
+
+    signals.received(signal.SIGINT)  # what is in progress is stopped now
+    assert hurried == [True] and not serving.cancelling()
+    assert "SIGINT again: stopping the requests in progress now" in caplog.text
+
+    signals.received(signal.SIGTERM)  # out at once
+    assert hurried == [True]
+    with pytest.raises(asyncio.CancelledError):
+        await serving
+    assert "SIGTERM a third time: exiting at once" in caplog.text
