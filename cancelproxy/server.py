@@ -116,7 +116,8 @@ def run(
     handlers get ``shutdown_timeout`` to finish, then the app's cleanup. A
     second signal calls ``hurry`` (the app stops what is in progress now,
     instead of at the end of its grace) and the shutdown goes on; a third
-    stops at once. ``on_listening`` gets the bound port.
+    exits without waiting any longer (a store call under way still ends
+    first: SQLite's at most its busy timeout). ``on_listening`` gets the bound port.
     """
     log = logging.getLogger("cancelproxy")
     max_connections = connection_budget(config, log)
@@ -167,14 +168,14 @@ class ShutdownSignals:
         elif self.count == 2:
             self._log.warning(
                 "shutdown: %s again: stopping the requests in progress now (their final states are stored); "
-                "a third SIGTERM or SIGINT exits at once",
+                "a third SIGTERM or SIGINT exits without waiting for them",
                 signum.name,
             )
             self._hurry()
         else:
             self._log.warning(
-                "shutdown: %s a third time: exiting at once; requests whose final state is not stored yet are "
-                "marked interrupted at the next start",
+                "shutdown: %s a third time: exiting without waiting any longer; requests whose final state is "
+                "not stored yet are marked interrupted at the next start",
                 signum.name,
             )
             self._serving.cancel()

@@ -326,3 +326,34 @@ async def test_a_second_sigterm_stops_what_is_in_progress_now_and_stores_it(
     stored = _stored(db, request_id)
     assert stored is not None
     assert (stored["status"], stored["content"]) == ("interrupted", "".join(text))
+
+
+async def test_a_third_sigterm_exits_without_waiting_for_final_states_that_cannot_be_stored(
+    mock_provider: MockProvider, tmp_path: Path
+) -> None:
+    proxy, db = _sqlite_proxy(mock_provider, tmp_path, shutdown_grace_s=60)
+    process = proxy.program.process
+    assert process is not None
+    async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=USER_KEY, max_retries=0) as client:
+        stream = await open_stream(client, {"tokens": 1000, "rate": 20})
+        locker = sqlite3.connect(db, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")  # every write of the proxy now waits, then fails: no final state lands
+        try:
+            process.send_signal(signal.SIGTERM)
+            await _logged(proxy, "a second SIGTERM or SIGINT stops them now")
+            process.send_signal(signal.SIGTERM)
+            await _logged(proxy, "a third SIGTERM or SIGINT exits without waiting for them")
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            exit_code = await asyncio.to_thread(process.wait, 30)
+            exited_after = time.monotonic() - signalled
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        await stream.close()
+    output = proxy.program.output
+    proxy.program.stop()
+    assert exit_code == 1, output
+    # Not the 60 s of grace: only the store call under way (SQLite's 5 s busy timeout).
+    assert exited_after < 10, output
+    assert "SIGTERM a third time: exiting without waiting any longer" in output
