@@ -1,4 +1,4 @@
-"""The benchmark harness works: ``python -m bench --quick --only SCENARIOS`` (five of them).
+"""The benchmark harness works: ``python -m bench --quick --only SCENARIOS`` (seven of them).
 
 Only that it runs and reports: exit 0, one table per scenario with a row per
 target (the aiohttp floor; nginx when installed), figures where figures belong.
@@ -16,7 +16,7 @@ from bench.fleet import FLOOR
 from bench.nginx import find_nginx
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["latency", "throughput", "cancel_new_conn", "disconnect", "concurrent_streams", "resume"]
+SCENARIOS = ["latency", "throughput", "responses", "cancel_new_conn", "disconnect", "concurrent_streams", "resume"]
 
 
 def _tables(output: str) -> dict[str, list[list[str]]]:
@@ -72,6 +72,12 @@ def test_quick_bench_runs_and_reports(tmp_path: Path) -> None:
     throughput = {row[0]: row for row in tables["throughput"]}
     assert list(throughput) == targets
     assert all(_is_number(figure) for figure in throughput["cancelproxy"][5].split(" / ")), throughput  # ÷ floor
+
+    responses = {(row[0], row[1]): row for row in tables["responses"]}
+    assert list(responses) == [(target, protocol) for target in targets for protocol in ("chat", "responses")]
+    for protocol in ("chat", "responses"):  # ÷ floor: added p50, chunks/s, CPU per chunk
+        assert all(_is_number(figure) for figure in responses["cancelproxy", protocol][8].split(" / ")), responses
+    assert all(_is_number(figure) for figure in responses["cancelproxy", "responses"][9].split(" / "))  # ÷ chat
 
     cancel = tables["cancel_new_conn"]
     assert [row[0] for row in cancel if not row[0].startswith("cancelproxy")] == targets[:-1]
