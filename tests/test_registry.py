@@ -99,3 +99,21 @@ async def test_a_stop_is_a_stop_whatever_the_store_does() -> None:
     stopped = await Registry().cancel([stuck, failed], "cancel", timeout=0.05)
     assert stopped.request_ids == ["stuck", "failed"]
     assert stopped.not_durable == ["stuck", "failed"]
+
+
+async def test_the_ack_comes_the_loop_pass_after_the_final_states_are_stored() -> None:
+    """On a loop busy with streams every pass is a wait for the ack: the cancel
+    wakes once, in the pass after what it waits for is set, not through a task per request."""
+    lives = [_active("a"), _active("b")]
+    cancelling = asyncio.create_task(Registry().cancel(lives, "cancel", timeout=5))
+    await asyncio.sleep(0)  # it is waiting now
+    for live in lives:  # the relays have written the ends, and the writer has stored them
+        live.ended.set()
+        live.durable = True
+        live.finished.set()
+    passes = 0
+    while not cancelling.done():
+        await asyncio.sleep(0)
+        passes += 1
+    assert (await cancelling).request_ids == ["a", "b"]
+    assert passes == 1
