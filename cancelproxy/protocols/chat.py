@@ -65,14 +65,15 @@ def hide_injected_usage(whole: bytes, events: list[Event]) -> tuple[bytes, list[
         shown, moved = _hide_compact_nulls(head, events)
         return (shown + whole[last:] if head is not whole else shown), moved
     other = _OTHER_USAGE.search(head)
+    assert other is not None  # the two counts differ: some "usage" is not a compact null
     # The events that end before it hold compact nulls only.
-    compact = bisect.bisect_right(events, other.start() if other is not None else 0, key=itemgetter(0))
-    start = events[compact - 1][0] if compact else 0
+    compact = bisect.bisect_right(events, other.start(), key=itemgetter(0))
     if compact:
+        start = events[compact - 1][0]
         shown, moved = _hide_compact_nulls(head[:start], events[:compact])
         pieces, size = [shown], len(shown)
     else:
-        pieces, moved, size = [], [], 0
+        start, pieces, moved, size = 0, [], [], 0
     for end, payload in events[compact:]:
         piece = _hide_in_event(whole[start:end])
         pieces.append(piece)
