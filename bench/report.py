@@ -90,8 +90,8 @@ def median_ratio(ratios: Sequence[float | None]) -> float | None:
     return median(known) if known else None
 
 
-def ratios_cell(ratios: list[float | None]) -> str:
-    return " / ".join("n/a" if r is None else f"{r:.2f}" for r in ratios)
+def ratios_cell(ratios: Sequence[float | None], sep: str = " / ") -> str:
+    return sep.join("n/a" if r is None else f"{r:.2f}" for r in ratios)
 
 
 FLOOR_NOTE = (

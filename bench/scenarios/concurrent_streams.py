@@ -159,8 +159,7 @@ def run(ctx: Context) -> Table:
             figures["ratio_to_floor"]["cpu_per_chunk_rounds"] = by_round
             if len(taken) > 1:
                 round_notes.append(
-                    f"{target.name}: CPU per chunk ÷ the floor's, round by round: "
-                    + ", ".join("n/a" if r is None else f"{r:.2f}" for r in by_round)
+                    f"{target.name}: CPU per chunk ÷ the floor's, round by round: {ratios_cell(by_round, ', ')}"
                 )
         table.add(target.name, _cells(figures, gc, over, chosen.window), figures)
         if target.name == FLOOR:

@@ -67,7 +67,7 @@ def run(ctx: Context) -> Table:
     rounds_of = ctx.in_turns(
         rounds,
         lambda target: {
-            protocol: throughput.measure(ctx, target, protocol, streams, chunks, 1)[0] for protocol in PROTOCOLS
+            protocol: throughput.measure_round(ctx, target, protocol, streams, chunks) for protocol in PROTOCOLS
         },
     )
     figures: dict[str, dict[Protocol, dict[str, Any]]] = {}

@@ -66,36 +66,34 @@ class Round:
     received: int  # content chunks the clients received
 
 
-def measure(ctx: Context, target: Target, protocol: Protocol, streams: int, chunks: int, rounds: int) -> list[Round]:
-    """``rounds`` runs of ``streams`` concurrent streams × ``chunks`` at rate 0 through ``target``."""
-    measured = []
-    for _ in range(rounds):
-        ctx.fleet.clear_mock()
-        start_at = ctx.start_at()
-        jobs = [
-            Job(
-                "bench.scenarios.throughput:streams_job",
-                {
-                    "url": target.url(protocol),
-                    "streams": share,
-                    "chunks": chunks,
-                    "start_at": start_at,
-                    "timeout_s": 120.0,
-                    "protocol": protocol,
-                },
-            )
-            for share in ctx.split(streams)
-        ]
-        meter = ctx.cpu_meter(target)
-        meter.start()
-        results = ctx.pool.run(jobs, timeout_s=150)
-        wall = max(r["ended"] for r in results) - min(r["started"] for r in results)
-        window = meter.stop(wall_s=wall)
-        received = sum(r["chunks"] for r in results)
-        errors = sum(r["error_count"] for r in results) + (streams * chunks - received > 0)
-        messages = [e for r in results for e in r["errors"]]
-        measured.append(Round(received / wall, wall, window, errors, messages, received))
-    return measured
+def measure_round(ctx: Context, target: Target, protocol: Protocol, streams: int, chunks: int) -> Round:
+    """One run of ``streams`` concurrent streams × ``chunks`` at rate 0 through ``target``
+    (rounds of them: ``Context.in_turns``)."""
+    ctx.fleet.clear_mock()
+    start_at = ctx.start_at()
+    jobs = [
+        Job(
+            "bench.scenarios.throughput:streams_job",
+            {
+                "url": target.url(protocol),
+                "streams": share,
+                "chunks": chunks,
+                "start_at": start_at,
+                "timeout_s": 120.0,
+                "protocol": protocol,
+            },
+        )
+        for share in ctx.split(streams)
+    ]
+    meter = ctx.cpu_meter(target)
+    meter.start()
+    results = ctx.pool.run(jobs, timeout_s=150)
+    wall = max(r["ended"] for r in results) - min(r["started"] for r in results)
+    window = meter.stop(wall_s=wall)
+    received = sum(r["chunks"] for r in results)
+    errors = sum(r["error_count"] for r in results) + (streams * chunks - received > 0)
+    messages = [e for r in results for e in r["errors"]]
+    return Round(received / wall, wall, window, errors, messages, received)
 
 
 def median_round(measured: list[Round]) -> Round:
@@ -126,7 +124,7 @@ def run(ctx: Context) -> Table:
             "errors",
         ],
     )
-    rounds_of = ctx.in_turns(rounds, lambda target: measure(ctx, target, "chat", streams, chunks, 1)[0])
+    rounds_of = ctx.in_turns(rounds, lambda target: measure_round(ctx, target, "chat", streams, chunks))
     floor_target = next((target for target in ctx.targets if target.name == FLOOR), None)
     direct_rate: float | None = None
     for target in ctx.targets:
