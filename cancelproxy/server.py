@@ -149,15 +149,15 @@ class ShutdownSignals:
         self, serving: asyncio.Task[None], hurry: Callable[[], None], log: logging.Logger, grace_s: float
     ) -> None:
         self.stopping = asyncio.Event()
-        self.count = 0
+        self._count = 0
         self._serving = serving
         self._hurry = hurry
         self._log = log
         self._grace_s = grace_s
 
     def received(self, signum: signal.Signals) -> None:
-        self.count += 1
-        if self.count == 1:
+        self._count += 1
+        if self._count == 1:
             self._log.info(
                 "shutdown: %s: no new connections; requests in progress get %g s to finish (shutdown_grace_s); "
                 "a second SIGTERM or SIGINT stops them now",
@@ -165,7 +165,7 @@ class ShutdownSignals:
                 self._grace_s,
             )
             self.stopping.set()
-        elif self.count == 2:
+        elif self._count == 2:
             self._log.warning(
                 "shutdown: %s again: stopping the requests in progress now (their final states are stored); "
                 "a third SIGTERM or SIGINT exits without waiting for them",
