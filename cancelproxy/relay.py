@@ -311,7 +311,8 @@ class Relay:
         await self._exchange.before_answer()
         upstream = self._upstream
         assert upstream is not None
-        headers = response_headers(upstream.headers)
+        # An event stream is the one body the tee may end or change.
+        headers = response_headers(upstream.headers, same_body=not self._tee.event_stream)
         headers.update(self._ids)
         if self._tee.decoded:
             headers.popall("Content-Encoding", None)  # forwarded decoded (see Tee)

@@ -41,7 +41,7 @@ class PassThroughTee:
 
     over = False
     decoded = False
-    event_stream = False  # not looked at: a pass-through is never ended by the proxy
+    event_stream = False  # not to the proxy: it never ends or changes a pass-through
 
     def split(self, chunk: bytes) -> tuple[bytes, list[Event]]:
         return chunk, []

@@ -134,6 +134,9 @@ async def test_non_streaming_bytes_and_status_equal_a_direct_request(proxy: Prox
     direct = await _raw(f"{mock_provider.base_url}/chat/completions", body)
     assert (proxied[0], proxied[2]) == (direct[0], direct[2]) == (200, direct[2])
     assert proxied[1]["Content-Type"] == direct[1]["Content-Type"]
+    # Byte for byte, so the provider's length holds (and no chunked framing).
+    assert proxied[1]["Content-Length"] == direct[1]["Content-Length"] == str(len(direct[2]))
+    assert "Transfer-Encoding" not in proxied[1]
     error_body = {**body, "mock": {"status": 429}}
     direct = await _raw(f"{mock_provider.base_url}/chat/completions", error_body)
     proxied = await _raw(f"{proxy.base_url}/chat/completions", error_body)

@@ -1,4 +1,5 @@
-"""How a stream ends, whatever the upstream does: the client and the record agree, at the protocol's last event.
+"""How an answer ends, whatever the upstream does: the client and the record agree
+(a stream at the protocol's last event, a JSON answer at its length).
 
 A scripted upstream (``scripted_upstream.py``) writes exact bytes and ends as
 told; the client is the official SDK, and the record must equal what the SDK
@@ -130,6 +131,49 @@ async def test_a_last_event_without_its_blank_line_is_not_recorded(proxy: Proxy,
     content, _, request_id, raised = await _sdk_stream(proxy)
     assert (content, raised) == ("a ", None)
     assert (await read_record(proxy.root, request_id, KEY))["content"] == "a "
+
+
+async def test_an_event_stream_sent_with_a_length_goes_out_chunked(proxy: Proxy, upstream: ScriptedUpstream) -> None:
+    """The proxy ends an event stream at its last event: a Content-Length kept from
+    the provider's would promise bytes (the ghost) that never come."""
+    body = _event("a ") + _event(finish="stop") + DONE
+    ghost = _event("ghost ")
+    head = sse_head(chunked=False, extra=f"Content-Length: {len(body + ghost)}\r\n".encode())
+    await upstream.scripts.put(Script(head, [body, ghost], end="hold"))
+    async with aiohttp.ClientSession() as http:
+        url = f"{proxy.base_url}/chat/completions"
+        question = {"model": "m", "stream": True, "messages": []}
+        async with http.post(url, json=question, headers={"Authorization": f"Bearer {KEY}"}) as response:
+            assert "Content-Length" not in response.headers
+            assert response.headers["Transfer-Encoding"] == "chunked"
+            assert await asyncio.wait_for(response.read(), BOUND_S) == body
+
+
+@pytest.mark.parametrize("cut", [False, True], ids=["whole", "cut-short"])
+async def test_a_json_answer_keeps_its_length(proxy: Proxy, upstream: ScriptedUpstream, cut: bool) -> None:
+    """Forwarded byte for byte, so with the provider's own Content-Length: a client
+    can tell an answer the provider cut short by it."""
+    body = json.dumps(
+        {
+            "id": "c1",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "a b"}, "finish_reason": "stop"}],
+        }
+    ).encode()
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    await upstream.scripts.put(Script(head, [body[:20]] if cut else [body[:20], body[20:]], pause_s=0.01))
+    async with aiohttp.ClientSession() as http:
+        url = f"{proxy.base_url}/chat/completions"
+        async with http.post(url, json={"model": "m", "messages": []}, headers={"Authorization": f"Bearer {KEY}"}) as r:
+            assert (r.headers["Content-Length"], r.headers.get("Transfer-Encoding")) == (str(len(body)), None)
+            request_id = r.headers["X-Request-Id"]
+            if cut:
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await asyncio.wait_for(r.read(), BOUND_S)
+            else:
+                assert await asyncio.wait_for(r.read(), BOUND_S) == body
+    record = await read_record(proxy.root, request_id, KEY)
+    assert (record["status"], record["content"]) == (("failed", "") if cut else ("completed", "a b"))
 
 
 async def test_a_gzipped_stream_is_recorded_as_shown(proxy: Proxy, upstream: ScriptedUpstream) -> None:

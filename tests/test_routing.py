@@ -149,7 +149,7 @@ def test_response_headers() -> None:
             ]
         )
     )
-    out = response_headers(incoming)
+    out = response_headers(incoming, same_body=False)
     assert out.getall("Set-Cookie") == ["a=1", "b=2"]
     assert sorted(k for k, _ in out.items()) == [
         "Content-Type",
@@ -157,3 +157,6 @@ def test_response_headers() -> None:
         "Set-Cookie",
         "x-ratelimit-remaining-tokens",
     ]
+    # A body forwarded byte for byte keeps the provider's length, never its framing.
+    kept = response_headers(incoming, same_body=True)
+    assert (kept["Content-Length"], "Transfer-Encoding" in kept, "Connection" in kept) == ("100", False, False)
