@@ -221,6 +221,26 @@ async def test_sqlite_file_is_in_wal_mode_at_the_current_version(tmp_path: Path)
             assert await cursor.fetchone() == (SCHEMA_VERSION,)
 
 
+async def test_sqlite_a_partial_flush_rewrites_no_index_it_does_not_change(tmp_path: Path) -> None:
+    """A later state named the session and start time too, and SQLite rewrote the
+    session index's page at every flush of every live stream."""
+    path = tmp_path / "records.db"
+    async with opened(SQLiteStore(str(path))) as store:
+        live = make_record("live")
+        await store.save_many([live])
+        wal = Path(f"{path}-wal")
+        before = wal.stat().st_size
+        for _ in range(10):
+            live.content += "w "
+            await store.save_many([live])
+        written = wal.stat().st_size - before
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    # A WAL frame is a page and its 24-byte header. Each flush: the row's page and
+    # the in-progress index's (its status is set again, to the same value).
+    assert written == 10 * 2 * (page_size + 24)
+
+
 async def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
     with contextlib.closing(sqlite3.connect(path)) as db:
