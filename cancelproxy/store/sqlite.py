@@ -64,8 +64,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 # A later state of a request sets only what can change: SQLite rewrites the
 # entry of every index on a column named here, changed or not, and a request's
-# session and start time never change. Naming them too made every partial
-# flush write the session index's page again (3 pages to the WAL, now 2).
+# session and start time never change. Naming them too would make every
+# partial flush write the session index's page again (3 pages to the WAL, not 2).
 _UPSERT = """
     INSERT INTO records (request_id, session_id, created_at, status, ended_at, data)
     VALUES {rows}
