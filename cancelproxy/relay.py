@@ -311,9 +311,15 @@ class Relay:
         await self._exchange.before_answer()
         upstream = self._upstream
         assert upstream is not None
-        # An event stream is the one body the tee may end or change.
-        headers = response_headers(upstream.headers, same_body=not self._tee.event_stream)
+        headers = response_headers(upstream.headers)
         headers.update(self._ids)
+        # What the tee does to the body decides its framing headers.
+        if self._tee.event_stream:
+            # The one body it may end (a stop, its last event) or change (a
+            # hidden usage chunk): aiohttp sends it chunked. Any other is the
+            # provider's byte for byte and goes with its Content-Length: no
+            # terminator to send after it, and a client knows a cut one by it.
+            headers.popall("Content-Length", None)
         if self._tee.decoded:
             headers.popall("Content-Encoding", None)  # forwarded decoded (see Tee)
         if is_event_stream(headers):

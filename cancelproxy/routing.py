@@ -51,10 +51,9 @@ PROXY_ONLY_HEADERS = frozenset({"x-session-id", "x-disconnect-grace"})
 # hold the body back until the provider sends a 100, which most never do.
 _REQUEST_DROP = _HOP_BY_HOP | PROXY_ONLY_HEADERS | {"host", "content-length", "content-encoding", "expect"}
 _CLIENT_CREDENTIALS = frozenset(name.lower() for name in CREDENTIAL_HEADERS)
-# The proxy frames an answer itself (aiohttp): its length is the provider's
-# only while the body is the provider's byte for byte (response_headers).
+# Content-Length is an answer's own: the relay keeps or drops it by what its
+# tee does to the body.
 _RESPONSE_DROP = _HOP_BY_HOP
-_RESPONSE_DROP_REFRAMED = _HOP_BY_HOP | {"content-length"}
 
 
 def choose_upstream(config: Config, explicit: str | None, model: object) -> Upstream | None:
@@ -165,18 +164,8 @@ def _configured_credential(upstream: Upstream, key_header: str) -> tuple[str, st
     return None
 
 
-def response_headers(incoming: CIMultiDictProxy[str], *, same_body: bool) -> CIMultiDict[str]:
-    """The provider's answer headers for the client.
-
-    ``same_body``: the client gets the body byte for byte as the provider sent
-    it (a JSON answer, a pass-through), so the provider's Content-Length holds
-    and is kept: the client can tell a cut body by it, and the answer goes out
-    without chunked framing (no terminator to send after the body: one write
-    fewer per answer). An event stream the proxy may end itself (a stop, its
-    last event) or change (decoded, a hidden usage chunk) is sent chunked.
-    """
-    drop = _RESPONSE_DROP if same_body else _RESPONSE_DROP_REFRAMED
-    return _without(incoming, drop | _connection_named(incoming))
+def response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    return _without(incoming, _RESPONSE_DROP | _connection_named(incoming))
 
 
 def _without(incoming: CIMultiDictProxy[str], drop: frozenset[str] | set[str]) -> CIMultiDict[str]:

@@ -33,7 +33,7 @@ class Boom(RuntimeError):
     pass
 
 
-def broken(*args: object, **kwargs: object) -> None:
+def broken(*args: object) -> None:
     """What each test puts in place of one piece of the proxy: a bug."""
     raise Boom("bug")
 
