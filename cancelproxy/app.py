@@ -20,7 +20,7 @@ from .cluster import Cluster, LocalCluster, RedisCluster
 from .config import Config
 from .cors import setup_cors
 from .errors import DownstreamGone, NotFound, ProxyError, error_response
-from .forward import generation_handler, handle_passthrough
+from .forward import generation_handler, passthrough_handler
 from .gcstats import GcStats
 from .logs import setup_logging
 from .metrics import Metrics
@@ -65,9 +65,9 @@ def create_app(config: Config) -> web.Application:
     )
     app.cleanup_ctx.append(_services_ctx(config))
     app.on_shutdown.append(_drain)
-    # Final record writes run as jobs of the app; shutdown waits for them all.
-    # limit=None: every finished stream's write starts at once (the writer
-    # groups them into few transactions).
+    # A generation that outlives its client (readers resumed it, or its
+    # disconnect grace runs) goes on as a job of the app; shutdown stops and
+    # waits for them all. limit=None: a job never waits for another's end.
     aiojobs.aiohttp.setup(app, limit=None, close_timeout=config.limits.cancel_timeout_s)
     setup_cors(app, config.cors)
     add_routes(app.router)
@@ -79,7 +79,9 @@ def create_app(config: Config) -> web.Application:
         app.router.add_post(prefix + "/v1/responses/{response_id}/cancel", cancel_response)
         for protocol in PROTOCOLS:
             app.router.add_post(f"{prefix}/v1/{protocol.path}", generation_handler(protocol))
-        app.router.add_route("*", prefix + "/v1/{tail:.*}", handle_passthrough)
+            # Its other routes (count_tokens, a stored response, ...) are its own family's.
+            app.router.add_route("*", f"{prefix}/v1/{protocol.path}/{{tail:.*}}", passthrough_handler(protocol))
+        app.router.add_route("*", prefix + "/v1/{tail:.*}", passthrough_handler())
     return app
 
 

@@ -30,7 +30,7 @@ from .services import SERVICES, Services
 from .sessions import credential_fingerprint, is_valid_session_id, new_request_id, new_session_id
 from .upstream import Target
 
-__all__ = ["generation_handler", "handle_passthrough"]
+__all__ = ["generation_handler", "passthrough_handler"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -94,15 +94,28 @@ def generation_handler(protocol: WireProtocol) -> Handler:
     return handle_generation
 
 
-async def handle_passthrough(request: web.Request) -> web.StreamResponse:
-    services = request.app[SERVICES]
-    try:
-        ids = _ids(request)
-        body = await _read_body(request, services.config.limits.max_body_bytes)
-        target = _target(services, request, body, _model_of(request, body), "Authorization")
-    except ProxyError as error:
-        return error_response(error)
-    return await Relay(services, request, target, ids, PassThrough()).run()
+def passthrough_handler(family: WireProtocol | None = None) -> Handler:
+    """The handler of the pass-through routes under ``family``'s route
+    (``/v1/messages/count_tokens`` under ``/v1/messages``), or of every other
+    ``/v1/*`` route when None.
+
+    A configured key goes where the family's clients carry theirs (an
+    Anthropic-compatible provider reads ``x-api-key``, not ``Authorization``),
+    and the proxy's own errors come in the shape its SDKs parse.
+    """
+    key_header = family.key_header if family is not None else "Authorization"
+
+    async def handle_passthrough(request: web.Request) -> web.StreamResponse:
+        services = request.app[SERVICES]
+        try:
+            ids = _ids(request)
+            body = await _read_body(request, services.config.limits.max_body_bytes)
+            target = _target(services, request, body, _model_of(request, body), key_header)
+        except ProxyError as error:
+            return error_response(error, body=family.error_body(error) if family is not None else None)
+        return await Relay(services, request, target, ids, PassThrough()).run()
+
+    return handle_passthrough
 
 
 def _grace(request: web.Request, services: Services) -> float:

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from .cluster import CancelOrder, CancelResult
 from .errors import NotFound, StoreUnavailable, error_response
-from .forward import handle_passthrough
+from .forward import passthrough_handler
 from .live import LiveRequest
 from .protocols.responses import ResponsesTranscript
 from .records import Record
@@ -24,6 +24,9 @@ from .services import SERVICES, Services
 from .sessions import Caller
 
 __all__ = ["add_routes", "caller_of", "cancel_here", "cancel_response", "find_record"]
+
+# An id the proxy is not streaming goes upstream like any other Responses route.
+_forward_to_upstream = passthrough_handler()
 
 
 def caller_of(request: web.Request, services: Services) -> Caller:
@@ -188,7 +191,7 @@ async def cancel_response(request: web.Request) -> web.StreamResponse:
     result = await _cancel(services, order)
     if result.response is not None:
         return web.json_response(result.response)
-    return await handle_passthrough(request)
+    return await _forward_to_upstream(request)
 
 
 async def _stored(services: Services, request_id: str) -> Record | None:

@@ -132,6 +132,44 @@ async def test_a_configured_key_replaces_every_client_credential(tmp_path: Path,
     assert "x-api-key" not in seen and "api-key" not in seen
 
 
+async def test_a_configured_key_goes_where_the_routes_protocol_carries_it(tmp_path: Path) -> None:
+    """Under ``/v1/messages`` an Anthropic-compatible provider reads ``x-api-key``:
+    its other routes (count_tokens, batches) got the key as ``Authorization`` and
+    were refused, and the proxy's own errors there came in OpenAI's shape."""
+    async with recording_upstream() as upstream:
+        config = {
+            "default_upstream": "trap",
+            "upstreams": [
+                {"name": "trap", "base_url": f"{upstream.root}/v1", "api_key": UPSTREAM_KEY, "models": ["*"]}
+            ],
+            "store": {"url": "memory://"},
+        }
+        proxy = start_proxy(tmp_path, config)
+        try:
+            async with aiohttp.ClientSession() as session:
+                body = {"model": "claude-x", "messages": []}
+                for path in ("/v1/messages/count_tokens", "/trap/v1/messages/batches"):
+                    async with session.post(proxy.root + path, json=body, headers={"x-api-key": CLIENT_KEY}) as answer:
+                        assert answer.status == 200, path
+                async with session.get(f"{proxy.root}/v1/models", headers={"x-api-key": CLIENT_KEY}) as answer:
+                    assert answer.status == 200
+                refused = {"x-api-key": CLIENT_KEY, "X-Session-Id": "!"}
+                async with session.post(f"{proxy.root}/v1/messages/count_tokens", json=body, headers=refused) as answer:
+                    assert answer.status == 400
+                    error = await answer.json()
+        finally:
+            proxy.program.stop()
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error", error
+    messages, models = upstream.seen[:2], upstream.seen[2]
+    assert [seen.raw_path for seen in messages] == ["/v1/messages/count_tokens", "/v1/messages/batches"]
+    for seen in messages:
+        headers = {k.lower(): v for k, v in seen.headers.items()}
+        assert headers["x-api-key"] == UPSTREAM_KEY and "authorization" not in headers
+    headers = {k.lower(): v for k, v in models.headers.items()}
+    assert headers["authorization"] == f"Bearer {UPSTREAM_KEY}" and "x-api-key" not in headers
+    assert len(upstream.seen) == 3
+
+
 async def test_a_base_url_with_user_and_password_sends_basic_auth(tmp_path: Path, mock_provider: MockProvider) -> None:
     """It raised inside the relay beside a client's Authorization: text/plain 500, record "completed"."""
     config = proxy_config(mock_provider)
