@@ -111,6 +111,7 @@ class BodyTooLarge(ProxyError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+    closes_connection = True  # the rest of the body is never read
 
 
 class RequestLineTooLong(ProxyError):

@@ -99,6 +99,26 @@ async def test_a_chunked_body_over_the_limit_is_413(strict_proxy: Proxy, whole: 
     await _assert_still_serving(strict_proxy)
 
 
+async def test_a_body_over_the_limit_closes_its_connection(strict_proxy: Proxy) -> None:
+    # The rest of a refused body is never read: left open, aiohttp would go on
+    # reading and dropping it for its lingering time (10 s), and the connection
+    # would count against the proxy's limits all that while.
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"Content-Length: 5000\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", strict_proxy.port)
+    try:
+        writer.write(head + b'{"model": "mock-1", "pad": "xxxx')
+        async with asyncio.timeout(5):
+            answer = await reader.read(-1)  # to the connection's end
+    finally:
+        writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert int(status_line.split()[1]) == 413
+    assert b"connection: close" in rest.lower()
+    _assert_openai_shape(json.loads(rest.partition(b"\r\n\r\n")[2]), "request_too_large")
+    await _assert_still_serving(strict_proxy)
+
+
 async def test_a_body_that_cannot_be_decoded_says_why(strict_proxy: Proxy) -> None:
     body = b"this is not gzip"
     status, answer = await _post(f"{strict_proxy.base_url}/chat/completions", body, {"Content-Encoding": "gzip"})
