@@ -125,7 +125,11 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
-        return cls(**{**data, "usage": Usage.from_dict(data.get("usage"))})
+        """A stored record. Fields this version does not know are left out:
+        replicas sharing a store run different versions during a rolling
+        upgrade, and a newer one's record must not break an older one's reads."""
+        known = {name: value for name, value in data.items() if name in _FIELD_NAMES}
+        return cls(**{**known, "usage": Usage.from_dict(data.get("usage"))})
 
     def to_json(self) -> bytes:
         """The record as the stores keep it: one compact UTF-8 JSON object, the
@@ -164,6 +168,9 @@ class Record:
         clone.__dict__.update(self.__dict__)
         clone.tool_calls = [dict(c) for c in self.tool_calls]
         return clone
+
+
+_FIELD_NAMES = frozenset(field.name for field in dataclasses.fields(Record))
 
 
 def _fields(obj: object) -> dict[str, Any]:

@@ -349,6 +349,18 @@ async def test_redis_indexes_follow_the_status(redis_url: str, redis_key_prefix:
         assert [key async for key in client.scan_iter(match=f"{p}*")] == []
 
 
+async def test_redis_reads_a_record_a_newer_replica_wrote(redis_url: str, redis_key_prefix: str) -> None:
+    """Replicas of two versions share the store during a rolling upgrade: a
+    field the older one does not know made its reads of that session fail."""
+    async with opened(RedisStore(redis_url, redis_key_prefix)) as store:
+        record = full_record()
+        await store.save_many([record])
+        newer = {**json.loads(record.to_json()), "a_later_field": {"x": 1}}
+        await store.client.set(f"{redis_key_prefix}rec:{record.request_id}", json.dumps(newer))
+        assert await store.get(record.request_id) == record
+        assert await store.session(record.session_id) == [record]
+
+
 async def test_redis_key_prefixes_do_not_see_each_other(redis_url: str) -> None:
     async with opened(RedisStore(redis_url, unique_key_prefix())) as ours:
         async with opened(RedisStore(redis_url, unique_key_prefix())) as theirs:
