@@ -450,3 +450,61 @@ async def test_a_partial_that_cannot_be_taken_holds_up_no_other_and_the_flushes_
         await writer.close()
     assert [content for request_id, _, content in store.history if request_id == "fine"][:3] == ["v1", "v2", "v3"]
     assert "broken" not in {request_id for request_id, _, _ in store.history}
+
+
+# ---- close: nothing queued is lost when the writer stops -------------------------
+
+
+async def test_close_keeps_a_retried_final_the_flusher_was_writing() -> None:
+    # At shutdown the flusher may be in the middle of retrying a final state
+    # that failed before: stopped there, it would take that state with it.
+    store = CountingStore()
+    writer = StoreWriter(store, flush_interval_s=0.01, log=logging.getLogger("test"))
+    store.down = True
+    assert await writer.save_final(_record("a", "stopped", "w0 ")) is False
+    store.down = False
+    under_way = asyncio.Event()
+    store.gates = [under_way]
+    await writer.start()
+    async with asyncio.timeout(10):
+        await store.until_called(2)  # the flusher's retry is under way
+    closing = asyncio.ensure_future(writer.close())
+    await asyncio.sleep(0)  # close has begun
+    under_way.set()
+    await closing
+    assert await _stored(store, "a") == ("stopped", "w0 ")
+    assert writer.unwritten("a") is None
+
+
+async def test_close_waits_for_a_final_queued_after_it_began() -> None:
+    store = CountingStore()
+    writer = _writer(store)
+    gates = [asyncio.Event(), asyncio.Event()]
+    store.gates = list(gates)  # close's own flush, then the late final's commit
+    _track(writer, "a", lambda: _record("a", content="so far"), lambda: 1)
+    closing = asyncio.ensure_future(writer.close())
+    await store.until_called(1)
+    late = writer.queue_final(_record("b", "interrupted"))  # a relay ending as shutdown stops it
+    gates[0].set()
+    await store.until_called(2)
+    gates[1].set()
+    await closing
+    assert late.done() and late.result() is True
+    assert await _stored(store, "b") == ("interrupted", "")
+
+
+async def test_a_flush_cancelled_in_the_middle_of_its_write_keeps_its_batch() -> None:
+    store = CountingStore()
+    writer = _writer(store)
+    store.down = True
+    assert await writer.save_final(_record("a", "stopped", "w0 ")) is False
+    store.down = False
+    store.gates = [asyncio.Event()]  # a write that does not end by itself
+    flushing = asyncio.ensure_future(writer.flush())
+    await store.until_called(2)
+    flushing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    assert writer.unwritten("a") is not None
+    await writer.flush()
+    assert await _stored(store, "a") == ("stopped", "w0 ")

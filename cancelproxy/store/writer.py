@@ -30,13 +30,13 @@ request that has ended is dropped, not retried (``_keep``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..records import Record
-from ..tasks import cancel_and_wait
 from .base import Store
 
 __all__ = ["StoreWriter", "Trackable"]
@@ -93,6 +93,9 @@ class StoreWriter:
         # what reads answer until the store has it.
         self._unwritten: dict[str, Record] = {}
         self._flusher: asyncio.Task[None] | None = None
+        # Ends the flusher between two flushes: a write under way when close
+        # begins is let end, not cut off with the retries it had taken.
+        self._closing = asyncio.Event()
         # One write at a time, in order: a batch of partials taken before a
         # final state must not commit after it (Redis pipelines on pooled
         # connections, unlike one SQLite connection, would not keep the order).
@@ -109,13 +112,21 @@ class StoreWriter:
 
     async def close(self) -> None:
         """Stop flushing, then write what is left (one last attempt)."""
-        if self._flusher is not None:
-            await cancel_and_wait(self._flusher)
-        if self._committing is not None:
-            await self._committing
-        await self.flush()
-        if self._pending:
-            self._log.error("store: %d record states could not be written before exit", len(self._pending))
+        self._closing.set()
+        try:
+            if self._flusher is not None:
+                await self._flusher
+            # A final state queued meanwhile (a relay ending as shutdown stops
+            # it) starts a commit of its own: close ends once none is left.
+            while True:
+                if self._committing is not None:
+                    await self._committing
+                await self.flush()
+                if not self._urgent and (self._committing is None or self._committing.done()):
+                    break
+        finally:
+            if self._pending:
+                self._log.error("store: %d record states could not be written before exit", len(self._pending))
 
     def track(self, request: Trackable) -> None:
         """Flush this in-progress request's snapshot whenever its version moved
@@ -240,6 +251,11 @@ class StoreWriter:
                 self._log.error("store: write failed, will retry: %s", exc)
             self.healthy = False
             return False
+        except BaseException:
+            # Stopped in the middle (its caller was cancelled): the store may
+            # not have it, and this batch may hold the only copy of a retry.
+            self._keep(records)
+            raise
         self.transactions += 1
         for record in records:
             # Only this very state: a newer final may have come meanwhile.
@@ -267,7 +283,11 @@ class StoreWriter:
 
     async def _flush_every_interval(self) -> None:
         while True:
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._closing.wait()
+            if self._closing.is_set():
+                return
             try:
                 await self.flush()
             except Exception:  # whatever it was, the next interval flushes again: this task must not end
