@@ -508,3 +508,24 @@ async def test_a_flush_cancelled_in_the_middle_of_its_write_keeps_its_batch() ->
     assert writer.unwritten("a") is not None
     await writer.flush()
     assert await _stored(store, "a") == ("stopped", "w0 ")
+
+
+@pytest.mark.parametrize("taken_by", ["commit", "flush"])
+async def test_a_start_that_cannot_be_taken_holds_up_no_other_urgent_write(taken_by: str) -> None:
+    store = CountingStore()
+    writer = _writer(store)
+
+    def broken() -> Record:
+        raise ValueError("a bug reading the answer back")
+
+    started = writer.save_start(Tracked("broken", broken, lambda: 1))
+    # Queued together with the start: the commit it started takes both, or a
+    # flush that comes first does.
+    finishing = writer.queue_final(_record("b", "stopped", "w0 "), at_once=taken_by == "commit")
+    if taken_by == "flush":
+        await writer.flush()
+    async with asyncio.timeout(10):
+        assert await finishing is True
+        assert await started is False  # never written: not durable
+    assert await _stored(store, "b") == ("stopped", "w0 ")
+    assert writer.unwritten("b") is None

@@ -197,19 +197,29 @@ class StoreWriter:
             written = False
             try:
                 written = await self._write(self._add_urgent({}, batch))
-            finally:
+            finally:  # whatever happened: nobody waits for ever
                 _resolve((w for entry in batch.values() for w in entry.waiters), written)
 
-    def _take(self, tracked: _Tracked) -> Record:
-        tracked.flushed_version = tracked.request.version
-        return tracked.request.snapshot()
+    def _take(self, tracked: _Tracked) -> Record | None:
+        """The request's snapshot, or None if it could not be taken: a bug
+        reading one answer back must not hold up every other request's write
+        (nor the final states in its batch). This one is left as stored."""
+        try:
+            tracked.flushed_version = tracked.request.version
+            return tracked.request.snapshot()
+        except Exception:
+            self._log.exception("store: could not take the partial answer of %s", tracked.request.request_id)
+            return None
 
     def _add_urgent(self, batch: dict[str, Record], urgent: dict[str, _Urgent]) -> dict[str, Record]:
         for request_id, entry in urgent.items():
             if entry.final is not None:
                 batch[request_id] = entry.final
             elif request_id not in batch and (tracked := self._tracked.get(request_id)) is not None:
-                batch[request_id] = self._take(tracked)
+                if (record := self._take(tracked)) is not None:
+                    batch[request_id] = record
+                else:
+                    _resolve(entry.waiters, False)  # not in the store: not durable
         return batch
 
     async def flush(self) -> None:
@@ -220,22 +230,17 @@ class StoreWriter:
         # state is newer than any partial; a start is taken as a partial).
         batch = dict(self._pending)
         for request_id, tracked in self._tracked.items():
-            if tracked.request.version != tracked.flushed_version:
-                try:
-                    batch[request_id] = self._take(tracked)
-                except Exception:
-                    # A bug reading one answer back must not hold up every
-                    # other request's partial: this one is left as stored.
-                    self._log.exception("store: could not take the partial answer of %s", request_id)
+            if tracked.request.version != tracked.flushed_version and (record := self._take(tracked)) is not None:
+                batch[request_id] = record
         urgent, self._urgent = self._urgent, {}
-        self._add_urgent(batch, urgent)
-        if not batch and not urgent:
-            return
-        self._pending.clear()
         written = False
         try:
+            self._add_urgent(batch, urgent)
+            if not batch and not urgent:
+                return
+            self._pending.clear()
             written = await self._write(batch)
-        finally:
+        finally:  # whatever happened: nobody waits for ever
             _resolve((w for entry in urgent.values() for w in entry.waiters), written)
 
     async def _write(self, batch: dict[str, Record]) -> bool:
