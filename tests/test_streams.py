@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from cancelproxy.store import streams
-from cancelproxy.store.streams import RedisStreams
+from cancelproxy.store.streams import RedisStreams, RemoteEntry
 
 
 class _SilentRedis:
@@ -106,3 +106,54 @@ async def test_a_stream_with_more_entries_than_a_mirror_keeps_ends_cut_not_trimm
         await client.aclose()
     assert [entry.data for entry in got[:-1]] == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"]
     assert got[-1].last and got[-1].cut
+
+
+class _FirstSendUnanswered:
+    """A real Redis whose first pipeline is sent and never answered: a
+    mirror's send under way (Redis may have any part of it) when it closes."""
+
+    def __init__(self, client: Redis) -> None:
+        self._client = client
+        self.sending = asyncio.Event()
+
+    def pipeline(self, transaction: bool = True) -> Any:
+        pipe = self._client.pipeline(transaction=transaction)
+        if not self.sending.is_set():
+            self.sending.set()
+
+            async def unanswered() -> None:
+                await asyncio.Event().wait()
+
+            pipe.execute = unanswered  # type: ignore[method-assign]
+        return pipe
+
+
+async def test_a_batch_whose_send_close_cut_off_leaves_the_stream_cut_not_whole(
+    redis_url: str, redis_key_prefix: str
+) -> None:
+    # The rest of the stream, its end included, is sent at close: after a
+    # batch that may be missing, a reader on another replica would be
+    # replayed an answer with chunks missing as if whole.
+    client = Redis.from_url(redis_url)
+    held = _FirstSendUnanswered(client)
+    mirror = RedisStreams(cast(Redis, held), redis_key_prefix, keep_s=5, heartbeat_s=0.1, log=logging.getLogger("test"))
+    reader = RedisStreams(client, redis_key_prefix, keep_s=5, heartbeat_s=0.1, log=logging.getLogger("test"))
+    try:
+        await mirror.start()
+        try:
+            mirror.publish("req_1", b"data: 0\n\n", [9])
+            async with asyncio.timeout(10):
+                await held.sending.wait()
+            mirror.publish("req_1", b"data: 1\n\n", [9])
+            mirror.end("req_1")
+        finally:
+            await mirror.close()
+
+        async def alive() -> bool:
+            return True
+
+        async with asyncio.timeout(10):
+            got = [entry async for entry in reader.follow("req_1", alive)]
+    finally:
+        await client.aclose()
+    assert got == [RemoteEntry(b"", [], last=True, cut=True)]

@@ -76,6 +76,9 @@ class RedisStreams:
         self._heartbeat_s = heartbeat_s
         self._log = log
         self._queue: list[tuple[str, dict[str, bytes | str]]] = []
+        # The batch being sent: if its send is cut off (at close), Redis may
+        # have any part of it, and it is lost as a failed one is.
+        self._sending: list[tuple[str, dict[str, bytes | str]]] = []
         # Entries mirrored of each stream not yet ended; -1 once given up.
         self._mirrored: dict[str, int] = {}
         self._queued = asyncio.Event()
@@ -96,6 +99,9 @@ class RedisStreams:
     async def close(self) -> None:
         if self._sender is not None:
             await cancel_and_wait(self._sender)
+        if self._sending:
+            self._lost(self._sending)  # cut off mid-send: its streams end given up, not clean after a hole
+            self._sending = []
         with contextlib.suppress(RedisError, OSError):
             await self._send(self._take())  # what was queued before the end
 
@@ -129,11 +135,12 @@ class RedisStreams:
     async def _send_forever(self) -> None:
         while True:
             await self._queued.wait()
-            batch = self._take()
+            batch = self._sending = self._take()
             try:
                 await self._send(batch)
             except (RedisError, OSError) as exc:
                 raise_if_cancelled()
+                self._sending = []
                 # Resume across replicas is best effort: a reader here still
                 # gets the whole stream; one on another replica is cut off.
                 if not self._failing:
@@ -142,6 +149,7 @@ class RedisStreams:
                 self._lost(batch)
                 await asyncio.sleep(0.5)
             else:
+                self._sending = []
                 self._failing = False
 
     def _lost(self, batch: list[tuple[str, dict[str, bytes | str]]]) -> None:
