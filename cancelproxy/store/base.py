@@ -33,9 +33,11 @@ class Store(Protocol):
       instead.
     - Every method raises ``StoreError`` on failure (``open`` may also raise
       the backend's own errors for a configuration that can never work). A
-      backend retries nothing but a connection that broke while idle (once);
-      ``store.writer`` keeps failed writes and retries them, and read routes
-      answer 503.
+      backend retries nothing but a command whose connection broke (Redis:
+      once, at once, on a new connection, whether it broke idle in the pool
+      or under the command, as when the kernel gives up on a vanished host; a
+      timeout is not retried); ``store.writer`` keeps failed writes and
+      retries them, and read routes answer 503.
     - ``ping`` never raises: it is ``/readyz``'s answer, False whenever a
       write would not be durable now.
     """

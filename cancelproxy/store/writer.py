@@ -6,9 +6,12 @@
 - In-progress records (their partial answers) are not written per token: every
   ``flush_interval_ms`` the partials of all streams that changed are written
   together, in one transaction.
-- A final state is written at once (``save_final``): a cancel is acknowledged
-  only after it returns, and it returns only once the write is durable — or
-  has failed, in which case the record is kept and retried with the next flush.
+- A final state someone waits for (a cancel's ack, shutdown) is written at
+  once (``save_final``, ``at_once``): a cancel is acknowledged only after it
+  returns, and it returns only once the write is durable — or has failed, in
+  which case the record is kept and retried with the next flush. Every other
+  final state rides the next batch, which spares its request a transaction
+  (an fsync, with SQLite) of its own.
 - Starts and final states that arrive while a write is under way go together
   in the next transaction (group commit): 300 requests starting, or 300
   cancels, at once are a few transactions, not 300 fsyncs in a queue.
