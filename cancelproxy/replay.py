@@ -134,7 +134,12 @@ class EventLog:
         try:
             while self.events < after and not self.closed and not self.given_up:
                 await self._waiting().wait()  # the reader is ahead of the log (it got them elsewhere)
-            offset = 0 if after <= 0 else self._ends[min(after, self.events) - 1]
+            if self.given_up:
+                return  # what the reader lacks is not kept (and the offsets went with it)
+            # A log that ended short of ``after`` (perhaps with no event at
+            # all) resumes past its last event: the reader has every one.
+            have = min(after, self.events)
+            offset = self._ends[have - 1] if have > 0 else 0
             while not self.given_up:
                 grew = self._waiting()
                 data = self._read(offset)

@@ -13,6 +13,7 @@ import struct
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,6 +24,7 @@ from openai.types.chat import ChatCompletionChunk
 
 from .conftest import MockProvider, Proxy, proxy_config, start_proxy
 from .helpers import TCP_ESTABLISHED, provider_request, read_record, tcp_state
+from .scripted_upstream import LAST_CHUNK, Script, chunk, scripted_upstream
 
 KEY = "sk-resume-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -292,3 +294,56 @@ async def test_a_reader_whose_stream_outgrows_the_budget_is_cut_off_not_ended(
                 assert again.status == 410 and (await again.json())["error"]["code"] == "stream_not_kept"
     finally:
         proxy.program.stop()
+
+
+async def test_a_reader_ahead_of_a_log_that_is_given_up_is_cut_off(
+    mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # A reader may already have more events than this replica's log (it read
+    # them elsewhere): it waits for the log to catch up. If the log is given
+    # up meanwhile, the reader is cut off as any reader of a given-up log is.
+    config = proxy_config(mock_provider, resume={"max_total_bytes": 8192})
+    proxy = start_proxy(tmp_path_factory.mktemp("resume-ahead"), config)
+    try:
+        async with aiohttp.ClientSession() as session:
+            body = _body("chat", {"tokens": 400, "rate": 100})
+            async with session.post(f"{proxy.base_url}/chat/completions", json=body, headers=AUTH) as answer:
+                request_id = answer.headers["X-Request-Id"]
+                url = f"{proxy.root}/requests/{request_id}/stream"
+                async with session.get(url, params={"after": "100000"}, headers=AUTH) as resumed:
+                    assert resumed.status == 200
+                    with pytest.raises(aiohttp.ClientPayloadError):
+                        await resumed.read()
+                assert (await answer.read()).endswith(b"data: [DONE]\n\n")
+    finally:
+        proxy.program.stop()
+    assert "Traceback" not in proxy.program.output, proxy.program.output
+
+
+async def test_a_reader_ahead_of_a_stream_that_sent_no_event_gets_its_end(tmp_path: Path) -> None:
+    # An event-stream error answer with no event in it: a reader that says it
+    # has some gets the end of the stream, not a broken connection.
+    error_head = (
+        b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    async with scripted_upstream() as upstream:
+        await upstream.scripts.put(Script(error_head, [chunk(b": slow down\n\n"), LAST_CHUNK]))
+        config = {
+            "upstreams": [{"name": "scripted", "base_url": upstream.base_url, "models": ["*"]}],
+            "store": {"url": "memory://"},
+        }
+        proxy = start_proxy(tmp_path, config)
+        try:
+            async with aiohttp.ClientSession() as session:
+                body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+                async with session.post(f"{proxy.base_url}/chat/completions", json=body, headers=AUTH) as answer:
+                    assert answer.status == 429
+                    request_id = answer.headers["X-Request-Id"]
+                    assert await answer.read() == b": slow down\n\n"
+                await read_record(proxy.root, request_id, KEY)
+                url = f"{proxy.root}/requests/{request_id}/stream"
+                async with session.get(url, params={"after": "1"}, headers=AUTH) as resumed:
+                    assert resumed.status == 200
+                    assert await resumed.read() == b": slow down\n\n"
+        finally:
+            proxy.program.stop()
