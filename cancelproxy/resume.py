@@ -26,7 +26,7 @@ from .errors import BadRequest, NotFound, ProxyError, error_response
 from .protocols import PROTOCOLS_BY_NAME
 from .protocols.base import RequestFacts
 from .records import Record
-from .routes import caller_of, find_record
+from .routes import caller_of, find_record, stored_session
 from .services import SERVICES, Services
 from .sse import SSE_HEADERS, SSEFramer
 from .store.streams import RedisStreams
@@ -79,7 +79,7 @@ async def stream_session(request: web.Request) -> web.StreamResponse:
             if caller.owns(live.credential) and (newest is None or live.record.created_at > newest.created_at):
                 newest = live.record
         if newest is None:
-            stored = [r for r in await services.store.session(session_id) if caller.owns(r.credential)]
+            stored = [r for r in await stored_session(services, session_id) if caller.owns(r.credential)]
             newest = max(stored, key=lambda r: r.created_at, default=None)
         if newest is None:
             raise NotFound(f"no session '{session_id}'", code="session_not_found")

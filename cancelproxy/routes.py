@@ -23,7 +23,7 @@ from .records import Record
 from .services import SERVICES, Services
 from .sessions import Caller
 
-__all__ = ["add_routes", "caller_of", "cancel_here", "cancel_response", "find_record"]
+__all__ = ["add_routes", "caller_of", "cancel_here", "cancel_response", "find_record", "stored_session"]
 
 # An id the proxy is not streaming goes upstream like any other Responses route.
 _forward_to_upstream = passthrough_handler()
@@ -201,6 +201,13 @@ async def _stored(services: Services, request_id: str) -> Record | None:
         raise StoreUnavailable(f"the record store is unavailable: {exc}") from exc
 
 
+async def stored_session(services: Services, session_id: str) -> list[Record]:
+    try:
+        return await services.store.session(session_id)
+    except Exception as exc:
+        raise StoreUnavailable(f"the record store is unavailable: {exc}") from exc
+
+
 async def read_request(request: web.Request) -> web.Response:
     """One record. ``?wait=1`` first waits (at most cancel_timeout_s) for its final
     state: a frontend that aborted a fetch reads the partial answer it keeps."""
@@ -223,10 +230,7 @@ async def read_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     caller = caller_of(request, services)
     session_id = request.match_info["session_id"]
-    try:
-        stored = await services.store.session(session_id)
-    except Exception as exc:
-        raise StoreUnavailable(f"the record store is unavailable: {exc}") from exc
+    stored = await stored_session(services, session_id)
     # Newest last: the store, then final states it may not have yet, then
     # requests still running here with their partial answer as it stands.
     unwritten = services.writer.unwritten_in_session(session_id)

@@ -184,6 +184,9 @@ async def test_redis_going_away_breaks_no_client(
             assert (await _get(f"{proxy.root}/readyz"))[0] == 503
             status, body = await _get(f"{proxy.root}/sessions/{sid}")
             assert (status, body["error"]["code"]) == (503, "store_unavailable")
+            # A session nothing here runs can only be looked up in the store.
+            status, body = await _get(f"{proxy.root}/sessions/never-{uuid.uuid4().hex[:8]}/stream")
+            assert (status, body["error"]["code"]) == (503, "store_unavailable")
 
             redis_server.start()  # back, on the same port
             await until(lambda: _get(f"{proxy.root}/readyz"), lambda r: r[0] == 200)
