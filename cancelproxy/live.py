@@ -124,8 +124,15 @@ class LiveRequest:
         if self.grace_s <= 0:
             self.request_stop("disconnect")
             return False
-        self._grace_timer = asyncio.get_running_loop().call_later(self.grace_s, self._grace_over)
+        self._start_grace()
         return True
+
+    def _start_grace(self) -> None:
+        # One timer at a time: ``done`` cancels only the one it knows of, and
+        # another left running would go on to stop or confirm on its own.
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+        self._grace_timer = asyncio.get_running_loop().call_later(self.grace_s, self._grace_over)
 
     def _grace_over(self) -> None:
         self._grace_timer = None
@@ -138,9 +145,15 @@ class LiveRequest:
 
     async def _confirm_gone(self, remote_readers: Callable[[str], Awaitable[int]]) -> None:
         """The grace ran out here: stop unless a reader on another replica follows."""
-        if await remote_readers(self.request_id) > 0 and self.stop_reason is None and not self.settled:
-            self._grace_timer = asyncio.get_running_loop().call_later(self.grace_s, self._grace_over)
-        elif self.readers == 0:
+        remote = await remote_readers(self.request_id)
+        if self.readers > 0 or self._grace_timer is not None:
+            # A reader resumed here while Redis was asked: it keeps the
+            # generation alive, or, gone again, it started a grace of its own,
+            # which is to run its full length.
+            return
+        if remote > 0 and self.stop_reason is None and not self.settled:
+            self._start_grace()
+        else:
             self.request_stop("disconnect")
 
     def done(self) -> None:
