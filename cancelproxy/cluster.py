@@ -327,7 +327,12 @@ class RedisCluster:
                 pinging = asyncio.create_task(_pings(pubsub, self._heartbeat_s))
                 async for message in _messages(pubsub, silent_for_s=2 * self._heartbeat_s):
                     if message.get("type") == "message":
-                        self._dispatch(message["channel"], message["data"])
+                        try:
+                            self._dispatch(message["channel"], message["data"])
+                        except Exception:
+                            # Whatever one message did, the replica must go
+                            # on hearing cancels: this listener is its only ear.
+                            self._log.exception("cluster: could not handle a message on the cancel channel")
             except (RedisError, OSError) as exc:
                 raise_if_cancelled()
                 self._log.warning("cluster: lost the cancel channel, reconnecting: %s", exc)
@@ -342,16 +347,27 @@ class RedisCluster:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _dispatch(self, channel: bytes | str, data: bytes | str) -> None:
+        name = channel.decode() if isinstance(channel, bytes) else channel
+        answer = name == self._reply_channel
         try:
-            message: dict[str, Any] = json.loads(data)
+            message: Any = json.loads(data)
         except ValueError:
+            message = None
+        # Anyone who can reach Redis can publish here: only orders and answers
+        # of the shape replicas send are taken; the rest is logged and dropped.
+        if not isinstance(message, dict) or not isinstance(message.get("id"), str):
+            self._log.warning("cluster: ignored a message on %s that is not %s", name, _KIND[answer])
             return
-        if (channel.decode() if isinstance(channel, bytes) else channel) == self._reply_channel:
-            replies = self._waiting.get(str(message.get("id")))
+        if answer:
+            replies = self._waiting.get(message["id"])
             if replies is not None:
                 replies.add(message)
         elif message.get("reply_to") != self._reply_channel:  # not our own order
-            order_id = str(message.get("id"))
+            order = _order(message.get("order"))
+            if order is None or not isinstance(message.get("reply_to"), str):
+                self._log.warning("cluster: ignored a message on %s that is not %s", name, _KIND[answer])
+                return
+            order_id = message["id"]
             served = self._served.get(order_id)
             if served is None:
                 served = self._served[order_id] = _Served()
@@ -360,20 +376,24 @@ class RedisCluster:
                 remember_s = (within_s or 0.0) / _ANSWER_SHARE + _ORDER_REPEAT_S
                 asyncio.get_running_loop().call_later(remember_s, self._served.pop, order_id, None)
                 # Its own task: the listener must keep reading while this waits for the stop.
-                self._spawn(self._serve(message, served, within_s))
+                self._spawn(self._serve(message, order, served, within_s))
             elif served.reply is not None:  # the answer was lost: the same answer again
-                self._spawn(self._publish(str(message.get("reply_to")), served.reply, "answer"))
+                self._spawn(self._publish(message["reply_to"], served.reply, "answer"))
             # else: still being served; the answer goes when it is ready
 
-    async def _serve(self, message: dict[str, Any], served: _Served, within_s: float | None) -> None:
+    async def _serve(
+        self, message: dict[str, Any], order: CancelOrder, served: _Served, within_s: float | None
+    ) -> None:
         assert self._cancel_here is not None
         try:
-            order = CancelOrder(**message["order"])
-        except (KeyError, TypeError):
+            result = await self._cancel_here(order, within_s)
+        except Exception:
+            # A task of its own: nobody else would hear of it. The sender
+            # names this replica unanswered.
+            self._log.exception("cluster: could not serve the cancel order %s", message["id"])
             return
-        result = await self._cancel_here(order, within_s)
         served.reply = {
-            "id": message.get("id"),
+            "id": message["id"],
             "replica": self.replica_id,
             "stopped": result.stopped,
             "not_durable": result.not_durable,
@@ -381,7 +401,7 @@ class RedisCluster:
             "session_id": result.session_id,
             "response": result.response,
         }
-        await self._publish(str(message.get("reply_to")), served.reply, "answer")
+        await self._publish(message["reply_to"], served.reply, "answer")
 
     async def _publish(self, channel: str, message: dict[str, Any], what: str, *, report: bool = True) -> bool:
         """PUBLISH ``message``; False if Redis did not take it (logged if ``report``)."""
@@ -397,6 +417,24 @@ class RedisCluster:
         task: asyncio.Task[object] = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+_KIND = {False: "a cancel order", True: "an answer to a cancel order"}
+_ORDER_TEXT = ("session_id", "request_id", "response_id")
+
+
+def _order(fields: object) -> CancelOrder | None:
+    """The order another replica sent, or None if it is not one: ``CancelOrder``'s
+    fields and no others, each of its type (an ``admin`` of ``"no"`` would
+    otherwise grant what ``true`` does)."""
+    if not isinstance(fields, dict) or set(fields) - {"credential", "admin", *_ORDER_TEXT}:
+        return None
+    credential, admin = fields.get("credential"), fields.get("admin")
+    if not isinstance(credential, str) or not isinstance(admin, bool):
+        return None
+    if not all(isinstance(fields.get(key), (str, type(None))) for key in _ORDER_TEXT):
+        return None
+    return CancelOrder(credential=credential, admin=admin, **{key: fields.get(key) for key in _ORDER_TEXT})
 
 
 def _seconds(value: object) -> float | None:

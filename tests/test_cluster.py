@@ -155,6 +155,64 @@ async def test_a_replica_that_cannot_store_in_time_still_answers_before_the_rout
     assert within_s is not None and 0 < within_s < 2
 
 
+# JSON, but not a message of this protocol: a replica that hears one ignores
+# it, and goes on hearing orders and answers.
+_NOT_MESSAGES = [
+    b"[1]",
+    b'"x"',
+    b"3",
+    b"null",
+    b"not json",
+    b'{"id": ["o"], "reply_to": "r", "order": {}}',
+    b'{"id": "o1", "reply_to": 5, "order": {"credential": "c", "admin": false}}',
+    b'{"id": "o2", "reply_to": "r", "order": [1]}',
+    b'{"id": "o3", "reply_to": "r", "order": {"credential": "c", "admin": "no", "request_id": "req_1"}}',
+    b'{"id": "o4", "reply_to": "r", "order": {"credential": 1, "admin": false, "request_id": ["req_1"]}}',
+]
+
+
+async def test_a_replica_that_hears_something_else_than_an_order_still_hears_orders(
+    replicas: tuple[Replica, Replica, str], redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b, prefix = replicas
+    await a.start()
+    await b.start()
+    publisher = Redis.from_url(redis_url)
+    try:
+        for junk in _NOT_MESSAGES:
+            # On the channel every replica hears orders on, and on the one B hears its answers on.
+            await publisher.publish(f"{prefix}cancel", junk)
+            await publisher.publish(f"{prefix}cancelled:{b.cluster.replica_id}", junk)
+    finally:
+        await publisher.aclose()
+    # Published after the junk: each replica hears it after the junk.
+    result = await b.cluster.cancel_elsewhere(ORDER, 5)
+    assert result.unanswered == [] and result.stopped == ["req_1"]
+    assert [order for order, _ in a.asked] == [ORDER]  # nothing of the junk was served
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    ignored = [m for m in said if m.startswith(f"cluster: ignored a message on {prefix}cancel ")]
+    assert len(ignored) == 2 * len(_NOT_MESSAGES), said  # each replica said so of each
+
+
+async def test_a_replica_whose_handling_of_an_order_fails_still_hears_its_repeat(
+    replicas: tuple[Replica, Replica, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b, _ = replicas
+    dispatch, failed = a.cluster._dispatch, []
+
+    def fails_once(channel: bytes | str, data: bytes | str) -> None:
+        if not failed:
+            failed.append(data)
+            raise RuntimeError("a bug of the replica's own")
+        dispatch(channel, data)
+
+    monkeypatch.setattr(a.cluster, "_dispatch", fails_once)
+    await a.start()
+    await b.start()
+    result = await b.cluster.cancel_elsewhere(ORDER, 5)
+    assert failed and result.unanswered == [] and result.stopped == ["req_1"]
+
+
 class _Heard(logging.Handler):
     """Sets an event when a log line holding ``text`` is written (on the loop's thread)."""
 
