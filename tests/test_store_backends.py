@@ -361,6 +361,27 @@ async def test_redis_reads_a_record_a_newer_replica_wrote(redis_url: str, redis_
         assert await store.session(record.session_id) == [record]
 
 
+async def test_redis_in_progress_leaves_out_a_record_that_ended_while_it_was_read(
+    redis_url: str, redis_key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The index and the records are read by two commands: another replica
+    # may store a final state between them.
+    async with opened(RedisStore(redis_url, redis_key_prefix)) as store:
+        async with opened(RedisStore(redis_url, redis_key_prefix)) as other:
+            await store.save_many([make_record("r1"), make_record("r2", created_at=1001.0)])
+            smembers = store.client.smembers
+
+            async def then_r1_ends(name: str) -> Any:
+                members = await smembers(name)
+                await other.save_many([ended("r1", 2000.0)])
+                return members
+
+            monkeypatch.setattr(store.client, "smembers", then_r1_ends)
+            assert ids(await store.in_progress()) == ["r2"]
+            record = await store.get("r1")  # it did end in between
+            assert record is not None and record.status == "completed"
+
+
 async def test_redis_key_prefixes_do_not_see_each_other(redis_url: str) -> None:
     async with opened(RedisStore(redis_url, unique_key_prefix())) as ours:
         async with opened(RedisStore(redis_url, unique_key_prefix())) as theirs:

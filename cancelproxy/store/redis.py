@@ -251,7 +251,9 @@ class RedisStore:
     async def in_progress(self) -> list[Record]:
         async with _mapped("read"):
             ids = await self.client.smembers(self._inprog)
-        records = await self._records(ids)
+        # Two commands, not one snapshot: a record may have turned final
+        # between them, and its index entry gone with it.
+        records = [r for r in await self._records(ids) if r.status == "in_progress"]
         return sorted(records, key=lambda r: r.created_at)
 
     async def prune(self, ended_before: float) -> int:
