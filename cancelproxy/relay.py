@@ -292,18 +292,20 @@ class Relay:
             self._exchange.sent(whole, events)  # events the client never gets (a hidden usage chunk) still count
 
     async def _end_of_body(self, upstream: aiohttp.ClientResponse) -> None:
-        """The upstream's body ended: forward what was held back, and tell a cut stream from a whole one."""
+        """The upstream's body ended: tell a cut stream from a whole one, and forward what was held back."""
         tail = self._tee.end_of_body()
-        if tail:
-            await self._write(tail)
         if upstream.status < 400 and not self._tee.complete():
             # A clean end of body (EOF, a chunked terminator) before the
             # protocol's last event is a truncated answer: no client may take
-            # it for a whole one.
+            # it for a whole one. The tail is not sent: it is the start of an
+            # event that never ended, and the error event written after it
+            # would be read as its continuation (a torn JSON, not an error).
             raise UpstreamBroken(
                 f"upstream '{self._target.upstream.name}' ended the stream before its last event",
                 code="upstream_truncated",
             )
+        if tail:
+            await self._write(tail)
 
     async def _prepare(self) -> web.StreamResponse:
         if self._response is not None:

@@ -115,6 +115,26 @@ async def test_a_body_cut_before_its_end_is_a_failure(proxy: Proxy, upstream: Sc
     assert record["error"]["code"] in ("upstream_truncated", "upstream_broken")
 
 
+@pytest.mark.parametrize("ending", ["eof", "chunked-terminator"])
+async def test_a_body_cut_mid_event_ends_with_a_clean_error_event(
+    proxy: Proxy, upstream: ScriptedUpstream, ending: str
+) -> None:
+    """The cut-off event went out, and the error event was glued to it: openai-python
+    raised a JSON decode error, not an APIError."""
+    torn = _event("b ")[:40]
+    body = _event("a ") + torn
+    if ending == "chunked-terminator":
+        script = Script(sse_head(), [chunk(body), LAST_CHUNK], end="hold")
+    else:
+        script = Script(sse_head(chunked=False), [body])
+    await upstream.scripts.put(script)
+    content, _, request_id, raised = await _sdk_stream(proxy)
+    assert content == "a "
+    assert isinstance(raised, openai.APIError) and raised.code == "upstream_truncated"
+    record = await read_record(proxy.root, request_id, KEY)
+    assert (record["status"], record["content"], record["error"]["code"]) == ("failed", "a ", "upstream_truncated")
+
+
 async def test_a_finish_reason_without_done_is_a_whole_answer(proxy: Proxy, upstream: ScriptedUpstream) -> None:
     await upstream.scripts.put(Script(sse_head(), [chunk(_event("a ") + _event(finish="stop")), LAST_CHUNK]))
     content, finish, request_id, raised = await _sdk_stream(proxy)
