@@ -211,14 +211,16 @@ class Relay:
                     if tee.over:
                         break  # the protocol's last event: whatever follows, no client shows
                     deadline.when = loop.time() + limits.idle_timeout_s
+                if self._stopping:
+                    return
+                # What was held back is a write like any other.
+                self._phase = "client"
+                deadline.when = loop.time() + limits.write_timeout_s
+                await self._end_of_body(upstream)
         except TimeoutError:
             if self._phase == "client":
                 raise DownstreamGone("the client stopped reading") from None
             raise UpstreamTimeout(f"upstream '{self._target.upstream.name}' sent nothing for too long") from None
-        if self._stopping:
-            return
-        await self._end_of_body(upstream)
-        self._exchange.settle()
 
     async def _open(self) -> aiohttp.ClientResponse | None:
         """Send the request; the answer's status and headers, or None if stopped first.
@@ -304,6 +306,9 @@ class Relay:
                 f"upstream '{self._target.upstream.name}' ended the stream before its last event",
                 code="upstream_truncated",
             )
+        # The answer is whole before its last bytes go out: a client that
+        # leaves during their write leaves a completed answer, not a stopped one.
+        self._exchange.settle()
         if tail:
             await self._write(tail)
 
@@ -395,19 +400,25 @@ class Relay:
 
     async def _answer(self) -> web.StreamResponse:
         """The client's end of the exchange (it already has whatever was relayed)."""
+        if self._client_left:
+            # Gone, or its last write timed out: whatever stopped the request,
+            # an ending written now would only wait on a client that is not reading.
+            return self._gone()
         try:
-            if self._response is None and not self._client_left:
+            if self._response is None:
                 await self._exchange.before_answer()
-            if self._exchange.stop_reason in ("cancel", "shutdown"):
-                return await self._answer_cancelled()
-            if self._client_left:
-                return self._gone()
-            if self._failure is not None:
-                return await self._answer_failure(self._failure)
-            response = await self._prepare()
-            await response.write_eof()
-            return response
-        except (DownstreamGone, ConnectionError):
+            # The request stays live until the client has its end (a cancel
+            # route waits for that): a client that stops reading now is
+            # dropped like one that stopped mid-answer.
+            async with asyncio.timeout(self._limits.write_timeout_s):
+                if self._exchange.stop_reason in ("cancel", "shutdown"):
+                    return await self._answer_cancelled()
+                if self._failure is not None:
+                    return await self._answer_failure(self._failure)
+                response = await self._prepare()
+                await response.write_eof()
+                return response
+        except (DownstreamGone, ConnectionError, TimeoutError):
             return self._gone()
 
     async def _answer_cancelled(self) -> web.StreamResponse:

@@ -9,8 +9,10 @@ showed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import openai
 import pytest
 
 from .conftest import Proxy, start_proxy
-from .helpers import read_record
+from .helpers import post_ok, read_record
 from .scripted_upstream import LAST_CHUNK, Script, ScriptedUpstream, chunk, scripted_upstream, sse_head
 
 KEY = "sk-endings-0123456789abcdef"
@@ -44,6 +46,11 @@ def _event(content: str | None = None, finish: str | None = None, **extra: Any) 
 
 
 DONE = b"data: [DONE]\n\n"
+
+
+def _responses_event(kind: str, **fields: Any) -> bytes:
+    data = json.dumps({"type": kind, **fields}, separators=(",", ":"))
+    return f"event: {kind}\ndata: {data}\n\n".encode()
 
 
 @pytest.fixture
@@ -313,3 +320,127 @@ def _dechunked(raw: bytes) -> bytes:
         out += raw[eol + 2 : eol + 2 + size]
         pos = eol + 2 + size + 2
     return bytes(out)
+
+
+async def _stalling_client(
+    port: int, path: str, question: dict[str, Any]
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+    """A client on a raw socket with a small, fixed receive buffer (the kernel does
+    not grow it): once it stops reading, the proxy's writes wait after a few MB at
+    most. The answer's head is read; the connection and the request id are handed back."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    body = json.dumps(question).encode()
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: p\r\nConnection: close\r\nContent-Type: application/json\r\n".encode()
+        + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BOUND_S)
+    request_id = next(
+        line.split(b": ", 1)[1].decode() for line in head.split(b"\r\n") if line.lower().startswith(b"x-request-id")
+    )
+    return reader, writer, request_id
+
+
+async def _read_past(reader: asyncio.StreamReader, marker: bytes) -> bytes:
+    got = bytearray()
+    async with asyncio.timeout(BOUND_S):
+        while marker not in got[-(65536 + len(marker)) :]:
+            data = await reader.read(65536)
+            assert data, "the stream ended before the marker"
+            got += data
+    return bytes(got)
+
+
+async def _read_to_the_end(reader: asyncio.StreamReader) -> bytes:
+    """The rest of what reached the client's socket, to the end of the connection."""
+    got = bytearray()
+    with contextlib.suppress(ConnectionResetError):
+        async with asyncio.timeout(BOUND_S):
+            while data := await reader.read(65536):
+                got += data
+    return bytes(got)
+
+
+async def test_a_client_that_stops_reading_before_its_cancelled_ending_is_dropped(
+    proxy: Proxy, upstream: ScriptedUpstream
+) -> None:
+    """The ending's write waited for the client for ever: the request stayed in
+    progress, and the cancel answered "cancelled": false after cancel_timeout_s."""
+    # A Responses ending repeats the partial output: this one is far more than the
+    # socket buffers between the proxy and the client hold.
+    deltas = [f"{i:02d}" + "y" * (512 * 1024) for i in range(16)]
+    marker = b"the-last-delta"
+    deltas[-1] += marker.decode()
+    item = {"id": "msg_s", "type": "message", "status": "in_progress", "role": "assistant", "content": []}
+    events = [
+        _responses_event("response.created", sequence_number=0, response={"id": "resp_s", "status": "in_progress"}),
+        _responses_event("response.output_item.added", sequence_number=1, output_index=0, item=item),
+        _responses_event(
+            "response.content_part.added",
+            sequence_number=2,
+            item_id="msg_s",
+            output_index=0,
+            content_index=0,
+            part={"type": "output_text", "text": "", "annotations": []},
+        ),
+    ] + [
+        _responses_event(
+            "response.output_text.delta",
+            sequence_number=3 + i,
+            item_id="msg_s",
+            output_index=0,
+            content_index=0,
+            delta=delta,
+        )
+        for i, delta in enumerate(deltas)
+    ]
+    await upstream.scripts.put(Script(sse_head(), [chunk(event) for event in events], end="hold"))
+    reader, writer, request_id = await _stalling_client(
+        proxy.port, "/v1/responses", {"model": "m", "stream": True, "input": "x"}
+    )
+    # The whole answer so far reaches the client; then it reads no more.
+    await _read_past(reader, marker)
+    ack = await post_ok(f"{proxy.root}/requests/{request_id}/cancel", {"Authorization": f"Bearer {KEY}"})
+    assert (ack["cancelled"], ack["request_ids"]) == (True, [request_id])
+    await asyncio.wait_for(upstream.served[-1].proxy_closed.wait(), BOUND_S)
+    record = await read_record(proxy.root, request_id, KEY)
+    assert (record["status"], record["stop_reason"]) == ("stopped", "cancel")
+    assert record["content"] == "".join(deltas)  # all the client was sent before the ending
+    # Dropped: the connection ends without the body's last chunk.
+    assert not (await _read_to_the_end(reader)).endswith(b"0\r\n\r\n")
+    writer.close()
+
+
+async def test_a_client_that_stops_reading_before_the_held_back_tail_is_dropped(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    """The held-back bytes after the answer's finish_reason were written with no
+    bound: a client that read nothing more held the request in progress for ever."""
+    config = {
+        "upstreams": [{"name": "scripted", "base_url": upstream.base_url, "models": ["*"]}],
+        "store": {"url": "memory://"},
+        "limits": {"idle_timeout_s": IDLE_S, "write_timeout_s": 1, "max_event_bytes": 16 << 20},
+    }
+    roomy = start_proxy(tmp_path, config)
+    try:
+        # An event that never ends, after the finish_reason: far more than the
+        # socket buffers between the proxy and the client hold.
+        unended = b"data: " + b"y" * (8 << 20)
+        await upstream.scripts.put(
+            Script(sse_head(), [chunk(_event("a ") + _event(finish="stop") + unended), LAST_CHUNK])
+        )
+        reader, writer, request_id = await _stalling_client(
+            roomy.port, "/v1/chat/completions", {"model": "m", "stream": True, "messages": []}
+        )
+        record = await read_record(roomy.root, request_id, KEY)
+        assert (record["status"], record["content"], record["finish_reason"]) == ("completed", "a ", "stop")
+        assert not (await _read_to_the_end(reader)).endswith(b"0\r\n\r\n")
+        writer.close()
+    finally:
+        roomy.program.stop()
