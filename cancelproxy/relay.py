@@ -288,6 +288,10 @@ class Relay:
             raise UpstreamBroken(
                 f"upstream '{name}' sent {exc} (limits.max_body_bytes)", code="event_too_large"
             ) from None
+        if self._tee.over:
+            # The upstream's own last event is in hand: the answer is whole, and
+            # a cancel (or the client leaving) during its write stops nothing.
+            self._exchange.settle()
         if whole:
             await self._write(whole, events)
         else:

@@ -48,6 +48,32 @@ async def _record(client: TestClient[Any, Any], request_id: str) -> dict[str, An
         return dict(await response.json())
 
 
+async def test_a_cancel_while_the_last_event_is_written_leaves_the_answer_whole(
+    aiohttp_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop was taken: the client got a cancelled ending after the upstream's own
+    [DONE], and the record said stopped for an answer the upstream had finished."""
+    write = Relay._write
+    stopped: list[list[str]] = []
+
+    async def cancelled_during_the_last_write(self: Relay, data: bytes, events: list[Event] | None = None) -> None:
+        if self._tee.over and not stopped:
+            stopped.append(_cancel(self))
+        await write(self, data, events)
+
+    monkeypatch.setattr(Relay, "_write", cancelled_during_the_last_write)
+    client = await aiohttp_client(create_app(parse_config(_CONFIG, env={})))
+    async with client.post("/v1/chat/completions", json=_body({"tokens": 20, "rate": 0})) as response:
+        raw = await response.read()
+        request_id = response.headers["X-Request-Id"]
+    assert stopped == [[]]  # nothing left to stop: the route answers "cancelled": false
+    assert raw.endswith(b"data: [DONE]\n\n") and raw.count(b"data: [DONE]") == 1
+    finishes = [choice["finish_reason"] for chunk in _chunks(raw) for choice in chunk["choices"]]
+    assert [f for f in finishes if f] == ["stop"]
+    record = await _record(client, request_id)
+    assert (record["status"], record["stop_reason"], record["finish_reason"]) == ("completed", None, "stop")
+
+
 async def test_a_client_whose_write_timed_out_gets_no_ending(
     aiohttp_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
