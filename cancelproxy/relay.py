@@ -4,17 +4,19 @@ A ``Relay`` sends one request upstream and streams the answer back as it
 arrives. It knows no protocol and no record: what the request is to the
 proxy (a pass-through, or a generation it records) is its ``Exchange``, whose
 hooks it calls at fixed points (``exchange.py``). Every way it can end goes
-through :meth:`Relay.run`'s single ``finally``: the upstream connection is
-closed, the client is given its end, and the exchange finishes (for a
-generation, the record's final state is queued for the store's writer, so a
-client that went away cannot interrupt it; a cancel route answers only after
-that write). The client's end:
+through :meth:`Relay.run`'s ``finally``, or, for a generation that went on
+after its client left, :meth:`Relay._carry_on`'s: the upstream connection is
+closed, the client (if it is still there) is given its end, and the exchange
+finishes (for a generation, the record's final state is queued for the
+store's writer, so a client that went away cannot interrupt it; a cancel
+route answers only after that write). The client's end:
 
 ==================  =========================================================
 how it ended        what the client gets
 ==================  =========================================================
 completed           the upstream's bytes, untouched, up to the protocol's last
-                    event, then the end of body
+                    event, then the end of body (once that event is in hand,
+                    a stop changes nothing)
 stopped: cancel     the protocol's cancelled ending (chat: a last chunk with
                     ``finish_reason`` = cancel_finish_reason and ``[DONE]``);
                     499 for a non-streaming request
@@ -23,6 +25,10 @@ failed              the proxy's error (500/502/504) if nothing was sent yet;
                     mid-stream the protocol's error event, then the end of
                     the stream (also for a stream cut before its last event)
 ==================  =========================================================
+
+A client that stops reading is dropped once a write to it (of the answer or
+of its ending) has waited ``limits.write_timeout_s``; one dropped so is
+written no ending, and the request finishes all the same.
 
 Why it is built this way:
 
@@ -33,8 +39,8 @@ Why it is built this way:
 - A cancel route calls ``LiveRequest.request_stop()``, which closes the
   upstream connection from outside (``upstream.py``: the socket shut down,
   or the relay's own await of the upstream's headers cancelled); the reader
-  here then wakes with an error or EOF, sees the stop and ends like a
-  disconnect would.
+  here then wakes with an error or EOF, sees the stop and gives the client
+  the cancelled ending.
 - The record holds the events whose bytes were handed to the client, so
   after a stop it is exactly the partial answer the user saw.
 - A client that disconnects while readers that resumed its stream follow
