@@ -1,12 +1,20 @@
-"""A timeout for a whole stream that moves with every chunk, for the price of a float.
+"""A timeout for a whole exchange that moves with every step, for the price of a float.
 
-A stream has a deadline per step: the first byte, each upstream read (idle
-timeout), each client write (write timeout). ``asyncio.timeout``'s
-``reschedule`` cancels and makes a timer each time, two per relayed chunk.
-``Deadline`` keeps one timer, and moving the deadline only stores a number:
-the timer wakes at most ``span`` seconds apart (the shortest of the timeouts),
-looks at the deadline as it is then, and sleeps again or expires. Expiry is
-exact; an idle stream costs one wake-up per ``span``.
+An exchange has a deadline per step: the provider's answer (first-byte
+timeout), each upstream read (idle timeout), each client write, its ending's
+included (write timeout). ``asyncio.timeout`` makes a timer for each, and its
+``reschedule`` cancels and makes one again, two per relayed chunk.
+``Deadline`` keeps one timer for all of them, and moving the deadline only
+stores a number: the timer wakes at most ``span`` seconds apart (the
+shortest of the timeouts), looks at the deadline as it is then, and sleeps
+again or expires. Expiry is exact; a quiet exchange costs one wake-up per
+``span``.
+
+Each ``async with`` guards one step, and the timer outlives it for the next:
+an exchange shorter than ``span`` makes one timer in all. ``close()`` drops
+it once the exchange is over. Moving the deadline inside a step is exact
+for a deadline ``span`` or more away (every timeout is, ``span`` being the
+shortest); a step may begin with any deadline.
 
 Like ``asyncio.timeout``, it expires by cancelling the task inside it and
 turns that cancellation into ``TimeoutError`` when it leaves, unless another
@@ -29,34 +37,49 @@ class Deadline:
         self.expired = False
         self._span = span
         self._loop = asyncio.get_running_loop()
-        self._task: asyncio.Task[object] | None = None
+        self._task: asyncio.Task[object] | None = None  # the task of the step it guards, if any
         self._handle: asyncio.TimerHandle | None = None
 
+    def within(self, seconds: float) -> Deadline:
+        """This deadline, moved to ``seconds`` from now: ``async with deadline.within(s):``."""
+        self.when = self._loop.time() + seconds
+        return self
+
     async def __aenter__(self) -> Deadline:
+        self.expired = False
         self._task = asyncio.current_task()
-        self._arm(self._loop.time())
+        handle = self._handle
+        if handle is None or handle.when() > self.when:
+            # No timer, or an earlier step's that wakes too late for this
+            # deadline (the rest of a budget can be shorter than ``span``).
+            if handle is not None:
+                handle.cancel()
+            self._arm(self._loop.time())
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> bool:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+    ) -> None:
         task, self._task = self._task, None
         if self.expired and kind is asyncio.CancelledError and task is not None and task.uncancel() == 0:
             raise TimeoutError from error
-        return False
+
+    def close(self) -> None:
+        """The exchange is over: no step is left to guard."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
     def _arm(self, now: float) -> None:
         self._handle = self._loop.call_at(min(self.when, now + self._span), self._check)
 
     def _check(self) -> None:
+        self._handle = None
+        if self._task is None:
+            return  # between two steps: the next one arms it again
         now = self._loop.time()
         if now < self.when:
             self._arm(now)
             return
-        self._handle = None
-        if self._task is not None:
-            self.expired = True
-            self._task.cancel()
+        self.expired = True
+        self._task.cancel()

@@ -98,6 +98,10 @@ class Relay:
         self._response: web.StreamResponse | None = None
         self._tee: Tee | PassThroughTee = PassThroughTee()
         self._failure: ProxyError | None = None
+        limits = self._limits
+        # One deadline for the whole exchange, moved step by step (deadline.py).
+        span = min(limits.idle_timeout_s, limits.write_timeout_s, limits.first_byte_timeout_s)
+        self._deadline = Deadline(0.0, span=span)
         self._phase = "upstream"  # what the deadline is guarding: "upstream" or "client"
         self._client_left = False
         self._answering = False  # the upstream's body has begun
@@ -154,6 +158,7 @@ class Relay:
             self._finish()
 
     def _finish(self) -> None:
+        self._deadline.close()
         status = self._upstream.status if self._upstream is not None else None
         self._exchange.finish(self._failure, status, self.bytes_out)
 
@@ -195,16 +200,16 @@ class Relay:
         tee = self._tee
         loop = asyncio.get_running_loop()
         limits = self._limits
+        deadline = self._deadline
         if self._answering:
-            first_by = loop.time() + limits.idle_timeout_s  # carried on mid-answer
+            deadline.when = loop.time() + limits.idle_timeout_s  # carried on mid-answer
         else:
-            first_by = loop.time() + max(0.0, self._started + limits.first_byte_timeout_s - time.monotonic())
-        span = min(limits.idle_timeout_s, limits.write_timeout_s, limits.first_byte_timeout_s)
+            deadline.when = loop.time() + max(0.0, self._started + limits.first_byte_timeout_s - time.monotonic())
         try:
-            # One deadline, moved as the stream goes: the rest of the first-byte
-            # budget, then idle_timeout_s per upstream read, write_timeout_s per
-            # client write. Which side it fired on decides whose fault it was.
-            async with Deadline(first_by, span=span) as deadline:
+            # Moved as the stream goes: the rest of the first-byte budget, then
+            # idle_timeout_s per upstream read, write_timeout_s per client
+            # write. Which side it fired on decides whose fault it was.
+            async with deadline:
                 while True:
                     self._phase = "upstream"
                     chunk = await self._read(upstream)
@@ -239,7 +244,7 @@ class Relay:
         abandon = Abandon(asyncio.current_task())
         self._exchange.attach_upstream(abandon)
         try:
-            async with asyncio.timeout(self._limits.first_byte_timeout_s):
+            async with self._deadline.within(self._limits.first_byte_timeout_s):
                 return await self._send()
         except TimeoutError:
             raise UpstreamTimeout(f"upstream '{self._target.upstream.name}' did not answer in time") from None
@@ -420,7 +425,7 @@ class Relay:
             # The request stays live until the client has its end (a cancel
             # route waits for that): a client that stops reading now is
             # dropped like one that stopped mid-answer.
-            async with asyncio.timeout(self._limits.write_timeout_s):
+            async with self._deadline.within(self._limits.write_timeout_s):
                 if self._exchange.stop_reason in ("cancel", "shutdown"):
                     return await self._answer_cancelled()
                 if self._failure is not None:

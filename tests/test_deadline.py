@@ -1,4 +1,5 @@
-"""The stream's one deadline: moved by a number, exact when it expires, and not a swallower of cancellations."""
+"""The exchange's one deadline: moved by a number, exact when it expires, one timer for all
+its steps, and not a swallower of cancellations."""
 
 from __future__ import annotations
 
@@ -47,3 +48,50 @@ async def test_another_cancellation_is_not_taken_for_a_timeout() -> None:
     task.cancel()  # the client left, before the deadline
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_its_steps_share_one_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A request's steps (the provider's answer, the stream, the ending) are
+    # guarded by one deadline: a timer each was ~5 µs of every request.
+    loop = asyncio.get_running_loop()
+    timers: list[float] = []
+    call_at = loop.call_at
+
+    def counted(when: float, *args: object) -> asyncio.TimerHandle:
+        timers.append(when)
+        return call_at(when, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "call_at", counted)
+    deadline = Deadline(loop.time() + 60, span=30)
+    for seconds in (60, 45, 30):
+        async with deadline.within(seconds):
+            await asyncio.sleep(0)
+    deadline.close()
+    assert len(timers) == 1
+
+
+async def test_a_step_that_begins_with_a_nearer_deadline_still_ends_on_time() -> None:
+    # An earlier step's timer wakes up to ``span`` later: the rest of a
+    # first-byte budget can be nearer than that.
+    loop = asyncio.get_running_loop()
+    deadline = Deadline(loop.time() + 60, span=30)
+    async with deadline:
+        pass
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        async with deadline.within(0.05):
+            await asyncio.Event().wait()
+    assert 0.05 <= loop.time() - started < 1.0
+    deadline.close()
+
+
+async def test_between_steps_nothing_is_cancelled() -> None:
+    # The timer outlives a step; past the deadline with no step guarded, the
+    # task is doing something else (answering its client), not timing out.
+    loop = asyncio.get_running_loop()
+    deadline = Deadline(loop.time() + 0.02, span=0.01)
+    async with deadline:
+        pass
+    await asyncio.sleep(0.1)  # well past the deadline, outside any step: the work under test
+    assert not deadline.expired
+    deadline.close()
