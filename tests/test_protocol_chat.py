@@ -362,6 +362,15 @@ def test_a_stream_is_asked_for_usage_without_its_body_written_again() -> None:
     )
 
 
+def test_a_body_with_a_lone_surrogate_is_written_again_as_the_same_json() -> None:
+    # Python's json reads the escape "\ud83d" (half an emoji) where orjson will
+    # not; written again as UTF-8 it cannot be encoded at all, and the request
+    # failed with the proxy's 500.
+    own = b'{"stream": true, "stream_options": {"x": 1}, "messages": [{"content": "caf\xc3\xa9 \\ud83d"}]}'
+    written = _prepared_body(own) or b""
+    assert json.loads(written) == {**json.loads(own), "stream_options": {"x": 1, "include_usage": True}}
+
+
 def test_a_body_that_cannot_take_the_member_is_read_and_written_exactly() -> None:
     own = b'{"stream": true, "n": 123456789012345678901234567890, "stream_options": {"x": 1}}'
     assert json.loads(_prepared_body(own) or b"") == {

@@ -272,9 +272,15 @@ def _with_usage_asked(body: bytes, *, merge: bool) -> bytes:
     try:
         payload = json.loads(body)
         payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        written = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     except RecursionError:  # orjson took nesting Python's json cannot
         raise BadRequest("the request body's JSON is nested too deeply", code="invalid_json") from None
+    try:
+        return written.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate ("\ud83d", half an emoji) that the client escaped
+        # has no UTF-8: escaped again, it is the same JSON it sent.
+        return json.dumps(payload, separators=(",", ":")).encode()
 
 
 class Chat:
