@@ -40,6 +40,17 @@ def _chunk(
 USAGE = {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}
 
 
+def test_a_surrogate_pair_split_over_two_deltas_is_kept() -> None:
+    # Each half alone is a lone surrogate escape, which orjson refuses: the
+    # client (Python's or JavaScript's JSON) showed both deltas, the record had neither.
+    acc = ChatTranscript(FACTS)
+    acc.add_event(_chunk({"content": "Hi \ud83d"}))
+    acc.add_event(_chunk({"content": "\ude00 there"}))
+    assert acc.tokens == 2
+    text = acc.answer().content
+    assert json.loads(json.dumps(text)) == "Hi \U0001f600 there"  # the pair, as the store writes and reads it
+
+
 def test_openai_content_stream() -> None:
     acc = ChatTranscript(FACTS)
     acc.add_event(_chunk({"role": "assistant", "content": "", "refusal": None}))

@@ -7,6 +7,7 @@ not a JSON object, a field of the wrong type, absurd nesting, all read as
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -20,7 +21,15 @@ def parse_object(raw: bytes) -> dict[str, Any] | None:
         # orjson: this parse runs for every event of every stream, ~4x faster
         # than json (its errors are ValueErrors too).
         obj = orjson.loads(raw)
-    except (ValueError, RecursionError):  # bad JSON/UTF-8, absurd nesting
+    except ValueError:
+        # What orjson refuses and clients read: a lone surrogate escape (an
+        # emoji's halves in two deltas), NaN. The client was shown it, so the
+        # record must hold it too.
+        try:
+            obj = json.loads(raw)
+        except (ValueError, RecursionError):  # bad JSON/UTF-8, absurd nesting
+            return None
+    except RecursionError:
         return None
     return obj if isinstance(obj, dict) else None
 
