@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from cancelproxy.errors import UpstreamBroken
 from cancelproxy.protocols.base import RequestFacts
 from cancelproxy.protocols.responses import RESPONSES, ResponsesTranscript
@@ -195,3 +197,14 @@ def test_an_index_no_answer_reaches_is_junk_not_a_list_grown_to_it() -> None:
         {"type": "response.content_part.added", "output_index": 1, "content_index": far, "part": {"type": "x"}},
     ]
     assert _read([*_stream(), *junk]).answer() == _read(_stream()).answer()
+
+
+@pytest.mark.parametrize("kind", [{}, ["response.completed"], {"response.failed": 1}])
+def test_an_event_whose_type_is_not_a_string_is_junk(kind: object) -> None:
+    # A dict or list was looked up in a frozenset: TypeError, and the stream
+    # failed for the proxy's own bookkeeping.
+    payload = json.dumps({"type": kind, "error": None}).encode()
+    transcript = _read(_stream())
+    assert transcript.ends_stream(payload) is False
+    transcript.add_event(payload)
+    assert transcript.answer() == _read(_stream()).answer()

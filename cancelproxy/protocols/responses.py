@@ -48,6 +48,12 @@ _DELTAS = frozenset(
 )
 
 
+def _kind(obj: dict[str, Any]) -> str:
+    """An event's ``type``; "" for one that is not a string (a dict would not even hash)."""
+    kind = obj.get("type")
+    return kind if isinstance(kind, str) else ""
+
+
 def _index(obj: dict[str, Any], key: str) -> int:
     value = int_field(obj, key)
     return value if value is not None and value >= 0 else 0
@@ -105,7 +111,7 @@ class ResponsesTranscript:
         if not any(mark in payload for mark in _TERMINAL_MARKS):
             return False
         obj = parse_object(payload)
-        return obj is not None and obj.get("type") in _TERMINAL
+        return obj is not None and _kind(obj) in _TERMINAL
 
     def add_event(self, payload: bytes) -> None:
         obj = parse_object(payload)
@@ -114,7 +120,7 @@ class ResponsesTranscript:
         sequence = int_field(obj, "sequence_number")
         if sequence is not None:
             self._sequence = max(self._sequence, sequence)
-        kind = obj.get("type")
+        kind = _kind(obj)
         if kind in _DELTAS:
             self._delta(kind, obj)
         elif kind in _LIFECYCLE:
