@@ -1,19 +1,30 @@
 """CORS for the API routes, so a page served from another origin can chat, stop and read.
 
-Off unless ``cors.allow_origins`` names origins. Preflights are answered by
-the proxy itself and never forwarded: they are caught in a middleware, before
-the pass-through route (which takes every method, OPTIONS included) could send
-them upstream; that catch-all route is also why aiohttp-cors, which adds an
-OPTIONS route per resource, does not fit. The headers of actual answers are
-set when they are prepared, so streamed answers get them too, and any
-``Access-Control-*`` header an upstream sent is replaced: the proxy's policy
-is the one that holds.
+Only the origins ``cors.allow_origins`` names may call the API routes from a
+page served elsewhere (none by default). A browser's request from any other
+origin is refused with 403 before it goes anywhere: were it forwarded, a
+page on any site could spend the configured key with a "simple" request
+(a ``text/plain`` POST needs no preflight), and an upstream's own
+``Access-Control-Allow-Origin: *`` would even let it read the answer. What
+is a browser's cross-origin request the browser says itself
+(``Sec-Fetch-Site``), which a reverse proxy in front that rewrites ``Host``
+does not change; for a browser too old to send it, ``Origin`` is compared
+with ``Host``. Clients that are not browsers send no ``Origin``.
+
+Preflights are answered by the proxy itself and never forwarded: they are
+caught in a middleware, before the pass-through route (which takes every
+method, OPTIONS included) could send them upstream; that catch-all route is
+also why aiohttp-cors, which adds an OPTIONS route per resource, does not
+fit. The headers of actual answers are set when they are prepared, so
+streamed answers get them too, and any ``Access-Control-*`` header an
+upstream sent is replaced: the proxy's policy is the one that holds.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -56,19 +67,31 @@ def _is_preflight(request: web.Request) -> bool:
     return request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
 
 
+def _cross_origin(request: web.Request, origin: str) -> bool:
+    """Whether a browser sent this request from a page of another origin."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site in ("cross-site", "same-site")
+    return urlsplit(origin).netloc.lower() != request.host.lower()
+
+
 def setup_cors(app: web.Application, config: CorsConfig) -> None:
-    if not config.allow_origins:
-        return
     policy = _Policy(config)
 
     @web.middleware
     async def preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
-        if origin is None or not _is_preflight(request) or not _API_PATH.match(request.path):
+        if origin is None or not _API_PATH.match(request.path):
             return await handler(request)
+        asking = _is_preflight(request)
         allow = policy.allowed(origin)
         if allow is None:
-            return error_response(OriginNotAllowed(f"origin '{origin}' may not call this proxy (cors.allow_origins)"))
+            if asking or _cross_origin(request, origin):
+                refused = OriginNotAllowed(f"origin '{origin}' may not call this proxy (cors.allow_origins)")
+                return error_response(refused)
+            return await handler(request)  # a page of the proxy's own origin (its chat page)
+        if not asking:
+            return await handler(request)
         response = web.Response(status=204)
         response.headers["Access-Control-Allow-Origin"] = allow
         response.headers["Access-Control-Allow-Methods"] = _ALLOWED_METHODS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from html.parser import HTMLParser
 
@@ -9,6 +10,7 @@ import aiohttp
 import pytest
 
 from .conftest import MockProvider, Proxy, proxy_config, start_proxy
+from .helpers import provider_request
 
 APP_ORIGIN = "http://app.example.test:3000"
 
@@ -133,11 +135,41 @@ def _preflight(method: str = "POST", headers: str = "content-type,x-session-id,a
 
 
 async def test_cors_is_off_by_default(plain_proxy: Proxy, http: aiohttp.ClientSession) -> None:
-    for path in ("/v1/chat/completions", "/api/chat/cancel/s1", "/sessions/s1"):
+    for path in ("/v1/chat/completions", "/v1/models", "/api/chat/cancel/s1", "/sessions/s1"):
         async with http.options(plain_proxy.root + path, headers=_preflight()) as response:
+            assert response.status == 403, path  # answered here, never forwarded
             assert "Access-Control-Allow-Origin" not in response.headers, path
     async with http.post(plain_proxy.root + "/sessions/s1/cancel", headers={"Origin": APP_ORIGIN}) as response:
-        assert response.status == 200 and "Access-Control-Allow-Origin" not in response.headers
+        assert response.status == 403 and "Access-Control-Allow-Origin" not in response.headers
+
+
+@pytest.mark.parametrize("told", ["sec-fetch-site", "origin-only"])
+async def test_a_page_of_another_origin_cannot_spend_the_key(
+    plain_proxy: Proxy, mock_provider: MockProvider, http: aiohttp.ClientSession, told: str
+) -> None:
+    # A text/plain POST needs no preflight: forwarded, it spent the configured
+    # key for any site, and an upstream's own "Access-Control-Allow-Origin: *"
+    # would have let the page read the answer too.
+    def body(tag: str) -> str:
+        return json.dumps({"model": "mock-1", "messages": [], "mock": {"tokens": 2, "rate": 0, "tag": tag}})
+
+    foreign = {"Origin": "https://evil.example.test", "Content-Type": "text/plain"}
+    if told == "sec-fetch-site":
+        foreign["Sec-Fetch-Site"] = "cross-site"
+    refused = f"cross-origin-{told}"
+    async with http.post(plain_proxy.base_url + "/chat/completions", data=body(refused), headers=foreign) as response:
+        assert response.status == 403
+        assert (await response.json())["error"]["code"] == "origin_not_allowed"
+    # The proxy's own page is of its origin, whatever Host a proxy in front of it sends.
+    own = {"Origin": "https://chat.example.test", "Sec-Fetch-Site": "same-origin", "Content-Type": "text/plain"}
+    if told == "origin-only":
+        own = {"Origin": plain_proxy.root, "Content-Type": "text/plain"}
+    async with http.post(plain_proxy.base_url + "/chat/completions", data=body(f"own-{told}"), headers=own) as answer:
+        assert answer.status == 200
+    seen = await provider_request(mock_provider.root, f"own-{told}")
+    assert seen["headers"]["Origin"] == own["Origin"]
+    async with http.get(f"{mock_provider.root}/_mock/requests/{refused}") as response:
+        assert response.status == 404  # the refused one never reached the provider
 
 
 @pytest.mark.parametrize(
