@@ -17,7 +17,7 @@ from yarl import URL
 from .aborts import Aborter
 from .audit import AuditSink, install_sighup
 from .cluster import Cluster, LocalCluster, RedisCluster
-from .config import Config
+from .config import Config, without_password
 from .cors import setup_cors
 from .errors import DownstreamGone, NotFound, ProxyError, error_response
 from .forward import generation_handler, passthrough_handler
@@ -181,11 +181,12 @@ async def _open_store(store: Store, config: Config, log: logging.Logger) -> None
     try:
         await store.open()
     except Exception as exc:
+        shown = without_password(config.store.url)  # a Redis URL may carry its password
         if config.store.url.startswith("redis://"):
             # Streams must flow while Redis is away; writes are retried.
-            log.error("store: %s is unreachable at start, writes will be retried: %s", config.store.url, exc)
+            log.error("store: %s is unreachable at start, writes will be retried: %s", shown, exc)
             return
-        raise StoreOpenError(f"store.url: cannot open {config.store.url}: {exc}") from exc
+        raise StoreOpenError(f"store.url: cannot open {shown}: {exc}") from exc
 
 
 async def _drain(app: web.Application) -> None:

@@ -49,6 +49,7 @@ __all__ = [
     "Upstream",
     "load_config",
     "parse_config",
+    "without_password",
 ]
 
 
@@ -202,13 +203,24 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     )
 
 
+def without_password(url: str) -> str:
+    """``url`` as logs and errors may show it: a password in it (a Redis URL's,
+    a base_url's Basic auth) replaced by ``***``."""
+    try:
+        parsed = URL(url)
+    except ValueError:
+        return url.split("@", 1)[-1] if "@" in url else url  # not a URL: nothing before an @ is shown
+    return str(parsed.with_password("***")) if parsed.password is not None else url
+
+
 def _store(reader: _Reader, raw: Mapping[str, Any]) -> StoreConfig:
     _reject_unknown(raw, "store.", {"url", "flush_interval_ms", "retention", "key_prefix", "heartbeat_s"})
     defaults = StoreConfig()
     url = reader.string(raw, "store.url", "url", defaults.url)
     scheme = url.split(":", 1)[0]
     if scheme not in _STORE_SCHEMES or not url.startswith(f"{scheme}://"):
-        raise ConfigError(f"store.url: '{url}' is not supported (use {', '.join(s + '://' for s in _STORE_SCHEMES)})")
+        shown = without_password(url)
+        raise ConfigError(f"store.url: '{shown}' is not supported (use {', '.join(s + '://' for s in _STORE_SCHEMES)})")
     if scheme == "sqlite" and not url.removeprefix("sqlite:///"):
         raise ConfigError(f"store.url: '{url}' names no file (sqlite:///path.db)")
     retention = raw.get("retention", "7d")
@@ -260,7 +272,7 @@ def _upstream(reader: _Reader, raw: Any, key: str) -> Upstream:
     basic_auth = ""
     if base_url != BUILTIN_MOCK:
         url = URL(base_url)
-        shown = str(url.with_password("***")) if url.password is not None else base_url
+        shown = without_password(base_url)
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigError(f"{key}.base_url: '{shown}' must be an http(s) URL or '{BUILTIN_MOCK}'")
         if url.query_string or url.fragment:

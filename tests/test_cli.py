@@ -97,3 +97,22 @@ def test_what_cannot_be_opened_stops_the_start_with_one_line(tmp_path: Path) -> 
         assert result.returncode == 2, result.stderr
         (line,) = [line for line in result.stderr.splitlines() if line.startswith("cancelproxy:")]
         assert line.startswith(f"cancelproxy: {expected}")
+
+
+def test_a_store_password_is_never_printed(tmp_path: Path) -> None:
+    from .conftest import free_port, start_proxy
+
+    # Redis down at start: the proxy serves, and says so, the URL with it.
+    url = f"redis://:hunter2-storepw@127.0.0.1:{free_port()}/0"
+    proxy = start_proxy(tmp_path, {"upstreams": [{"name": "m", "base_url": "builtin:mock"}], "store": {"url": url}})
+    proxy.program.stop()
+    assert "unreachable at start" in proxy.program.output
+    assert "hunter2" not in proxy.program.output and ":***@127.0.0.1" in proxy.program.output
+    # A scheme the proxy does not know: refused, the URL shown without it.
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "upstreams: [{name: m, base_url: 'builtin:mock'}]\nstore: {url: 'rediss://:hunter2-storepw@h/0'}\n"
+    )
+    result = _run("proxy.py", "--config", str(config), "--port", str(free_port()))
+    assert result.returncode == 2 and "is not supported" in result.stderr
+    assert "hunter2" not in result.stderr
