@@ -60,7 +60,9 @@ def credential_fingerprint(headers: Mapping[str, str]) -> str:
         material = present[0][1]
     else:
         material = "\n".join(f"{name.lower()}:{value}" for name, value in present)
-    digest = hashlib.sha256(material.encode("utf-8")).hexdigest()
+    # aiohttp hands over a header's bytes that are not UTF-8 as surrogates:
+    # surrogateescape gives those very bytes back, where a plain encode raised.
+    digest = hashlib.sha256(material.encode("utf-8", "surrogateescape")).hexdigest()
     return f"sha256:{digest[:32]}"
 
 
@@ -71,7 +73,7 @@ def token_matches(authorization: str | None, token: str) -> bool:
     scheme, _, value = authorization.strip().partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(value.strip().encode(), token.encode())
+    return hmac.compare_digest(value.strip().encode("utf-8", "surrogateescape"), token.encode())
 
 
 @dataclass(frozen=True)

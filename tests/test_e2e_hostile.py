@@ -21,7 +21,7 @@ import openai
 import pytest
 
 from .conftest import MockProvider, Proxy, proxy_config, start_mock, start_proxy
-from .helpers import content_of, open_stream, provider_request
+from .helpers import content_of, open_stream, provider_request, raw_request
 
 USER_KEY = "sk-user-a-0123456789abcdef"
 # What the guarded proxy below is configured with.
@@ -388,3 +388,20 @@ async def test_a_flood_of_half_sent_heads_leaves_health_metrics_and_cancel_answe
         for sock in flood:
             sock.close()
         proxy.program.stop()
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/sessions/s-bytes", "/sessions/s-bytes/cancel"])
+async def test_a_credential_that_is_not_utf8_is_not_a_500(guarded: Proxy, path: str) -> None:
+    # aiohttp hands such bytes over as surrogates: fingerprinting them (and
+    # comparing them with the admin token) raised, and every such request was
+    # a 500 with a traceback in the error log.
+    body = b'{"model": "mock-1", "messages": [], "mock": {"tokens": 2, "rate": 0}}'
+    method = "GET" if path == "/sessions/s-bytes" else "POST"
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+    ).encode() + b"Authorization: Bearer sk-\xffnot-utf8\r\n\r\n"
+    status, answer = await raw_request(guarded.port, head, body)
+    assert status in (200, 404), answer  # answered, or the session is nobody's
+    assert b"Traceback" not in guarded.program.output.encode()
+    await _assert_still_serving(guarded)
