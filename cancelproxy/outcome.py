@@ -59,10 +59,15 @@ def final_record(snapshot: Record, ending: Ending) -> Record:
     else:
         record.status = "completed"
     record.finish_reason = record.finish_reason or answer.finish_reason
-    if status is None:
-        record.usage = None  # the provider never answered: nothing to count
-    elif answer.usage is not None and record.status == "completed":
+    if answer.usage is not None:
+        # The provider's own numbers, whenever it sent them (a failed
+        # Responses stream's response.failed carries them too): exact beats
+        # an estimate, however the request ended.
         record.usage = answer.usage
+    elif status is None or status >= 400:
+        # It never answered, or refused (a 429, a 400): nothing was generated,
+        # and a rejected prompt is not billed; an estimate would count it spent.
+        record.usage = None
     else:
         record.usage = ending.estimated_usage
     return record

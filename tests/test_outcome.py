@@ -70,7 +70,25 @@ def test_status_and_reasons(
     record = final_record(_snapshot(), _ending(**facts))
     assert (record.status, record.stop_reason, record.finish_reason) == (status, stop_reason, finish_reason)
     assert record.ended_at == 101.0
-    assert record.usage == Usage(prompt_tokens=4, completion_tokens=2, total_tokens=6, estimated=True)
+    if status == "failed" and facts.get("upstream_status") == 429:
+        assert record.usage is None  # refused: nothing was generated or billed
+    else:
+        assert record.usage == Usage(prompt_tokens=4, completion_tokens=2, total_tokens=6, estimated=True)
+
+
+@pytest.mark.parametrize("status", [400, 429, 503])
+def test_a_refused_request_spent_nothing(status: int) -> None:
+    # Counted as its prompt estimate, a burst of 429s showed up as tokens spent
+    # in the records, the audit trail and the metrics.
+    record = final_record(_snapshot(), _ending(upstream_status=status, answer=_answer()))
+    assert (record.status, record.usage) == ("failed", None)
+
+
+@pytest.mark.parametrize("facts", [{"stop": "cancel"}, {"failure": UpstreamBroken("broke")}], ids=["stopped", "failed"])
+def test_the_providers_own_usage_is_kept_however_it_ended(facts: dict[str, object]) -> None:
+    answer = _answer(*DELTAS, {"id": "c", "choices": [], "usage": USAGE})
+    record = final_record(_snapshot(), _ending(answer=answer, **facts))
+    assert record.usage == Usage(prompt_tokens=4, completion_tokens=2, total_tokens=6)
 
 
 def test_a_stop_wins_over_the_error_the_closed_upstream_caused() -> None:
