@@ -343,7 +343,7 @@ def test_the_last_event_and_whole_answers() -> None:
 
 def test_endings_the_proxy_writes() -> None:
     acc = ChatTranscript(FACTS)
-    acc.add_event(_chunk({"content": "a"}, id="chatcmpl-up"))
+    acc.add_event(_chunk({"role": "assistant", "content": "a"}, id="chatcmpl-up"))
     ending = acc.cancelled_ending("cancelled")
     first, done = ending.split(b"\n\n")[:2]
     chunk = json.loads(first.removeprefix(b"data: "))
@@ -356,6 +356,50 @@ def test_endings_the_proxy_writes() -> None:
     assert done == b"data: [DONE]"
     fresh = json.loads(ChatTranscript(FACTS).cancelled_ending("x").split(b"\n\n")[0][6:])
     assert (fresh["id"], fresh["model"]) == ("chatcmpl-req_1", "gpt-4o-mini")
+
+
+def _ending_choices(acc: ChatTranscript) -> list[dict[str, Any]]:
+    choices: list[dict[str, Any]] = json.loads(acc.cancelled_ending("cancelled").split(b"\n\n")[0][6:])["choices"]
+    return [{"index": c["index"], "delta": c["delta"], "finish_reason": c["finish_reason"]} for c in choices]
+
+
+ROLE = {"role": "assistant", "content": ""}
+
+
+def test_the_cancelled_ending_opens_only_the_choices_the_client_has_no_role_for() -> None:
+    # openai-node's stream helper throws on a choice without a role or a
+    # finish_reason; openai-python's joins a second role onto the first.
+    nothing = ChatTranscript(FACTS)
+    assert _ending_choices(nothing) == [{"index": 0, "delta": ROLE, "finish_reason": "cancelled"}]
+    no_role = ChatTranscript(FACTS)
+    no_role.add_event(_chunk({"content": "a"}))  # some servers never send one
+    assert _ending_choices(no_role) == [{"index": 0, "delta": ROLE, "finish_reason": "cancelled"}]
+    two = ChatTranscript(FACTS)
+    two.add_event(_chunk(choices=[{"index": 0, "delta": ROLE, "finish_reason": None}]))
+    two.add_event(_chunk(choices=[{"index": 1, "delta": {"content": "b"}, "finish_reason": None}]))
+    two.add_event(_chunk(choices=[{"index": 0, "delta": {"content": "a"}, "finish_reason": None}]))
+    assert _ending_choices(two) == [
+        {"index": 0, "delta": {}, "finish_reason": "cancelled"},
+        {"index": 1, "delta": ROLE, "finish_reason": "cancelled"},
+    ]
+
+
+def test_the_cancelled_ending_leaves_a_finished_choice_its_own_finish_reason() -> None:
+    acc = ChatTranscript(FACTS)
+    acc.add_event(_chunk(choices=[{"index": i, "delta": ROLE, "finish_reason": None} for i in range(3)]))
+    acc.add_event(_chunk(choices=[{"index": 1, "delta": {}, "finish_reason": "length"}]))
+    assert [c["index"] for c in _ending_choices(acc)] == [0, 2]
+    acc.add_event(_chunk(choices=[{"index": i, "delta": {}, "finish_reason": "stop"} for i in (0, 2)]))
+    # All finished: the cancel still needs a choice to say it.
+    assert _ending_choices(acc) == [{"index": 0, "delta": {}, "finish_reason": "cancelled"}]
+
+
+def test_choice_indexes_no_client_takes_are_not_finished() -> None:
+    acc = ChatTranscript(FACTS)
+    odd: list[Any] = [[0], "1", True, -1, 128, 10**30, None]
+    acc.add_event(_chunk(choices=[{"index": i, "delta": ROLE, "finish_reason": None} for i in odd]))
+    acc.add_event(_chunk(choices=[{"index": 127, "delta": ROLE, "finish_reason": None}]))
+    assert [c["index"] for c in _ending_choices(acc)] == [0, 127]
 
 
 def _prepared_body(body: bytes) -> bytes | None:

@@ -176,6 +176,16 @@ def test_completions_read_text_and_end_with_a_text_completion_chunk() -> None:
     assert ending[1] == b"data: [DONE]"
     transcript.add_event(_completion_chunk("", "length"))
     assert transcript.complete() and transcript.answer().finish_reason == "length"
+    many = CompletionsTranscript(FACTS)
+    for index in (0, 1, 2):
+        many.add_event(json.dumps({"object": "text_completion", "choices": [{"index": index, "text": "t"}]}).encode())
+    many.add_event(json.dumps({"choices": [{"index": 1, "text": "", "finish_reason": "stop"}]}).encode())
+    ending = json.loads(many.cancelled_ending("cancelled").split(b"\n\n")[0].removeprefix(b"data: "))
+    # n > 1: every choice still open is finished, the finished one keeps its own finish_reason.
+    assert [(c["index"], c["text"], c["finish_reason"]) for c in ending["choices"]] == [
+        (0, "", "cancelled"),
+        (2, "", "cancelled"),
+    ]
     assert COMPLETIONS.estimate_prompt_tokens({"prompt": ["abcd", "efgh"]}) == 2
     assert COMPLETIONS.estimate_prompt_tokens({"prompt": [[1, 2, 3]]}) == 3
     prepared = COMPLETIONS.prepare({"stream": True, "prompt": "x"}, b'{"stream": true, "prompt": "x"}')

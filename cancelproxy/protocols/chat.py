@@ -212,8 +212,16 @@ class ChatTranscript(Chunks):
             error=self.error,
         )
 
-    def _ending_choice(self, finish_reason: str) -> dict[str, Any]:
-        return {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
+    def _opens_choice(self, choice: dict[str, Any]) -> bool:
+        delta = choice.get("delta")
+        return isinstance(delta, dict) and bool(delta.get("role"))
+
+    def _ending_choice(self, index: int, opened: bool, finish_reason: str) -> dict[str, Any]:
+        # openai-node's stream helper throws on a choice that never got a role;
+        # openai-python's joins strings, so a second role would read
+        # "assistantassistant": the role is sent only where none was.
+        delta = {} if opened else {"role": "assistant", "content": ""}
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
 
 def chat_usage(raw: dict[str, Any] | None) -> Usage | None:

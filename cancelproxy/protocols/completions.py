@@ -43,8 +43,8 @@ class CompletionsTranscript(Chunks):
             error=self.error,
         )
 
-    def _ending_choice(self, finish_reason: str) -> dict[str, Any]:
-        return {"index": 0, "text": "", "logprobs": None, "finish_reason": finish_reason}
+    def _ending_choice(self, index: int, opened: bool, finish_reason: str) -> dict[str, Any]:
+        return {"index": index, "text": "", "logprobs": None, "finish_reason": finish_reason}
 
     def _id_prefix(self) -> str:
         return "cmpl-"

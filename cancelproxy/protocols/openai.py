@@ -21,6 +21,9 @@ from .fields import parse_object, str_field
 __all__ = ["Chunks"]
 
 _DONE = b"[DONE]"
+# The most choices a cancelled ending finishes: OpenAI's largest ``n``, and
+# the most openai-node's stream helper takes before it throws.
+MAX_CHOICES = 128
 
 
 class Chunks:
@@ -37,6 +40,10 @@ class Chunks:
         self.model: str | None = None
         self.error: dict[str, Any] | None = None
         self.done = False  # saw [DONE]
+        # Each choice index the client was sent, and whether it was sent all
+        # a stream helper needs to open that choice (a chat choice's role).
+        self._choices: dict[int, bool] = {}
+        self._finished: set[int] = set()  # the choices the client saw a finish_reason for
 
     # ---- reading -----------------------------------------------------
 
@@ -88,11 +95,25 @@ class Chunks:
         choices = obj.get("choices")
         if not isinstance(choices, list):  # [] on the include_usage chunk
             return None
+        first = None
         for choice in choices:
-            if isinstance(choice, dict) and choice.get("index", 0) == 0:
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index", 0)
+            if type(index) is int and 0 <= index < MAX_CHOICES:
+                # A choice's opening comes once, so the look-up is all most events pay.
+                if not self._choices.get(index):
+                    self._choices[index] = self._opens_choice(choice)
+                if choice.get("finish_reason"):
+                    self._finished.add(index)
+            if index == 0 and first is None:
                 self.finish_reason = str_field(choice, "finish_reason") or self.finish_reason
-                return choice
-        return None
+                first = choice
+        return first
+
+    def _opens_choice(self, choice: dict[str, Any]) -> bool:
+        """Whether ``choice`` gives the client all it needs to open it in a snapshot."""
+        return True
 
     def _take_choice(self, choice: dict[str, Any], stream: bool) -> bool:
         """Add a choice's text; True if it carried any."""
@@ -107,16 +128,22 @@ class Chunks:
 
     # ---- endings the proxy writes --------------------------------------
 
-    def _ending_choice(self, finish_reason: str) -> dict[str, Any]:
+    def _ending_choice(self, index: int, opened: bool, finish_reason: str) -> dict[str, Any]:
         raise NotImplementedError
 
     def cancelled_ending(self, finish_reason: str) -> bytes:
+        # Every choice the client was sent is finished, choice 0 even if none
+        # was: the SDKs' stream helpers refuse a snapshot with an unfinished
+        # one. A choice that had finished keeps its own finish_reason, unless
+        # all had: the ending still needs a choice to carry the cancel.
+        seen = self._choices.keys()
+        indexes = sorted(({0} - seen) | (seen - self._finished)) or [0]
         chunk = {
             "id": self.upstream_id or f"{self._id_prefix()}{self._facts.request_id}",
             "object": self.object_name,
             "created": int(time.time()),
             "model": self.model or self._facts.model or "",
-            "choices": [self._ending_choice(finish_reason)],
+            "choices": [self._ending_choice(i, self._choices.get(i, False), finish_reason) for i in indexes],
         }
         return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\ndata: [DONE]\n\n"
 
