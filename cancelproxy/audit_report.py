@@ -17,6 +17,7 @@ not stop the report.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from collections import Counter
@@ -169,7 +170,9 @@ def _number(data: Mapping[str, Any], key: str) -> float | None:
     value = data.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    # Python's json reads NaN and Infinity, which the proxy never writes: a
+    # line holding one is not the proxy's, and int(nan) would end the report.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise _Malformed(key)
     return float(value)
 

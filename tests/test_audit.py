@@ -220,6 +220,18 @@ def synthetic_log() -> list[str]:
     return lines[:3] + MALFORMED[:2] + lines[3:] + [""] + MALFORMED[2:]
 
 
+def test_a_line_with_nan_or_infinity_is_skipped_as_malformed() -> None:
+    # Python's json reads them; int(nan) ended the report with a traceback.
+    good = json.dumps(entry(0, usage=EXACT))
+    bad = [
+        json.dumps(entry(1, usage={**EXACT, "prompt_tokens": float("nan")})),
+        json.dumps(entry(2, ttft_ms=float("inf"))),
+    ]
+    assert "NaN" in bad[0] and "Infinity" in bad[1]
+    s = summarise([good, *bad], since=None)
+    assert (s.total, s.skipped) == (1, 2)
+
+
 def test_summarise_counts_tokens_and_percentiles() -> None:
     s = summarise(synthetic_log(), since=None)
     assert s.total == 10 and s.skipped == 4
