@@ -245,7 +245,7 @@ def _cors(reader: _Reader, raw: Mapping[str, Any]) -> CorsConfig:
     _reject_unknown(raw, "cors.", {"allow_origins"})
     origins_raw = raw.get("allow_origins") or []
     if not isinstance(origins_raw, list):
-        raise ConfigError("cors.allow_origins: must be a list of origins such as https://app.example.com, or '*'")
+        raise ConfigError("cors.allow_origins: must be a list of origins such as https://app.example.com, or ['*']")
     origins = []
     for i, item in enumerate(origins_raw):
         key = f"cors.allow_origins[{i}]"
@@ -255,6 +255,11 @@ def _cors(reader: _Reader, raw: Mapping[str, Any]) -> CorsConfig:
         origin = reader.expand(item, key).strip().rstrip("/").lower()
         if origin != "*" and not _ORIGIN_RE.match(origin):
             raise ConfigError(f"{key}: '{origin}' must be an origin (scheme://host[:port], no path) or '*'")
+        # A browser leaves the scheme's own port out of an Origin: so must the
+        # configured one, or it never matches.
+        for scheme, port in (("http", ":80"), ("https", ":443")):
+            if origin.startswith(f"{scheme}://") and origin.endswith(port):
+                origin = origin.removesuffix(port)
         origins.append(origin)
     return CorsConfig(allow_origins=tuple(origins))
 

@@ -57,6 +57,11 @@ def test_ui_and_cors() -> None:
     )
     assert config.ui.enabled is True
     assert config.cors.allow_origins == ("https://app.example.com", "*")
+    # Written with the scheme's own port, an origin never matched what browsers send.
+    config = parse_config(
+        _minimal(cors={"allow_origins": ["http://localhost:80", "https://a.test:443", "https://b.test:1443"]}), env={}
+    )
+    assert config.cors.allow_origins == ("http://localhost", "https://a.test", "https://b.test:1443")
 
 
 @pytest.mark.parametrize(
