@@ -100,7 +100,9 @@ class Metrics:
         )
         self._upstream_errors = Counter(
             "cancelproxy_upstream_errors",  # exposed as cancelproxy_upstream_errors_total
-            "Upstream failures: unreachable, timed out, broken off, error status.",
+            # An error status the provider answered is its own answer, passed
+            # through: requests_total{status="failed"} counts those requests.
+            "Upstream failures the proxy found: unreachable, timed out, broken off, cut short, an event too large.",
             ["upstream", "code"],
             registry=self.registry,
         )
