@@ -14,7 +14,8 @@ Each ``async with`` guards one step, and the timer outlives it for the next:
 an exchange shorter than ``span`` makes one timer in all. ``close()`` drops
 it once the exchange is over. Moving the deadline inside a step is exact
 for a deadline ``span`` or more away (every timeout is, ``span`` being the
-shortest); a step may begin with any deadline.
+shortest); a step may begin with any deadline, and ``sooner()`` brings it
+nearer inside one (a stop's short bound), waking the timer in time for it.
 
 Like ``asyncio.timeout``, it expires by cancelling the task inside it and
 turns that cancellation into ``TimeoutError`` when it leaves, unless another
@@ -44,6 +45,19 @@ class Deadline:
         """This deadline, moved to ``seconds`` from now: ``async with deadline.within(s):``."""
         self.when = self._loop.time() + seconds
         return self
+
+    def sooner(self, seconds: float) -> None:
+        """At most ``seconds`` from now, never later than it was: exact inside a step too."""
+        when = self._loop.time() + seconds
+        if when >= self.when:
+            return
+        self.when = when
+        handle = self._handle
+        # The pending wake-up may be up to ``span`` away; without one, no step
+        # is being guarded (the next one arms it) or it already expired.
+        if handle is not None and handle.when() > when:
+            handle.cancel()
+            self._arm(self._loop.time())
 
     async def __aenter__(self) -> Deadline:
         self.expired = False

@@ -27,8 +27,9 @@ failed              the proxy's error (500/502/504) if nothing was sent yet;
 ==================  =========================================================
 
 A client that stops reading is dropped once a write to it (of the answer or
-of its ending) has waited ``limits.write_timeout_s``; one dropped so is
-written no ending, and the request finishes all the same.
+of its ending) has waited ``limits.write_timeout_s``, or, once the request is
+stopped, a quarter of ``limits.cancel_timeout_s`` if that is shorter; one
+dropped so is written no ending, and the request finishes all the same.
 
 Why it is built this way:
 
@@ -102,6 +103,12 @@ class Relay:
         # One deadline for the whole exchange, moved step by step (deadline.py).
         span = min(limits.idle_timeout_s, limits.write_timeout_s, limits.first_byte_timeout_s)
         self._deadline = Deadline(0.0, span=span)
+        # A cancel route waits cancel_timeout_s for the final state, and a
+        # stopped request may still wait on its client twice: the write it was
+        # in when the stop came, then its cancelled ending. A quarter each
+        # leaves the ack half its wait for the record's write; a client that
+        # reads drains in far less, and only one that stopped is dropped.
+        self._stop_write_s = min(limits.write_timeout_s, limits.cancel_timeout_s / 4)
         self._phase = "upstream"  # what the deadline is guarding: "upstream" or "client"
         self._client_left = False
         self._answering = False  # the upstream's body has begun
@@ -182,7 +189,19 @@ class Relay:
         if upstream is None:
             return  # stopped before the upstream answered
         self._upstream = upstream
-        self._exchange.attach_upstream(closer(upstream))
+        close, deadline, bound = closer(upstream), self._deadline, self._stop_write_s
+
+        def stop() -> None:
+            close()
+            # A client write blocked when the stop came would otherwise hold the
+            # request (and the cancel waiting on it) for all of write_timeout_s.
+            # Called at the relay's own end too, between steps, where it is
+            # harmless: the next step sets its own deadline.
+            deadline.sooner(bound)
+
+        # The upstream and the deadline, not the relay: a finished request is
+        # still freed by reference counting alone (live.py).
+        self._exchange.attach_upstream(stop)
         if self._stopping:
             return
         self._tee = self._exchange.tee(upstream.status, upstream.headers)
@@ -424,9 +443,12 @@ class Relay:
                 await self._exchange.before_answer()
             # The request stays live until the client has its end (a cancel
             # route waits for that): a client that stops reading now is
-            # dropped like one that stopped mid-answer.
-            async with self._deadline.within(self._limits.write_timeout_s):
-                if self._exchange.stop_reason in ("cancel", "shutdown"):
+            # dropped like one that stopped mid-answer, and after a stop as
+            # soon as a cancel route can still be told it stopped.
+            stopped = self._exchange.stop_reason in ("cancel", "shutdown")
+            bound = self._stop_write_s if stopped else self._limits.write_timeout_s
+            async with self._deadline.within(bound):
+                if stopped:
                     return await self._answer_cancelled()
                 if self._failure is not None:
                     return await self._answer_failure(self._failure)

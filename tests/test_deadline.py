@@ -95,3 +95,32 @@ async def test_between_steps_nothing_is_cancelled() -> None:
     await asyncio.sleep(0.1)  # well past the deadline, outside any step: the work under test
     assert not deadline.expired
     deadline.close()
+
+
+async def test_a_nearer_deadline_set_inside_a_step_fires_on_time() -> None:
+    # A stop cuts a blocked client write short: the timer was armed up to
+    # ``span`` later than the new deadline, and must not wake that late.
+    loop = asyncio.get_running_loop()
+    deadline = Deadline(loop.time() + 60, span=30)
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(10):  # only so that a late timer fails the bound below, not the run
+            async with deadline:
+                loop.call_soon(deadline.sooner, 0.05)  # from outside, as a cancel route does
+                await asyncio.Event().wait()
+    assert deadline.expired
+    assert 0.05 <= loop.time() - started < 1.0
+    deadline.close()
+
+
+async def test_a_sooner_deadline_never_moves_it_later() -> None:
+    loop = asyncio.get_running_loop()
+    deadline = Deadline(loop.time() + 0.05, span=0.05)
+    deadline.sooner(60)
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(10):
+            async with deadline:
+                await asyncio.Event().wait()
+    assert deadline.expired and loop.time() - started < 1.0
+    deadline.close()

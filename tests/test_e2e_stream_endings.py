@@ -444,3 +444,47 @@ async def test_a_client_that_stops_reading_before_the_held_back_tail_is_dropped(
         writer.close()
     finally:
         roomy.program.stop()
+
+
+async def test_a_cancel_drops_a_client_whose_write_waits_and_is_acknowledged_in_time(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    """The relay waited in a client write for all of write_timeout_s after the
+    stop: the cancel answered "cancelled": false once cancel_timeout_s was over."""
+    cancel_s = 10.0
+    config = {
+        "upstreams": [{"name": "scripted", "base_url": upstream.base_url, "models": ["*"]}],
+        "store": {"url": "memory://"},
+        "limits": {
+            "idle_timeout_s": IDLE_S,
+            "write_timeout_s": 30,
+            "cancel_timeout_s": cancel_s,
+            "max_event_bytes": 16 << 20,
+        },
+    }
+    patient = start_proxy(tmp_path, config)
+    try:
+        # One event, so one write, far more than the socket buffers between the
+        # proxy and the client hold (a few MB): once its first bytes are in,
+        # the relay is waiting in that write until the client reads again.
+        big = "big-start" + "y" * (12 << 20)
+        script = [chunk(_event("a ")), chunk(_event(big))]
+        await upstream.scripts.put(Script(sse_head(), script, end="hold"))
+        reader, writer, request_id = await _stalling_client(
+            patient.port, "/v1/chat/completions", {"model": "m", "stream": True, "messages": []}
+        )
+        await _read_past(reader, b"big-start")
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        ack = await post_ok(f"{patient.root}/requests/{request_id}/cancel", {"Authorization": f"Bearer {KEY}"})
+        assert (ack["cancelled"], ack["request_ids"]) == (True, [request_id])
+        assert loop.time() - asked < cancel_s
+        await asyncio.wait_for(upstream.served[-1].proxy_closed.wait(), BOUND_S)
+        record = await read_record(patient.root, request_id, KEY)
+        assert (record["status"], record["stop_reason"]) == ("stopped", "cancel")
+        assert record["content"] == "a " + big  # what was handed to the client, the write it waited in included
+        # Dropped: the connection ends without the cancelled ending's last chunk.
+        assert not (await _read_to_the_end(reader)).endswith(b"0\r\n\r\n")
+        writer.close()
+    finally:
+        patient.program.stop()
