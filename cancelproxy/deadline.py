@@ -47,7 +47,10 @@ class Deadline:
         return self
 
     def sooner(self, seconds: float) -> None:
-        """At most ``seconds`` from now, never later than it was: exact inside a step too."""
+        """At most ``seconds`` from now, never later than it was: exact inside a
+        step too. Between steps it does nothing: the next one sets its own."""
+        if self._task is None:
+            return  # nor does it arm a timer for every exchange that ends
         when = self._loop.time() + seconds
         if when >= self.when:
             return

@@ -195,8 +195,8 @@ class Relay:
             close()
             # A client write blocked when the stop came would otherwise hold the
             # request (and the cancel waiting on it) for all of write_timeout_s.
-            # Called at the relay's own end too, between steps, where it is
-            # harmless: the next step sets its own deadline.
+            # Called at the relay's own end too, between steps, where it does
+            # nothing: the next step sets its own deadline.
             deadline.sooner(bound)
 
         # The upstream and the deadline, not the relay: a finished request is

@@ -116,11 +116,31 @@ async def test_a_nearer_deadline_set_inside_a_step_fires_on_time() -> None:
 async def test_a_sooner_deadline_never_moves_it_later() -> None:
     loop = asyncio.get_running_loop()
     deadline = Deadline(loop.time() + 0.05, span=0.05)
-    deadline.sooner(60)
     started = loop.time()
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(10):
             async with deadline:
+                deadline.sooner(60)
                 await asyncio.Event().wait()
     assert deadline.expired and loop.time() - started < 1.0
+    deadline.close()
+
+
+async def test_between_steps_a_sooner_deadline_arms_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every relay calls it as it ends, between its steps: a timer re-armed
+    # there would be one more timer for every request.
+    loop = asyncio.get_running_loop()
+    deadline = Deadline(loop.time() + 300, span=30)
+    async with deadline:
+        pass
+    timers: list[float] = []
+    call_at = loop.call_at
+
+    def counted(when: float, *args: object) -> asyncio.TimerHandle:
+        timers.append(when)
+        return call_at(when, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "call_at", counted)
+    deadline.sooner(2.5)
+    assert timers == []
     deadline.close()
