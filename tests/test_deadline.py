@@ -10,6 +10,19 @@ import pytest
 from cancelproxy.deadline import Deadline
 
 
+def _count_timers(loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The times of the timers the loop is asked for from now on."""
+    timers: list[float] = []
+    call_at = loop.call_at
+
+    def counted(when: float, *args: object) -> asyncio.TimerHandle:
+        timers.append(when)
+        return call_at(when, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "call_at", counted)
+    return timers
+
+
 async def test_it_expires_as_a_timeout_error_at_its_deadline() -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -54,14 +67,7 @@ async def test_its_steps_share_one_timer(monkeypatch: pytest.MonkeyPatch) -> Non
     # A request's steps (the provider's answer, the stream, the ending) are
     # guarded by one deadline: a timer each was ~5 µs of every request.
     loop = asyncio.get_running_loop()
-    timers: list[float] = []
-    call_at = loop.call_at
-
-    def counted(when: float, *args: object) -> asyncio.TimerHandle:
-        timers.append(when)
-        return call_at(when, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(loop, "call_at", counted)
+    timers = _count_timers(loop, monkeypatch)
     deadline = Deadline(loop.time() + 60, span=30)
     for seconds in (60, 45, 30):
         async with deadline.within(seconds):
@@ -133,14 +139,7 @@ async def test_between_steps_a_sooner_deadline_arms_nothing(monkeypatch: pytest.
     deadline = Deadline(loop.time() + 300, span=30)
     async with deadline:
         pass
-    timers: list[float] = []
-    call_at = loop.call_at
-
-    def counted(when: float, *args: object) -> asyncio.TimerHandle:
-        timers.append(when)
-        return call_at(when, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(loop, "call_at", counted)
+    timers = _count_timers(loop, monkeypatch)
     deadline.sooner(2.5)
     assert timers == []
     deadline.close()
