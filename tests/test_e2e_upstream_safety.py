@@ -45,17 +45,19 @@ def _head(method: str, path: str, body: bytes = b"", extra: str = "") -> bytes:
     ).encode()
 
 
+def _trap_config(base_url: str) -> dict[str, object]:
+    """Every request to one keyed upstream, the recording one at ``base_url``."""
+    return {
+        "default_upstream": "trap",
+        "upstreams": [{"name": "trap", "base_url": base_url, "api_key": UPSTREAM_KEY, "models": ["*"]}],
+        "store": {"url": "memory://"},
+    }
+
+
 @pytest.mark.parametrize("method", ["GET", "POST"])
 async def test_hostile_paths_never_leave_the_base_path(tmp_path: Path, method: str) -> None:
     async with recording_upstream() as upstream:
-        config = {
-            "default_upstream": "trap",
-            "upstreams": [
-                {"name": "trap", "base_url": f"{upstream.root}/base/v1", "api_key": UPSTREAM_KEY, "models": ["*"]}
-            ],
-            "store": {"url": "memory://"},
-        }
-        proxy = start_proxy(tmp_path, config)
+        proxy = start_proxy(tmp_path, _trap_config(f"{upstream.root}/base/v1"))
         try:
             for tail in HOSTILE_TAILS:
                 for prefix in ("/v1/", "/trap/v1/"):
@@ -137,14 +139,7 @@ async def test_a_configured_key_goes_where_the_routes_protocol_carries_it(tmp_pa
     its other routes (count_tokens, batches) got the key as ``Authorization`` and
     were refused, and the proxy's own errors there came in OpenAI's shape."""
     async with recording_upstream() as upstream:
-        config = {
-            "default_upstream": "trap",
-            "upstreams": [
-                {"name": "trap", "base_url": f"{upstream.root}/v1", "api_key": UPSTREAM_KEY, "models": ["*"]}
-            ],
-            "store": {"url": "memory://"},
-        }
-        proxy = start_proxy(tmp_path, config)
+        proxy = start_proxy(tmp_path, _trap_config(f"{upstream.root}/v1"))
         try:
             async with aiohttp.ClientSession() as session:
                 body = {"model": "claude-x", "messages": []}

@@ -100,14 +100,16 @@ class Chunks:
             if not isinstance(choice, dict):
                 continue
             index = choice.get("index", 0)
+            finish = choice.get("finish_reason")  # read once: every chunk has it, nearly always null
             if type(index) is int and 0 <= index < MAX_CHOICES:
                 # A choice's opening comes once, so the look-up is all most events pay.
                 if not self._choices.get(index):
                     self._choices[index] = self._opens_choice(choice)
-                if choice.get("finish_reason"):
+                if finish:
                     self._finished.add(index)
             if index == 0 and first is None:
-                self.finish_reason = str_field(choice, "finish_reason") or self.finish_reason
+                if finish and isinstance(finish, str):
+                    self.finish_reason = finish
                 first = choice
         return first
 
